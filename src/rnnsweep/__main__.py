@@ -1,0 +1,5 @@
+import sys
+
+from rnnsweep.cli import main
+
+sys.exit(main())

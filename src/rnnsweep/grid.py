@@ -1,0 +1,207 @@
+"""Cell designs, their stable ids, and the per-stage manifest of runs.
+
+A *design* is the seven switches plus depth and width. A *run* is a design
+trained once with given settings and a replicate number. Ids are hashes of
+the canonical design, so they survive reordering of the grid, re-generation
+and hand-edits of unrelated rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+from rnnsweep.fsutil import atomic_write_text
+
+SWITCHES: tuple[str, ...] = (
+    "use_input_gate",
+    "use_forget_gate",
+    "use_output_gate",
+    "use_state_gate",
+    "use_new_state",
+    "use_old_state",
+    "use_residual",
+)
+
+#: Training settings that every manifest row carries, so a worker needs nothing else.
+SETTINGS: tuple[str, ...] = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_windows")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Design:
+    """One cell architecture: the unit that gets an id and is ranked."""
+
+    use_input_gate: bool
+    use_forget_gate: bool
+    use_output_gate: bool
+    use_state_gate: bool
+    use_new_state: bool
+    use_old_state: bool
+    use_residual: bool
+    n_layers: int
+    state_size: int
+
+    def __post_init__(self) -> None:
+        if not (self.use_new_state or self.use_old_state):
+            raise ValueError("a cell needs use_new_state or use_old_state")
+        if self.n_layers < 1 or self.state_size < 1:
+            raise ValueError("n_layers and state_size must be positive")
+
+    @property
+    def id(self) -> str:
+        """First 10 hex digits of the SHA-256 of the canonical JSON form."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+    @classmethod
+    def from_mapping(cls, row) -> "Design":
+        """Build from any mapping (a CSV or DataFrame row), coercing to plain Python types so ids stay stable."""
+        return cls(**{k: bool(row[k]) for k in SWITCHES}, n_layers=int(row["n_layers"]), state_size=int(row["state_size"]))
+
+    def replace(self, **changes: int | bool) -> "Design":
+        return Design(**{**asdict(self), **changes})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One manifest row: a design, its replicate and seed, and its training settings."""
+
+    id: str
+    config_id: str
+    design: Design
+    replicate: int
+    seed: int
+    steps: int
+    batch_size: int
+    history_size: int
+    log_every: int
+    lr: float
+    eval_windows: int
+
+    def row(self) -> dict[str, object]:
+        design = asdict(self.design)
+        head = {"id": self.id, "config_id": self.config_id}
+        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS)}
+        return {**head, **design, **tail}
+
+
+DESIGN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Design))
+COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS)
+
+
+def stage1_designs(n_layers: Iterable[int], state_sizes: Iterable[int]) -> list[Design]:
+    """Every sensible design of spec §4, in a fixed order.
+
+    Widths below the largest listed are kept only with the residual path on,
+    since a narrow cell without it cannot carry the byte identity forward.
+    """
+    sizes = sorted(set(state_sizes))
+    widest = sizes[-1]
+    designs = []
+    for layers, size in itertools.product(sorted(set(n_layers)), sizes):
+        for bits in itertools.product((False, True), repeat=len(SWITCHES)):
+            switches = dict(zip(SWITCHES, bits))
+            if not (switches["use_new_state"] or switches["use_old_state"]):
+                continue
+            if size < widest and not switches["use_residual"]:
+                continue
+            designs.append(Design(**switches, n_layers=layers, state_size=size))
+    return designs
+
+
+def run_seed(config_id: str, replicate: int, base_seed: int) -> int:
+    """A 31-bit seed derived from the design and replicate, so a run reproduces alone."""
+    digest = hashlib.sha256(f"{base_seed}:{config_id}:{replicate}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def make_runs(designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0) -> list[Run]:
+    """Runs for each design × replicate; replicate 0 keeps the bare design id."""
+    runs = []
+    for design in designs:
+        for rep in range(replicates):
+            run_id = design.id if rep == 0 else f"{design.id}-r{rep}"
+            seed = run_seed(design.id, rep, base_seed)
+            picked = {k: settings[k] for k in SETTINGS}
+            runs.append(Run(run_id, design.id, design, rep, seed, **picked))
+    return runs
+
+
+def _parse_bool(text: str, where: str) -> bool:
+    if text in ("True", "true", "1"):
+        return True
+    if text in ("False", "false", "0"):
+        return False
+    raise ManifestError(f"{where}: expected True or False, got {text!r}")
+
+
+def _parse_row(row: dict[str, str], where: str) -> Run:
+    try:
+        design = Design(
+            **{k: _parse_bool(row[k], f"{where} column {k}") for k in SWITCHES},
+            n_layers=int(row["n_layers"]),
+            state_size=int(row["state_size"]),
+        )
+        ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_windows")}
+        run = Run(id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), **ints)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ManifestError(f"{where}: {err}") from None
+    if run.config_id != design.id:
+        raise ManifestError(f"{where}: config_id {run.config_id} does not match its design (expected {design.id})")
+    return run
+
+
+def read_manifest(path: Path) -> list[Run]:
+    """Parse and check a manifest; any hand-edit that breaks it is named, not guessed at."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ManifestError(f"{path}: not a manifest, missing columns {', '.join(missing)}")
+    runs, seen = [], set()
+    for line, row in enumerate(reader, start=2):
+        run = _parse_row(row, f"{path} line {line}")
+        if run.id in seen:
+            raise ManifestError(f"{path} line {line}: duplicate id {run.id}")
+        seen.add(run.id)
+        runs.append(run)
+    return runs
+
+
+def write_manifest(path: Path, runs: list[Run]) -> list[Run]:
+    """Write runs, keeping an existing manifest's rows and order and appending only new ids.
+
+    Returns the manifest as written. A run whose settings changed is refused,
+    because its finished results would no longer match its row.
+    """
+    path = Path(path)
+    existing = read_manifest(path) if path.exists() else []
+    known = {run.id: run for run in existing}
+    for run in runs:
+        old = known.get(run.id)
+        if old is not None and old != run:
+            raise ManifestError(
+                f"{path}: run {run.id} already exists with other settings; "
+                "move the stage's results aside to start it afresh"
+            )
+    merged = existing + [run for run in runs if run.id not in known]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(run.row() for run in merged)
+    atomic_write_text(path, buf.getvalue())
+    return merged

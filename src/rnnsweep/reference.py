@@ -1,0 +1,124 @@
+"""A plain, unfused implementation of spec §1–2, written line by line from the spec.
+
+It exists to check the fused engine in `rnnsweep.model` (the tests copy the
+same weights into both and compare values and gradients) and as the baseline
+of the speed benchmark. It favours resemblance to the spec over speed: one
+nn.Linear per map and a one-hot input through an affine map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnsweep.grid import Design
+from rnnsweep.model import VOCAB, ByteModel
+
+
+class ReferenceCell(nn.Module):
+    def __init__(self, design: Design) -> None:
+        super().__init__()
+        self.design = design
+        d = n = design.state_size
+        if design.use_input_gate:
+            self.A = nn.Linear(d + n, d)
+            self.B = nn.Linear(d + n, n)
+        self.H = nn.Linear(d + n, n)
+        if design.use_state_gate:
+            self.G = nn.Linear(d + 2 * n, n)
+        if design.use_forget_gate:
+            self.F = nn.Linear(d + 2 * n, n)
+        u = n * design.use_new_state + n * design.use_old_state + d * design.use_residual
+        self.O = nn.Linear(u, d)
+        if design.use_output_gate:
+            self.P = nn.Linear(d + u, d)
+
+    def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        design = self.design
+        # 1. concatenate
+        c = torch.cat([x, s], dim=1)
+        x_in, s_in = x, s
+        # 2. input gate
+        if design.use_input_gate:
+            x_in = torch.sigmoid(self.A(c)) * x
+            s_in = torch.sigmoid(self.B(c)) * s
+            c = torch.cat([x_in, s_in], dim=1)
+        # 3. candidate
+        h = torch.tanh(self.H(c))
+        # 4. state gate: interpolate with the raw previous state
+        if design.use_state_gate:
+            g = torch.sigmoid(self.G(torch.cat([c, h], dim=1)))
+            h = g * h + (1 - g) * s
+        # 5. forget gate, from the h of step 4
+        if design.use_forget_gate:
+            f = torch.sigmoid(self.F(torch.cat([c, h], dim=1)))
+            h = f * h
+        # 6. output input
+        parts = []
+        if design.use_new_state:
+            parts.append(h)
+        if design.use_old_state:
+            parts.append(s_in)
+        if design.use_residual:
+            parts.append(x)
+        u = torch.cat(parts, dim=1)
+        # 7. output map
+        y = self.O(u)
+        # 8. output gate, or swish
+        if design.use_output_gate:
+            y = y * torch.sigmoid(self.P(torch.cat([y, u], dim=1)))
+        else:
+            y = y * torch.sigmoid(y)
+        # 9. the next state carries no graph
+        return y, h.detach()
+
+
+class ReferenceModel(nn.Module):
+    def __init__(self, design: Design) -> None:
+        super().__init__()
+        self.design = design
+        n = design.state_size
+        self.embed = nn.Linear(VOCAB, n)
+        self.cells = nn.ModuleList(ReferenceCell(design) for _ in range(design.n_layers))
+        self.head = nn.Linear(n, VOCAB)
+
+    def initial_state(self, batch_size: int, device: torch.device) -> list[Tensor]:
+        return [torch.zeros(batch_size, self.design.state_size, device=device) for _ in self.cells]
+
+    def forward(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        y = self.embed(F.one_hot(byte, VOCAB).to(self.embed.weight.dtype))
+        next_states = []
+        for cell, s in zip(self.cells, states):
+            y, h = cell(y, s)
+            next_states.append(h)
+        return self.head(y), next_states
+
+
+@torch.no_grad()
+def load_into_engine(ref: ReferenceModel, engine: ByteModel) -> None:
+    """Copy the reference's weights into the fused engine, block by block."""
+    n = ref.design.state_size
+    engine.embed_w.copy_(ref.embed.weight.T)
+    engine.embed_b.copy_(ref.embed.bias)
+    for rc, ec in zip(ref.cells, engine.cells):
+        d = ref.design
+        if d.use_input_gate:
+            ec.in_w.copy_(torch.cat([rc.A.weight, rc.B.weight]))
+            ec.in_b.copy_(torch.cat([rc.A.bias, rc.B.bias]))
+        gates = [m for m, on in ((rc.H, True), (getattr(rc, "G", None), d.use_state_gate), (getattr(rc, "F", None), d.use_forget_gate)) if on]
+        ec.c_w.copy_(torch.cat([m.weight[:, : 2 * n] for m in gates]))
+        ec.c_b.copy_(torch.cat([m.bias for m in gates]))
+        if d.use_state_gate:
+            ec.g_h.copy_(rc.G.weight[:, 2 * n :])
+        if d.use_forget_gate:
+            ec.f_h.copy_(rc.F.weight[:, 2 * n :])
+        if d.use_output_gate:
+            ec.u_w.copy_(torch.cat([rc.O.weight, rc.P.weight[:, n:]]))
+            ec.u_b.copy_(torch.cat([rc.O.bias, rc.P.bias]))
+            ec.p_y.copy_(rc.P.weight[:, :n])
+        else:
+            ec.u_w.copy_(rc.O.weight)
+            ec.u_b.copy_(rc.O.bias)
+    engine.head_w.copy_(ref.head.weight)
+    engine.head_b.copy_(ref.head.bias)
