@@ -1,0 +1,52 @@
+"""Build the stage-2 and stage-3 manifests from the previous stage's summary (spec §5–6)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from rnnsweep.grid import Design, Run, make_runs
+
+
+def ranked(summary: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs by min_loss, ties broken by id so the order never depends on file order."""
+    ok = summary[summary["status"] == "ok"]
+    return ok.sort_values(["min_loss", "id"], kind="stable")
+
+
+def _designs(rows: pd.DataFrame) -> list[Design]:
+    return [Design.from_mapping(row) for _, row in rows.iterrows()]
+
+
+def _unique(designs: list[Design]) -> list[Design]:
+    return list(dict.fromkeys(designs))
+
+
+def stage2_designs(summary: pd.DataFrame, keep_fraction: float, wide_state_size: int, deep_layers: int, deep_state_sizes: list[int]) -> list[Design]:
+    """The best floor(fraction·N) designs of N, each with its wider and deeper variants.
+
+    N counts every stage-1 run, diverged ones included, as in the published study
+    (43 of 432). A variant that coincides with another design is kept once.
+    """
+    keep = math.floor(keep_fraction * len(summary))
+    designs = []
+    for design in _designs(ranked(summary).head(keep)):
+        designs += [design, design.replace(state_size=wide_state_size)]
+        if design.n_layers < deep_layers:
+            designs += [design.replace(n_layers=deep_layers, state_size=s) for s in deep_state_sizes]
+    return _unique(designs)
+
+
+def stage3_designs(summary: pd.DataFrame, top_k: int) -> list[Design]:
+    """The best `top_k` stage-2 designs, to be repeated with several seeds."""
+    return _unique(_designs(ranked(summary)))[:top_k]
+
+
+def stage2_runs(summary: pd.DataFrame, cfg: dict, base_seed: int) -> list[Run]:
+    designs = stage2_designs(summary, cfg["keep_fraction"], cfg["wide_state_size"], cfg["deep_layers"], cfg["deep_state_sizes"])
+    return make_runs(designs, cfg, base_seed=base_seed)
+
+
+def stage3_runs(summary: pd.DataFrame, cfg: dict, base_seed: int) -> list[Run]:
+    return make_runs(stage3_designs(summary, cfg["top_k"]), cfg, replicates=cfg["replicates"], base_seed=base_seed)
