@@ -1,0 +1,70 @@
+# Configuration checks, paths and input functions shared by every rule.
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
+
+from rnnsweep import config as study_config
+from rnnsweep.grid import SETTINGS
+
+try:
+    study_config.validate(config)
+except study_config.ConfigError as err:
+    raise ValueError(str(err)) from None
+
+# Jobs run `python -m rnnsweep`, with this checkout's src/ on PYTHONPATH. Without
+# a conda deployment `python` is the one running Snakemake, even if its virtual
+# environment was not activated; with `--sw-deployment-method conda` it is the
+# env's own.
+_prefix = f"export PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "  # braces doubled twice: f-string, then Snakemake
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    _prefix += f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; '
+shell.prefix(_prefix)
+ENV = "../../envs/rnnsweep.yaml"
+
+DATA = "results/data"
+STAGES = study_config.STAGES
+WORKERS = list(range(config["workers"]))
+
+# Figures of each stage (names are rnnsweep.plots.FIGURES keys).
+FIGURES = {
+    "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
+    "stage2": ["best_curves", "swarm"],
+    "stage3": ["group_swarm", "group_curves", "group_means", "group_table"],
+}
+TABLES = {"stage1": "regression", "stage3": "groups"}
+
+
+wildcard_constraints:
+    stage="stage[123]",
+    worker=r"\d+",
+
+
+def flags(block, keys):
+    """Command-line flags for the given keys of a config block (lists become several values)."""
+    parts = []
+    for key in keys:
+        value = block[key]
+        values = value if isinstance(value, list) else [value]
+        parts.append(f"--{key.replace('_', '-')} " + " ".join(shlex.quote(str(v)) for v in values))
+    return " ".join(parts)
+
+
+def corpus_input(wildcards):
+    """A local corpus file is an input, so editing it retrains; enwik8 and generated are not files yet."""
+    corpus = config["corpus"]
+    return [] if corpus in ("enwik8", "generated") else [os.path.expanduser(corpus)]
+
+
+def worker_flags(wildcards):
+    return expand("results/{stage}/workers/{worker}.done", stage=wildcards.stage, worker=WORKERS)
+
+
+def all_targets():
+    targets = [f"results/{stage}/summary.csv" for stage in STAGES]
+    targets += [f"results/{stage}/{table}.csv" for stage, table in TABLES.items()]
+    targets += [f"figures/{stage}/{name}.png" for stage, names in FIGURES.items() for name in names]
+    return targets

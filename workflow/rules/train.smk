@@ -1,0 +1,29 @@
+# Training: `workers` jobs per stage race for runs through file locks (rnnsweep.claims).
+# Each job ends only when every run of the stage has a result, so a run dropped by a
+# killed worker is finished by a live one; the flag file just tells Snakemake it is over.
+
+
+rule train:
+    input:
+        manifest="results/{stage}/manifest.csv",
+        corpus=f"{DATA}/corpus.json",
+    output:
+        touch("results/{stage}/workers/{worker}.done"),
+    params:
+        workers=len(WORKERS),
+        device=config["device"],
+        lock=config["lock"],
+        checkpoint_every=config["checkpoint_every"],
+    threads: config["threads_per_worker"]
+    resources:
+        # On SLURM: profiles/slurm sets runtime, memory and GPUs of this rule.
+        worker_slots=1,
+    conda:
+        ENV
+    log:
+        "logs/{stage}/worker-{worker}.log",
+    shell:
+        "python -m rnnsweep worker --stage {wildcards.stage} --results results --data results/data"
+        " --index {wildcards.worker} --count {params.workers} --device {params.device}"
+        " --threads {threads} --lock {params.lock} --checkpoint-every {params.checkpoint_every}"
+        " 2> {log}"
