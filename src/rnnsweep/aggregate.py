@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rnnsweep.claims import read_result, run_dir
+from rnnsweep.claims import read_result
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import read_manifest
+from rnnsweep.layout import manifest_path, run_dir
 
 RESULT_COLUMNS = ("status", "min_loss", "final_loss", "valid_bpb", "params", "wall_s", "steps_per_s", "device")
 
@@ -19,7 +20,7 @@ class MissingResults(RuntimeError):
 
 def collect(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, curves) of a stage, in manifest order; refuses if any run is unfinished."""
-    runs = read_manifest(stage_dir / "manifest.csv")
+    runs = read_manifest(manifest_path(stage_dir))
     records = {run.id: read_result(stage_dir, run.id) for run in runs}
     missing = [run_id for run_id, record in records.items() if record is None]
     if missing:

@@ -18,20 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from rnnsweep import data
 from rnnsweep.grid import Run, read_manifest
-from rnnsweep.train import RESULT, resolve_device, train_run
+from rnnsweep.layout import RESULT, lock_path, manifest_path, run_dir
 
 log = logging.getLogger(__name__)
 
 LOCKS = {"filelock": FileLock, "soft": SoftFileLock}
-
-
-def run_dir(stage_dir: Path, run_id: str) -> Path:
-    return stage_dir / "runs" / run_id
 
 
 def read_result(stage_dir: Path, run_id: str) -> dict | None:
@@ -57,7 +52,7 @@ def read_result(stage_dir: Path, run_id: str) -> dict | None:
 
 
 def make_lock(stage_dir: Path, run_id: str, kind: str) -> BaseFileLock:
-    return LOCKS[kind](stage_dir / "locks" / f"{run_id}.lock")
+    return LOCKS[kind](lock_path(stage_dir, run_id))
 
 
 @dataclass
@@ -76,16 +71,19 @@ class Worker:
 
     def run(self) -> int:
         """Train until every run of the stage is finished; return how many this worker trained."""
-        runs = read_manifest(self.stage_dir / "manifest.csv")
+        from rnnsweep.train import resolve_device  # torch loads only where training happens
+
+        runs = read_manifest(manifest_path(self.stage_dir))
         device = resolve_device(self.device)
         train = data.load_split(self.data_dir, "train")
         valid = data.load_split(self.data_dir, "valid")
         # Start each worker at its own slice of the manifest so they rarely contend.
         offset = self.index * len(runs) // max(self.count, 1)
         order = runs[offset:] + runs[:offset]
-        trained = 0
+        trained, pending = 0, order
         while True:
-            pending = [r for r in order if read_result(self.stage_dir, r.id) is None]
+            # A finished run stays finished, so only the still-pending ones are re-read.
+            pending = [r for r in pending if read_result(self.stage_dir, r.id) is None]
             if not pending:
                 log.info("worker %d: stage finished, %d runs trained here", self.index, trained)
                 return trained
@@ -94,7 +92,9 @@ class Worker:
             else:
                 time.sleep(self.poll_s)  # all pending runs are held by other workers
 
-    def _claim_one(self, pending: list[Run], total: int, train, valid, device: torch.device) -> bool:
+    def _claim_one(self, pending: list[Run], total: int, train, valid, device) -> bool:
+        from rnnsweep.train import train_run
+
         for run in pending:
             lock = make_lock(self.stage_dir, run.id, self.lock)
             try:

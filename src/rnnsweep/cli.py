@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from rnnsweep import config, data
 from rnnsweep.aggregate import MissingResults, aggregate, write_csv
 from rnnsweep.claims import LOCKS, Worker
 from rnnsweep.grid import SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
+from rnnsweep.layout import manifest_path
 
 log = logging.getLogger("rnnsweep")
 
@@ -56,7 +56,7 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_grid(args: argparse.Namespace) -> None:
     runs = make_runs(stage1_designs(args.n_layers, args.state_sizes), _settings(args), base_seed=args.seed)
-    written = write_manifest(Path(args.results) / "stage1" / "manifest.csv", runs)
+    written = write_manifest(manifest_path(Path(args.results) / "stage1"), runs)
     log.info("stage1 manifest: %d runs", len(written))
 
 
@@ -74,11 +74,13 @@ def cmd_select(args: argparse.Namespace) -> None:
     summary = pd.read_csv(Path(args.results) / previous / "summary.csv")
     cfg = vars(args)
     runs = select.stage2_runs(summary, cfg, args.seed) if stage == "stage2" else select.stage3_runs(summary, cfg, args.seed)
-    written = write_manifest(_stage_dir(args) / "manifest.csv", runs)
+    written = write_manifest(manifest_path(_stage_dir(args)), runs)
     log.info("%s manifest: %d runs from %s", stage, len(written), previous)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    import torch  # only workers need it; every other command starts faster without
+
     torch.set_num_threads(args.threads)
     worker = Worker(
         stage_dir=_stage_dir(args),

@@ -66,7 +66,8 @@ class Design:
     @classmethod
     def from_mapping(cls, row) -> "Design":
         """Build from any mapping (a CSV or DataFrame row), coercing to plain Python types so ids stay stable."""
-        return cls(**{k: bool(row[k]) for k in SWITCHES}, n_layers=int(row["n_layers"]), state_size=int(row["state_size"]))
+        switches = {k: _parse_bool(row[k], f"column {k}") if isinstance(row[k], str) else bool(row[k]) for k in SWITCHES}
+        return cls(**switches, n_layers=int(row["n_layers"]), state_size=int(row["state_size"]))
 
     def replace(self, **changes: int | bool) -> "Design":
         return Design(**{**asdict(self), **changes})
@@ -147,11 +148,7 @@ def _parse_bool(text: str, where: str) -> bool:
 
 def _parse_row(row: dict[str, str], where: str) -> Run:
     try:
-        design = Design(
-            **{k: _parse_bool(row[k], f"{where} column {k}") for k in SWITCHES},
-            n_layers=int(row["n_layers"]),
-            state_size=int(row["state_size"]),
-        )
+        design = Design.from_mapping(row)
         ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_windows")}
         run = Run(id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), **ints)
     except (KeyError, TypeError, ValueError) as err:
@@ -168,15 +165,20 @@ def read_manifest(path: Path) -> list[Run]:
         text = path.read_text()
     except FileNotFoundError:
         raise ManifestError(f"{path}: manifest not found") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not a text CSV file ({err})") from None
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise ManifestError(f"{path}: not a manifest, missing columns {', '.join(missing)}")
     runs, seen = [], set()
-    for line, row in enumerate(reader, start=2):
-        run = _parse_row(row, f"{path} line {line}")
+    for row in reader:
+        where = f"{path} line {reader.line_num}"
+        if None in row:
+            raise ManifestError(f"{where}: more fields than the header")
+        run = _parse_row(row, where)
         if run.id in seen:
-            raise ManifestError(f"{path} line {line}: duplicate id {run.id}")
+            raise ManifestError(f"{where}: duplicate id {run.id}")
         seen.add(run.id)
         runs.append(run)
     return runs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pandas as pd
 
@@ -29,7 +30,7 @@ def stage2_designs(summary: pd.DataFrame, keep_fraction: float, wide_state_size:
     N counts every stage-1 run, diverged ones included, as in the published study
     (43 of 432). A variant that coincides with another design is kept once.
     """
-    keep = math.floor(keep_fraction * len(summary))
+    keep = math.floor(Fraction(str(keep_fraction)) * len(summary))  # exact: 0.29 × 100 is 29, not 28
     designs = []
     for design in _designs(ranked(summary).head(keep)):
         designs += [design, design.replace(state_size=wide_state_size)]

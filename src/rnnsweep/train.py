@@ -24,14 +24,13 @@ import torch.nn.functional as F
 
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
 from rnnsweep.grid import Run
+from rnnsweep.layout import CHECKPOINT, RESULT
 from rnnsweep.model import ByteModel, count_params
 
 log = logging.getLogger(__name__)
 
 EMA_START = 3.0
 EMA_DECAY = 0.95
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
 
 #: Called at every logged step with (step, ema_loss, steps_per_s).
 Reporter = Callable[[int, float, float], None]
@@ -164,7 +163,8 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", run.row())
     model = ByteModel(run.design, seed=run.seed).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=run.lr)
+    # Spec §3's Adam; the fused kernel (CPU and CUDA) is the same update in one pass per step.
+    opt = torch.optim.Adam(model.parameters(), lr=run.lr, fused=True)
     sampler = Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1)
     p = _resume(run_dir, model, opt, sampler, device)
     ema = torch.tensor(p.ema, dtype=torch.float64, device=device)
@@ -191,7 +191,7 @@ def train_run(
             if report is not None:
                 report(p.step, p.ema, p.step / max(time.perf_counter() - started, 1e-9))
         if checkpoint_every and p.step % checkpoint_every == 0 and p.step < run.steps:
-            p.train_s = time.perf_counter() - started
+            p.ema, p.train_s = ema.item(), time.perf_counter() - started
             _save_checkpoint(run_dir / CHECKPOINT, model, opt, sampler, p)
     train_s = time.perf_counter() - started
     ok = status == "ok"

@@ -1,0 +1,20 @@
+"""Where a stage keeps its files; the one place that names them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULT = "result.json"  # written last, atomically: its presence marks a run finished
+CHECKPOINT = "checkpoint.pt"
+
+
+def manifest_path(stage_dir: Path) -> Path:
+    return stage_dir / "manifest.csv"
+
+
+def run_dir(stage_dir: Path, run_id: str) -> Path:
+    return stage_dir / "runs" / run_id
+
+
+def lock_path(stage_dir: Path, run_id: str) -> Path:
+    return stage_dir / "locks" / f"{run_id}.lock"
