@@ -1,0 +1,31 @@
+"""Shared fixtures: a small generated corpus and a single torch thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnsweep.data import load_split, prepare_corpus
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/valid/test splits of a 20 kB generated corpus, made once per session."""
+    root = tmp_path_factory.mktemp("corpus")
+    prepare_corpus("generated", root / "data", cache_dir=root / "cache", generated_bytes=20_000)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def splits(data_dir: Path):
+    return load_split(data_dir, "train"), load_split(data_dir, "valid")
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise reproducibility needs a fixed thread count; restore the old one afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

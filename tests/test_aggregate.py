@@ -1,0 +1,127 @@
+"""Collecting a stage's results into summary.csv and curves.csv (rnnsweep.aggregate)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from rnnsweep.aggregate import MissingResults, aggregate
+from rnnsweep.claims import run_dir
+from rnnsweep.grid import make_runs, stage1_designs, write_manifest
+from rnnsweep.train import train_run
+
+TINY = dict(steps=10, batch_size=4, history_size=6, log_every=5, lr=1e-3, eval_windows=2)
+RESULT_FIELDS = ("status", "min_loss", "final_loss", "valid_bpb", "params")
+
+
+def _stage(tmp_path: Path, n_designs: int, replicates: int = 1):
+    designs = stage1_designs([1, 2], [4])[5 : 5 + 7 * n_designs : 7]
+    runs = make_runs(designs, TINY, replicates=replicates)
+    # a manifest order that is not sorted by id, so order bugs show
+    runs = sorted(runs, key=lambda r: r.id, reverse=True)
+    stage_dir = tmp_path / "stage1"
+    write_manifest(stage_dir / "manifest.csv", runs)
+    return stage_dir, runs
+
+
+def _fake_result(stage_dir: Path, run, k: int) -> dict:
+    """A finished run written by hand: result.json and a curve with known values."""
+    folder = run_dir(stage_dir, run.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    curve = [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]
+    record = {
+        "id": run.id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
+        "valid_bpb": 4.0 + k, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
+        "device": "cpu", "seed": run.seed,
+    }
+    (folder / "result.json").write_text(json.dumps(record))
+    with (folder / "curve.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("step", "ema_loss"))
+        writer.writerows(curve)
+    return record
+
+
+def _manifest_frame(stage_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(stage_dir / "manifest.csv", dtype={"id": str, "config_id": str})
+
+
+def test_summary_and_curves_of_trained_runs(tmp_path, splits, one_thread):
+    train, valid = splits
+    stage_dir, runs = _stage(tmp_path, 2, replicates=2)
+    assert [r.id for r in runs] != sorted(r.id for r in runs)
+    for run in runs:
+        train_run(run, train, valid, run_dir(stage_dir, run.id), torch.device("cpu"))
+
+    aggregate(stage_dir)
+
+    manifest = _manifest_frame(stage_dir)
+    summary = pd.read_csv(stage_dir / "summary.csv", dtype={"id": str, "config_id": str})
+    assert len(summary) == len(runs)
+    assert list(summary["id"]) == [r.id for r in runs]  # manifest order
+    for column in manifest.columns:
+        assert column in summary.columns
+        assert list(summary[column]) == list(manifest[column]), column
+    for field in RESULT_FIELDS:
+        assert field in summary.columns
+    for i, run in enumerate(runs):
+        record = json.loads((run_dir(stage_dir, run.id) / "result.json").read_text())
+        for field in RESULT_FIELDS:
+            assert summary.loc[i, field] == record[field], (run.id, field)
+
+    curves = pd.read_csv(stage_dir / "curves.csv", dtype={"id": str})
+    assert list(curves.columns) == ["id", "step", "ema_loss"]
+    expected = []
+    for run in runs:
+        with (run_dir(stage_dir, run.id) / "curve.csv").open(newline="") as fh:
+            expected += [(run.id, int(r["step"]), float(r["ema_loss"])) for r in csv.DictReader(fh)]
+    assert list(curves.itertuples(index=False, name=None)) == expected
+    assert len(expected) == len(runs) * (TINY["steps"] // TINY["log_every"])
+
+
+def test_summary_of_hand_written_results(tmp_path):
+    stage_dir, runs = _stage(tmp_path, 5)
+    records = [_fake_result(stage_dir, run, k) for k, run in enumerate(runs)]
+    summary, curves = aggregate(stage_dir)
+    on_disk = pd.read_csv(stage_dir / "summary.csv", dtype={"id": str, "config_id": str})
+    assert list(on_disk["id"]) == [r.id for r in runs]
+    for frame in (summary, on_disk):
+        assert list(frame["min_loss"]) == [r["min_loss"] for r in records]
+        assert list(frame["valid_bpb"]) == [r["valid_bpb"] for r in records]
+        assert list(frame["params"]) == [r["params"] for r in records]
+        assert list(frame["seed"]) == [r.seed for r in runs]
+        assert list(frame["steps"]) == [r.steps for r in runs]
+        assert list(frame["replicate"]) == [0] * len(runs)
+    on_disk_curves = pd.read_csv(stage_dir / "curves.csv", dtype={"id": str})
+    expected = [(r.id, s, e) for k, r in enumerate(runs) for s, e in [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]]
+    assert list(on_disk_curves.itertuples(index=False, name=None)) == expected
+    assert list(curves.itertuples(index=False, name=None)) == expected
+
+
+def test_missing_results_are_all_named(tmp_path):
+    stage_dir, runs = _stage(tmp_path, 6)
+    finished = {runs[1].id, runs[4].id}
+    for k, run in enumerate(runs):
+        if run.id in finished:
+            _fake_result(stage_dir, run, k)
+    damaged = runs[2]  # a damaged record counts as missing
+    run_dir(stage_dir, damaged.id).mkdir(parents=True)
+    (run_dir(stage_dir, damaged.id) / "result.json").write_text('{"status": "o')
+
+    with pytest.raises(MissingResults) as err:
+        aggregate(stage_dir)
+    message = str(err.value)
+    missing = [r.id for r in runs if r.id not in finished]
+    assert len(missing) == 4
+    for run_id in missing:
+        assert re.search(rf"\b{re.escape(run_id)}\b", message), run_id
+    for run_id in finished:
+        assert run_id not in message
+    assert not (stage_dir / "summary.csv").exists()
+    assert not (stage_dir / "curves.csv").exists()

@@ -1,0 +1,225 @@
+"""Claiming runs through file locks with real processes (rnnsweep.claims) and atomic writes (rnnsweep.fsutil)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rnnsweep.claims import Worker, read_result, run_dir
+from rnnsweep.fsutil import atomic_open
+from rnnsweep.grid import make_runs, stage1_designs, write_manifest
+
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
+OK_LINE = re.compile(r"worker (\d+): (\S+) ok\b")
+FINISHED_LINE = re.compile(r"worker (\d+): stage finished, (\d+) runs trained here")
+
+HOLDER = """
+import sys, time, filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def _stage(tmp_path: Path, n_runs: int) -> tuple[Path, list]:
+    designs = stage1_designs([1, 2, 3], [4])[:: 288 // n_runs][:n_runs]
+    runs = make_runs(designs, TINY)
+    stage_dir = tmp_path / "results" / "stage1"
+    write_manifest(stage_dir / "manifest.csv", runs)
+    return stage_dir, runs
+
+
+def _result_files(stage_dir: Path, run_id: str) -> list[str]:
+    return sorted(p.name for p in run_dir(stage_dir, run_id).glob("result.json*"))
+
+
+# --------------------------------------------------------------------------- several real processes
+
+
+def test_four_worker_processes_train_each_run_exactly_once(tmp_path, data_dir):
+    stage_dir, runs = _stage(tmp_path, 24)
+    assert len(runs) == 24
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs, logs = [], []
+    for i in range(4):
+        err = tmp_path / f"worker{i}.err"
+        logs.append(err)
+        cmd = [
+            sys.executable, "-m", "rnnsweep", "worker", "--stage", "stage1",
+            "--results", str(tmp_path / "results"), "--data", str(data_dir),
+            "--index", str(i), "--count", "4", "--threads", "1", "--device", "cpu",
+        ]
+        with err.open("w") as fh:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, cwd=tmp_path))
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0, 0, 0], "\n".join(texts)
+
+    trained = []  # (worker, id) for every "ok" line
+    for i, text in enumerate(texts):
+        for worker, run_id in OK_LINE.findall(text):
+            assert int(worker) == i
+            trained.append(run_id)
+    assert len(trained) == len(runs), "some run was trained twice or not at all"
+    assert sorted(trained) == sorted(r.id for r in runs)
+
+    finished = [FINISHED_LINE.search(t) for t in texts]
+    assert all(finished)
+    assert sum(int(m.group(2)) for m in finished) == len(runs)
+
+    for run in runs:
+        assert _result_files(stage_dir, run.id) == ["result.json"]
+        record = read_result(stage_dir, run.id)
+        assert record["status"] == "ok" and record["id"] == run.id and record["steps"] == run.steps
+
+
+# --------------------------------------------------------------------------- a lock held elsewhere
+
+
+def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_dir, one_thread):
+    stage_dir, runs = _stage(tmp_path, 2)
+    held, free = runs[0], runs[1]
+    lock_path = stage_dir / "locks" / f"{held.id}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_path)], stdout=subprocess.PIPE, text=True)
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            worker = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9)
+            outcome["trained"] = worker.run()
+        except BaseException as err:  # reported by the main thread
+            outcome["error"] = err
+
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while read_result(stage_dir, free.id) is None and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.02)
+        assert read_result(stage_dir, free.id) is not None, outcome
+        time.sleep(0.5)  # many poll periods: the worker must keep waiting, not claim or give up
+        assert thread.is_alive(), outcome
+        assert read_result(stage_dir, held.id) is None
+        assert not run_dir(stage_dir, held.id).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "worker did not claim the run after its holder died"
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["trained"] == 2
+    assert read_result(stage_dir, held.id)["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- finished and damaged results
+
+
+def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, one_thread):
+    stage_dir, runs = _stage(tmp_path, 3)
+    done, damaged, fresh = runs
+    done_path = run_dir(stage_dir, done.id) / "result.json"
+    done_path.parent.mkdir(parents=True)
+    sentinel = {"id": done.id, "status": "ok", "min_loss": 123.0, "steps": done.steps, "sentinel": True}
+    done_path.write_text(json.dumps(sentinel))
+    before = done_path.read_bytes()
+    damaged_path = run_dir(stage_dir, damaged.id) / "result.json"
+    damaged_path.parent.mkdir(parents=True)
+    damaged_path.write_text('{"id": "x", "status": "o')
+
+    trained = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
+
+    assert trained == 2
+    assert done_path.read_bytes() == before
+    assert sorted(p.name for p in done_path.parent.iterdir()) == ["result.json"]
+    assert read_result(stage_dir, damaged.id)["status"] == "ok"
+    assert len([n for n in _result_files(stage_dir, damaged.id) if n.startswith("result.json.corrupt-")]) == 1
+    assert read_result(stage_dir, fresh.id)["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"id": "abc", "status": "ok", "min_lo', "", "[1, 2]", '{"id": "abc", "status": "running"}'],
+    ids=["truncated", "empty", "not-a-dict", "bad-status"],
+)
+def test_damaged_result_is_treated_as_missing_and_moved_aside(tmp_path, content):
+    stage_dir = tmp_path / "stage1"
+    path = run_dir(stage_dir, "abc") / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    assert read_result(stage_dir, "abc") is None
+    assert not path.exists()
+    aside = list(path.parent.glob("result.json.corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_text() == content
+    assert read_result(stage_dir, "abc") is None  # still missing, nothing else moved
+    assert len(list(path.parent.glob("result.json.corrupt-*"))) == 1
+
+
+def test_read_result_valid_and_missing(tmp_path):
+    stage_dir = tmp_path / "stage1"
+    assert read_result(stage_dir, "nothing") is None
+    record = {"id": "abc", "status": "diverged", "min_loss": 2.5}
+    path = run_dir(stage_dir, "abc") / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    assert read_result(stage_dir, "abc") == record
+    assert path.exists()
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _leftovers(directory: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+def test_atomic_open_success_replaces_content(tmp_path):
+    path = tmp_path / "file.txt"
+    path.write_text("old")
+    with atomic_open(path) as fh:
+        fh.write("new content")
+        assert path.read_text() == "old"  # readers see the old file until the end
+    assert path.read_text() == "new content"
+    assert _leftovers(tmp_path, {"file.txt"}) == []
+
+
+def test_atomic_open_exception_keeps_old_content(tmp_path):
+    path = tmp_path / "file.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_open(path) as fh:
+            fh.write("half of the new")
+            raise RuntimeError("boom")
+    assert path.read_text() == "old"
+    assert _leftovers(tmp_path, {"file.txt"}) == []
+
+
+def test_atomic_open_exception_on_new_file_leaves_nothing(tmp_path):
+    path = tmp_path / "sub" / "file.bin"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(path, "wb") as fh:
+            fh.write(b"\x00\x01")
+            raise KeyboardInterrupt
+    assert not path.exists()
+    assert _leftovers(path.parent, set()) == []
+    with atomic_open(path, "wb") as fh:
+        fh.write(b"\x00\x01\x02")
+    assert path.read_bytes() == b"\x00\x01\x02"
+    assert _leftovers(path.parent, {"file.bin"}) == []

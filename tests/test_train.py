@@ -1,0 +1,290 @@
+"""The training loop, its result record, divergence and checkpoint resume (rnnsweep.train).
+
+The expected curve and weights are recomputed here with a loop written
+independently (window by window, state reset per window, EMA in plain Python)
+from the same building blocks train.py uses: ByteModel, Sampler and fused Adam.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rnnsweep.train as train_mod
+from rnnsweep.grid import Design, make_runs
+from rnnsweep.model import ByteModel
+from rnnsweep.train import Sampler, train_run
+
+CPU = torch.device("cpu")
+RESULT_KEYS = {"status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "seed"}
+
+DESIGN = Design(True, True, True, True, True, True, True, n_layers=2, state_size=4)
+PLAIN = Design(False, False, False, False, True, False, False, n_layers=1, state_size=4)
+
+
+def _run(design: Design = DESIGN, **changes):
+    settings = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=2)
+    settings.update(changes)
+    return make_runs([design], settings)[0]
+
+
+def reference(run, train_data):
+    """(curve, final ema, model) of `run`, by hand: windows of history_size bytes, history_size-1 steps each."""
+    model = ByteModel(run.design, seed=run.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=run.lr, fused=True)
+    sampler = Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1)
+    ema, curve, step = 3.0, [], 0
+    while step < run.steps:
+        batch = sampler.next().long()
+        states = [torch.zeros(run.batch_size, run.design.state_size) for _ in range(run.design.n_layers)]
+        for j in range(run.history_size - 1):
+            if step == run.steps:
+                break
+            logits, states = model(batch[:, j], states)
+            loss = F.cross_entropy(logits, batch[:, j + 1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ema = 0.95 * ema + 0.05 * loss.item()
+            step += 1
+            if step % run.log_every == 0:
+                curve.append((step, ema))
+    return curve, ema, model
+
+
+def read_curve(run_dir: Path) -> list[tuple[int, float]]:
+    with (run_dir / "curve.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [(int(r["step"]), float(r["ema_loss"])) for r in rows]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "weights.pt", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class Functional:
+    """Stands in for torch.nn.functional inside rnnsweep.train; cross_entropy can be sabotaged."""
+
+    def __init__(self, after: int, action: str) -> None:
+        self.after, self.action, self.calls = after, action, 0
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+    def cross_entropy(self, *args, **kwargs):
+        loss = F.cross_entropy(*args, **kwargs)
+        if kwargs.get("reduction", "mean") != "mean":  # evaluation, not a training step
+            return loss
+        self.calls += 1
+        if self.calls > self.after:
+            if self.action == "raise":
+                raise RuntimeError(f"simulated crash in step {self.calls}")
+            return loss * float(self.action)
+        return loss
+
+
+# --------------------------------------------------------------------------- the curve and the record
+
+
+@pytest.mark.parametrize(
+    "design, steps, history, log_every",
+    [(DESIGN, 20, 8, 5), (DESIGN, 23, 8, 5), (PLAIN, 17, 5, 4), (PLAIN, 9, 2, 3)],
+    ids=["multiple", "not-multiple", "short-windows", "one-step-windows"],
+)
+def test_curve_and_weights_match_independent_loop(tmp_path, splits, one_thread, design, steps, history, log_every):
+    train, valid = splits
+    run = _run(design, steps=steps, history_size=history, log_every=log_every)
+    result = train_run(run, train, valid, tmp_path / "run", CPU)
+    curve, final_ema, model = reference(run, train)
+
+    assert result["steps"] == steps
+    got = read_curve(tmp_path / "run")
+    assert [s for s, _ in got] == [log_every * k for k in range(1, steps // log_every + 1)]
+    assert len(got) == len(curve)
+    for (s1, e1), (s2, e2) in zip(got, curve):
+        assert s1 == s2
+        assert e1 == pytest.approx(e2, abs=1e-9, rel=0)
+    assert result["min_loss"] == min(e for _, e in got)
+    assert result["final_loss"] == pytest.approx(final_ema, abs=1e-9, rel=0)
+    assert_same_weights(weights(tmp_path / "run"), model.state_dict())
+
+
+def test_result_record(tmp_path, splits, one_thread):
+    train, valid = splits
+    run = _run(steps=23)
+    result = train_run(run, train, valid, tmp_path / "run", CPU)
+    assert RESULT_KEYS <= set(result)
+    assert result["status"] == "ok"
+    assert result["steps"] == 23
+    assert result["seed"] == run.seed
+    assert result["device"] == "cpu"
+    assert result["params"] == sum(p.numel() for p in ByteModel(run.design, seed=0).parameters())
+    assert result["wall_s"] >= 0 and result["steps_per_s"] > 0
+    assert 0 < result["valid_bpb"] < 64 and math.isfinite(result["valid_bpb"])
+    on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert on_disk == result
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
+    train, valid = splits
+    run = _run(steps=25)
+    first = train_run(run, train, valid, tmp_path / "a", CPU)
+    second = train_run(run, train, valid, tmp_path / "b", CPU)
+    assert (tmp_path / "a" / "curve.csv").read_bytes() == (tmp_path / "b" / "curve.csv").read_bytes()
+    assert read_curve(tmp_path / "a") == read_curve(tmp_path / "b")
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    for key in ("min_loss", "final_loss", "valid_bpb", "params", "steps", "seed", "status"):
+        assert first[key] == second[key]
+
+
+def test_other_seed_gives_other_curve(tmp_path, splits, one_thread):
+    train, valid = splits
+    a, b = make_runs([DESIGN], dict(steps=10, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=2), replicates=2)
+    train_run(a, train, valid, tmp_path / "a", CPU)
+    train_run(b, train, valid, tmp_path / "b", CPU)
+    assert read_curve(tmp_path / "a") != read_curve(tmp_path / "b")
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+@pytest.mark.parametrize(
+    "steps, after, value",
+    [(30, 11, "nan"), (30, 11, "inf"), (23, 21, "nan"), (20, 0, "nan")],
+    ids=["nan-mid", "inf-mid", "nan-after-last-log", "nan-from-start"],
+)
+def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thread, steps, after, value):
+    train, valid = splits
+    run = _run(steps=steps)
+    monkeypatch.setattr(train_mod, "F", Functional(after, value))
+    result = train_run(run, train, valid, tmp_path / "run", CPU)
+    assert result["status"] == "diverged"
+    assert result["steps"] <= steps
+    assert RESULT_KEYS <= set(result)
+    curve = read_curve(tmp_path / "run")
+    assert all(math.isfinite(e) for _, e in curve)
+    assert all(s <= after for s, _ in curve)  # nothing logged after the loss went bad
+    if curve:
+        assert result["min_loss"] == min(e for _, e in curve)
+    assert not math.isfinite(result["final_loss"])
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "diverged"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_resume_after_crash_is_bit_identical(tmp_path, splits, monkeypatch, one_thread):
+    train, valid = splits
+    run = _run(steps=30, history_size=6, log_every=5)  # checkpoints at 7, 14 (mid-window), 21, 28
+    full = train_run(run, train, valid, tmp_path / "a", CPU, checkpoint_every=7)
+
+    crashing = Functional(17, "raise")  # dies inside step 18, after the checkpoint of step 14
+    monkeypatch.setattr(train_mod, "F", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(run, train, valid, tmp_path / "b", CPU, checkpoint_every=7)
+    assert (tmp_path / "b" / "checkpoint.pt").exists()
+    assert not (tmp_path / "b" / "result.json").exists()
+    monkeypatch.setattr(train_mod, "F", F)
+
+    reported = []
+    resumed = train_run(run, train, valid, tmp_path / "b", CPU, checkpoint_every=7,
+                        report=lambda step, ema, rate: reported.append(step))
+    assert reported and min(reported) == 15, "did not resume from the step-14 checkpoint"
+    assert reported[-1] == 30
+    assert resumed["steps"] == 30
+    assert read_curve(tmp_path / "b") == read_curve(tmp_path / "a")
+    assert_same_weights(weights(tmp_path / "b"), weights(tmp_path / "a"))
+    for key in ("min_loss", "final_loss", "valid_bpb", "status"):
+        assert resumed[key] == full[key], key
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+def test_checkpointing_does_not_change_the_run(tmp_path, splits, one_thread):
+    train, valid = splits
+    run = _run(steps=30, history_size=6, log_every=5)
+    train_run(run, train, valid, tmp_path / "plain", CPU)
+    train_run(run, train, valid, tmp_path / "ckpt", CPU, checkpoint_every=7)
+    assert read_curve(tmp_path / "plain") == read_curve(tmp_path / "ckpt")
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "ckpt"))
+
+
+def test_corrupt_checkpoint_restarts_from_zero(tmp_path, splits, one_thread, caplog):
+    train, valid = splits
+    run = _run(steps=20)
+    train_run(run, train, valid, tmp_path / "fresh", CPU)
+    target = tmp_path / "run"
+    target.mkdir()
+    garbage = bytes(range(256)) * 8
+    (target / "checkpoint.pt").write_bytes(garbage)
+    reported = []
+    with caplog.at_level(logging.WARNING, logger="rnnsweep"):
+        result = train_run(run, train, valid, target, CPU, checkpoint_every=7,
+                           report=lambda step, ema, rate: reported.append(step))
+    assert result["status"] == "ok" and result["steps"] == 20
+    assert reported[0] == 5  # from step 0
+    aside = list(target.glob("checkpoint.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage
+    assert any(r.levelno >= logging.WARNING and "checkpoint" in r.getMessage() for r in caplog.records)
+    assert read_curve(target) == read_curve(tmp_path / "fresh")
+    assert_same_weights(weights(target), weights(tmp_path / "fresh"))
+
+
+class Evil:
+    """Unpickling this object creates `marker`: code execution, if a loader allowed it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _write_torch(path: Path, marker: Path) -> None:
+    torch.save({"model": Evil(marker), "step": 3}, path)
+
+
+def _write_pickle(path: Path, marker: Path) -> None:
+    with path.open("wb") as fh:
+        pickle.dump({"model": Evil(marker), "step": 3}, fh)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", [_write_torch, _write_pickle], ids=["torch.save", "pickle"])
+def test_loading_a_checkpoint_never_executes_code(tmp_path, splits, one_thread, writer):
+    train, valid = splits
+    # control: the payload really does run code when loaded without restriction
+    control_marker = tmp_path / "control-marker"
+    writer(tmp_path / "control.pt", control_marker)
+    try:
+        torch.load(tmp_path / "control.pt", weights_only=False)
+    except RuntimeError:
+        pass  # a bare pickle is no torch file, but it ran its code while being read
+    assert control_marker.exists()
+
+    run = _run(steps=10)
+    target = tmp_path / "run"
+    target.mkdir()
+    marker = tmp_path / "marker"
+    writer(target / "checkpoint.pt", marker)
+    result = train_run(run, train, valid, target, CPU, checkpoint_every=7)
+    assert not marker.exists(), "loading the checkpoint executed code"
+    assert result["status"] == "ok" and result["steps"] == 10
+    assert len(list(target.glob("checkpoint.pt.corrupt-*"))) == 1
+    train_run(run, train, valid, tmp_path / "fresh", CPU)
+    assert read_curve(target) == read_curve(tmp_path / "fresh")
