@@ -1,0 +1,504 @@
+"""Figures of the sweep: one function per PNG, collected in FIGURES.
+
+Every figure function has the signature ``(summary, curves, out, **options) -> None`` so the
+workflow can drive all of them the same way; options a figure does not use are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+
+from rnnsweep import stats  # noqa: E402
+from rnnsweep.stats import FACTORS, design_label, ok_runs  # noqa: E402
+
+DPI = 120
+UNIFORM_LOSS = math.log(256)  # nats/byte of a uniform guess over bytes: the untrained baseline
+SWARM_SIZE = 2.5  # marker size for hundreds of runs
+SPARSE_SWARM_SIZE = 5.0  # for a few points per column: larger than the mean bar is thick
+SPARSE_SWARM_POINTS = 40
+MIN_SWARM_SIZE = 0.6
+# seaborn's message when a swarm is too dense; we shrink markers instead of printing it.
+_SWARM_WARNING = r".*points cannot be placed"
+_TAIL_FRACTION = 0.25  # stage-3 plots focus y on the last 75 % of training, where designs differ
+_EMPTY_YLIM = (0.0, UNIFORM_LOSS)  # when no finite loss exists, still render a labelled, empty plot
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _save(fig: Figure, out: Path) -> None:
+    """Write atomically (temp file + os.replace) so a killed job never leaves a half-written PNG."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SWARM_WARNING, category=UserWarning)
+            fig.savefig(tmp, format="png", dpi=DPI)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def _message_figure(out: Path, title: str, message: str) -> None:
+    """Render a placeholder so the workflow still gets its PNG when there is nothing to plot."""
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=DPI, layout="constrained")
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=14, transform=ax.transAxes)
+    ax.set_title(title)
+    _save(fig, out)
+
+
+def _finite_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Drop NaN/inf points: diverged runs end in them and they break limits and log axes."""
+    loss = pd.to_numeric(curves["ema_loss"], errors="coerce")
+    return curves.loc[np.isfinite(loss)].sort_values(["id", "step"])
+
+
+def _robust_ylim(loss: pd.Series, quantile: float = 0.99) -> tuple[float, float]:
+    """Y range from the best loss up to a high quantile, capped at uniform, to hide blow-ups."""
+    if loss.empty:
+        return _EMPTY_YLIM
+    low = float(loss.min())
+    high = min(float(loss.quantile(quantile)), UNIFORM_LOSS)
+    high = max(high, low + 0.05)
+    pad = 0.03 * (high - low)
+    return low - pad, high + pad
+
+
+def _tail_ylim(curves: pd.DataFrame) -> tuple[float, float]:
+    """Y range covering the late part of training, where the good designs actually differ."""
+    tail = curves.loc[curves["step"] >= _TAIL_FRACTION * curves["step"].max(), "ema_loss"]
+    if tail.empty:
+        return _EMPTY_YLIM
+    low, high = float(tail.min()), float(tail.quantile(0.99))
+    pad = max(0.08 * (high - low), 0.005)
+    return low - pad, high + pad
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average whose window narrows at the ends.
+
+    A trailing mean lags and a clipped centred one is biased at the steep start of training,
+    which a log step axis magnifies; a symmetric, narrowing window avoids both.
+    """
+    index = np.arange(len(values))
+    half = np.minimum(max(window, 1) // 2, np.minimum(index, len(values) - 1 - index))
+    total = np.concatenate([[0.0], np.cumsum(values)])
+    return (total[index + half + 1] - total[index - half]) / (2 * half + 1)
+
+
+def _compact_step(value: float, _position: object = None) -> str:
+    """Tick text like 500, 20k, 1.5M: full step counts overlap in narrow panels."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _step_axis(ax: Axes, log: bool = False) -> None:
+    """Step x-axis with compact labels; a log axis gets 1-2-5 ticks, not just powers of ten."""
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(_compact_step))
+
+
+def _mean_curve(curves: pd.DataFrame) -> pd.DataFrame:
+    """Average curve over replicates, step by step (replicates share the logging grid)."""
+    return curves.groupby("step", as_index=False)["ema_loss"].mean()
+
+
+def _level_name(value: object) -> str:
+    """Readable x tick for a factor level: on/off for switches, the number otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _short_factor(factor: str) -> str:
+    """Subplot title without the redundant 'use_' prefix."""
+    return factor.removeprefix("use_").replace("_", " ")
+
+
+def _is_swarm_warning(caught: warnings.WarningMessage) -> bool:
+    """True for seaborn's 'points cannot be placed' warning."""
+    return issubclass(caught.category, UserWarning) and bool(
+        re.match(_SWARM_WARNING, str(caught.message))
+    )
+
+
+@contextmanager
+def _only_visible(ax: Axes) -> Iterator[None]:
+    """Hide the figure's other axes for a moment.
+
+    seaborn redraws the whole figure on every swarmplot call, recomputing every earlier
+    swarm; drawing only the new axes keeps a 3x3 grid linear rather than quadratic in cost.
+    """
+    others = [a for a in ax.figure.axes if a is not ax and a.get_visible()]
+    for other in others:
+        other.set_visible(False)
+    try:
+        yield
+    finally:
+        for other in others:
+            other.set_visible(True)
+
+
+def _start_size(points_per_column: int) -> float:
+    """Marker size to try first: big for sparse swarms so no point hides under its mean bar."""
+    return SPARSE_SWARM_SIZE if points_per_column <= SPARSE_SWARM_POINTS else SWARM_SIZE
+
+
+def _draw_swarm(ax: Axes, data: pd.DataFrame, x: str, order: list[str],
+                size: float) -> float:
+    """Swarm of min_loss by x, shrinking markers until seaborn can place every point.
+
+    Points that cannot be placed are stacked on the swarm's edge and misrepresent the
+    distribution, so smaller markers are the better trade; other warnings pass through.
+    Returns the marker size used, so sibling panels can start there instead of retrying.
+    """
+    while True:
+        with warnings.catch_warnings(record=True) as caught, _only_visible(ax):
+            warnings.simplefilter("always")
+            sns.swarmplot(data=data, x=x, y="min_loss", order=order, size=size, ax=ax,
+                          color="tab:blue", alpha=0.8, linewidth=0)
+        crowded = any(_is_swarm_warning(w) for w in caught)
+        if not crowded or size <= MIN_SWARM_SIZE:
+            break
+        ax.cla()
+        size = max(size * 0.7, MIN_SWARM_SIZE)
+    for w in caught:
+        if not _is_swarm_warning(w):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return size
+
+
+def _mark_means(ax: Axes, means: Iterable[float], half_width: float = 0.35) -> None:
+    """Black bar at each category's mean, drawn above the points so it stays visible."""
+    for i, mean in enumerate(means):
+        if np.isfinite(mean):
+            ax.hlines(mean, i - half_width, i + half_width, color="black", lw=2.2, zorder=10)
+
+
+def _factor_swarm(ax: Axes, runs: pd.DataFrame, factor: str, levels: list[object],
+                  size: float) -> float:
+    """One factor's swarm; levels come from all runs so filtered figures show empty levels too.
+
+    Returns the marker size used (see _draw_swarm).
+    """
+    names = [_level_name(v) for v in levels]
+    data = pd.DataFrame({
+        "level": runs[factor].map(dict(zip(levels, names))).to_numpy(),
+        "min_loss": runs["min_loss"].to_numpy(dtype=float),
+    })
+    size = _draw_swarm(ax, data, "level", names, size)
+    per_level = data.groupby("level")["min_loss"].agg(["mean", "count"]).reindex(names)
+    _mark_means(ax, per_level["mean"])
+    ticks = [f"{name}\nmean {m:.3f}\nn={int(k)}" if k > 0 else f"{name}\n(none)"
+             for name, m, k in zip(names, per_level["mean"], per_level["count"].fillna(0))]
+    ax.set_xticks(range(len(names)), ticks, fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("")
+    ax.set_title(_short_factor(factor), fontsize=10)
+    return size
+
+
+def _swarm_grid(runs: pd.DataFrame, reference: pd.DataFrame, out: Path, threshold: float,
+                title: str) -> None:
+    """3x3 grid of per-factor swarms; shared by every swarm figure so stages look alike."""
+    if runs.empty:
+        _message_figure(out, title, "No run to show.")
+        return
+    fig, axes = plt.subplots(3, 3, figsize=(12, 11), dpi=DPI, sharey=True, layout="constrained")
+    size = _start_size(len(runs))
+    for ax, factor in zip(axes.flat, FACTORS):
+        size = _factor_swarm(ax, runs, factor, sorted(reference[factor].unique()), size)
+        # Keep the data's y range: a far-off threshold would squash the swarm seaborn laid out.
+        limits = ax.get_ylim()
+        ax.axhline(threshold, ls="--", lw=0.9, color="tab:red", zorder=5)
+        ax.set_ylim(limits)
+        ax.grid(axis="y", lw=0.4, alpha=0.5)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("min_loss (nats/byte)")
+    low, high = axes[0, 0].get_ylim()
+    off_scale = "" if low <= threshold <= high else " (outside the y range)"
+    fig.suptitle(f"{title}\nblack bar = level mean, dashed red = threshold {threshold:g}"
+                 f"{off_scale}")
+    _save(fig, out)
+
+
+def _curve_ids_by_loss(summary: pd.DataFrame, top: int) -> list[str]:
+    """Ids of the `top` ok runs with the lowest min_loss, best first."""
+    return ok_runs(summary).nsmallest(top, "min_loss")["id"].tolist()
+
+
+def _stacked_label(label: str) -> str:
+    """Design label broken after size and gates so ten of them fit side by side on an x-axis."""
+    layers, size, *rest = label.split(" ")
+    return "\n".join([f"{layers} {size}", *rest])
+
+
+def _number(value: float, digits: int) -> str:
+    """Fixed-point text, or a dash where a statistic is undefined (all replicates diverged)."""
+    return f"{value:.{digits}f}" if np.isfinite(value) else "–"
+
+
+def _spread_text(row: Any, sep: str) -> str:
+    """'mean ± std, n' of a group_table row; std is undefined with one replicate, mean with none."""
+    if row.n == 0:
+        return "all diverged"
+    std = f"{row.std:.3f}" if np.isfinite(row.std) else "n/a"
+    return f"{row.mean:.3f} ± {std}{sep}n={row.n}"
+
+
+def _grid_shape(k: int) -> tuple[int, int]:
+    """Rows and columns for k panels, at most five per row to keep titles readable."""
+    ncols = min(k, 5)
+    return math.ceil(k / ncols), ncols
+
+
+def _group_curves(summary: pd.DataFrame, curves: pd.DataFrame, config_id: str) -> pd.DataFrame:
+    """Finite curve points of every replicate of one design."""
+    ids = summary.loc[summary["config_id"] == config_id, "id"]
+    return curves.loc[curves["id"].isin(ids)]
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """All training curves at once, to show the spread of the sweep and where the best run lies."""
+    finite = _finite_curves(curves)
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=DPI, layout="constrained")
+    segments = [g[["step", "ema_loss"]].to_numpy(dtype=float) for _, g in finite.groupby("id")]
+    ax.add_collection(LineCollection(segments, colors="0.45", linewidths=0.4, alpha=0.25,
+                                     label="all runs"))
+    best_ids = _curve_ids_by_loss(summary, 1)
+    if best_ids:
+        best = summary.set_index("id").loc[best_ids[0]]
+        line = finite.loc[finite["id"] == best_ids[0]]
+        ax.plot(line["step"], line["ema_loss"], color="tab:red", lw=2,
+                label=f"best: {design_label(best)} (min_loss {best['min_loss']:.3f})")
+    low, high = _robust_ylim(finite["ema_loss"])
+    if high >= UNIFORM_LOSS:
+        ax.axhline(UNIFORM_LOSS, ls=":", color="black", lw=1, label="uniform guess (ln 256)")
+    ax.autoscale_view()
+    ax.set_ylim(low, high)
+    _step_axis(ax)
+    n_div = int((summary["status"] != "ok").sum())
+    ax.set(xlabel="step", ylabel="EMA training loss (nats/byte)",
+           title=f"Training loss of all {len(summary)} runs ({n_div} diverged)")
+    ax.legend(loc="upper right")
+    ax.grid(lw=0.4, alpha=0.5)
+    _save(fig, out)
+
+
+def swarm_all(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *,
+              threshold: float = 1.9, **_: object) -> None:
+    """Per-factor distribution of min_loss over every converged run."""
+    runs = ok_runs(summary)
+    _swarm_grid(runs, runs, out, threshold, f"min_loss by factor ({len(runs)} converged runs)")
+
+
+def swarm_below(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *,
+                threshold: float = 1.9, **_: object) -> None:
+    """Per-factor swarms of the good runs only, to see which settings the winners share."""
+    runs = ok_runs(summary)
+    below = runs.loc[runs["min_loss"] < threshold]
+    title = f"min_loss < {threshold:g} ({len(below)} of {len(summary)} runs)"
+    _swarm_grid(below, runs, out, threshold, title)
+
+
+def swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *,
+          threshold: float = 1.9, **_: object) -> None:
+    """Stage-2 per-factor swarms; same layout as stage 1 for direct comparison."""
+    swarm_all(summary, curves, out, threshold=threshold)
+
+
+def regression(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """Bar chart of standardised effects: which factors move log(min_loss), and which way."""
+    table = stats.regression(summary)
+    r2 = float(table.loc[table["term"] == "R2", "coef"].iloc[0])
+    n = int(table["n"].iloc[0])
+    terms = table.loc[table["term"] != "R2"]
+    fitted = terms.dropna(subset=["coef"]).sort_values("coef", ascending=False)
+    constant = terms.loc[terms["coef"].isna(), "term"].tolist()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI, layout="constrained")
+    colors = ["tab:green" if c < 0 else "tab:red" for c in fitted["coef"]]
+    bars = ax.barh(fitted["term"].map(_short_factor), fitted["coef"], color=colors)
+    ax.bar_label(bars, fmt="%+.2f", padding=3, fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.margins(x=0.15)
+    ax.grid(axis="x", lw=0.4, alpha=0.5)
+    ax.set_xlabel("standardised coefficient on log(min_loss)  (negative = lower loss)")
+    title = f"Regression of log(min_loss) on factors: R² = {r2:.3f}, n = {n} runs"
+    if constant:
+        title += "\nconstant, not estimated: " + ", ".join(map(_short_factor, constant))
+    ax.set_title(title)
+    _save(fig, out)
+
+
+def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, top: int = 5,
+                smooth: int = 10, **_: object) -> None:
+    """Smoothed curves of the best runs on log steps, to compare how fast the winners learn."""
+    finite = _finite_curves(curves)
+    finite = finite.loc[finite["step"] > 0]
+    by_id = summary.set_index("id")
+    best_ids = _curve_ids_by_loss(summary, top)
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=DPI, layout="constrained")
+    for run_id in best_ids:
+        line = finite.loc[finite["id"] == run_id]
+        smoothed = _smooth(line["ema_loss"].to_numpy(dtype=float), smooth)
+        run = by_id.loc[run_id]
+        ax.plot(line["step"], smoothed, lw=1.5,
+                label=f"{design_label(run)}  ({run['min_loss']:.3f})")
+    _step_axis(ax, log=True)
+    # Only good runs here, so show their whole descent (up to uniform) rather than a quantile.
+    ax.set_ylim(*_robust_ylim(finite.loc[finite["id"].isin(best_ids), "ema_loss"], quantile=1.0))
+    ax.set(xlabel="step (log scale)", ylabel="EMA training loss (nats/byte)",
+           title=f"Best {top} runs by min_loss (moving average over {smooth} logged points)")
+    if best_ids:
+        ax.legend(title="design (min_loss)", loc="upper right", fontsize=9)
+    ax.grid(which="both", lw=0.4, alpha=0.4)
+    _save(fig, out)
+
+
+def group_swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """Replicate spread per stage-3 design, ranked by mean, to judge whether ranks are real."""
+    table = stats.group_table(summary)
+    runs = ok_runs(summary)
+    title = f"Stage 3: min_loss of {len(table)} designs × replicates"
+    if runs.empty:
+        _message_figure(out, title, "Every stage-3 run diverged.")
+        return
+    names = [f"#{r.rank}\n{_stacked_label(r.label)}" for r in table.itertuples()]
+    data = pd.DataFrame({
+        "group": runs["config_id"].map(dict(zip(table["config_id"], names))).to_numpy(),
+        "min_loss": runs["min_loss"].to_numpy(dtype=float),
+    })
+    fig, ax = plt.subplots(figsize=(max(8, 1.25 * len(names)), 6.5), dpi=DPI,
+                           layout="constrained")
+    _draw_swarm(ax, data, "group", names, _start_size(data["group"].value_counts().max()))
+    _mark_means(ax, table["mean"])
+    top = data["min_loss"].max()
+    for i, row in enumerate(table.itertuples()):
+        ax.annotate(_spread_text(row, "\n"), (i, top), xytext=(0, 6),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    ax.margins(y=0.18)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.grid(axis="y", lw=0.4, alpha=0.5)
+    ax.set(xlabel="", ylabel="min_loss (nats/byte)",
+           title=f"{title}\nblack bar = mean; text = mean ± std, n replicates")
+    _save(fig, out)
+
+
+def group_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """Per-design panels of replicate curves around their mean, to show seed-to-seed variation."""
+    table = stats.group_table(summary)
+    finite = _finite_curves(curves)
+    nrows, ncols = _grid_shape(len(table))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.4 * ncols, 8), 2.9 * nrows + 0.5),
+                             dpi=DPI,
+                             sharex=True, sharey=True, squeeze=False, layout="constrained")
+    for ax, row in zip(axes.flat, table.itertuples()):
+        group = _group_curves(summary, finite, row.config_id)
+        for _, rep in group.groupby("id"):
+            ax.plot(rep["step"], rep["ema_loss"], color="tab:blue", lw=0.7, alpha=0.35)
+        mean = _mean_curve(group)
+        ax.plot(mean["step"], mean["ema_loss"], color="black", lw=1.8)
+        ax.set_title(f"#{row.rank} {row.label}\n{_spread_text(row, ', ')}", fontsize=9)
+        ax.grid(which="both", lw=0.3, alpha=0.4)
+    for ax in axes.flat[len(table):]:
+        ax.set_visible(False)
+    axes[0, 0].set_ylim(*_tail_ylim(finite))
+    _step_axis(axes[0, 0])
+    fig.supxlabel("step")
+    fig.supylabel("EMA training loss (nats/byte)")
+    fig.suptitle("Stage 3: replicate curves (blue) and their mean (black) per design\n"
+                 "y zoomed on late training")
+    _save(fig, out)
+
+
+def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """All designs' mean curves together, to compare them on one scale."""
+    table = stats.group_table(summary)
+    finite = _finite_curves(curves)
+    fig, ax = plt.subplots(figsize=(11, 6), dpi=DPI, layout="constrained")
+    colors = plt.get_cmap("tab10" if len(table) <= 10 else "tab20").colors
+    means = []
+    for row, color in zip(table.itertuples(), colors * (len(table) // len(colors) + 1)):
+        mean = _mean_curve(_group_curves(summary, finite, row.config_id))
+        means.append(mean)
+        ax.plot(mean["step"], mean["ema_loss"], color=color, lw=1.6,
+                label=f"#{row.rank} {row.label} ({_number(row.mean, 3)})")
+    ax.set_ylim(*_tail_ylim(pd.concat(means)))
+    _step_axis(ax)
+    ax.set(xlabel="step", ylabel="mean EMA training loss (nats/byte)",
+           title="Stage 3: mean training curve per design (y focused on late training)")
+    ax.legend(title="rank, design (mean min_loss)", loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=9)
+    ax.grid(which="both", lw=0.4, alpha=0.4)
+    _save(fig, out)
+
+
+def group_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """The stage-3 ranking as a picture, for reports that embed figures only."""
+    table = stats.group_table(summary)
+    cells = [[str(r.rank), r.label, *(_number(v, 4) for v in (r.mean, r.std, r.min, r.max)),
+              str(r.n)] for r in table.itertuples()]
+    header = ["rank", "configuration", "mean", "std", "min", "max", "n"]
+    # At least 3 inches tall: a 3-design smoke study would otherwise give a thumbnail strip.
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.6 + 0.3 * (len(cells) + 1))), dpi=DPI,
+                           layout="constrained")
+    ax.axis("off")
+    shown = ax.table(cellText=cells or [[""] * len(header)], colLabels=header, loc="upper center",
+                     colWidths=[0.07, 0.43, 0.1, 0.1, 0.1, 0.1, 0.06], cellLoc="center")
+    shown.auto_set_font_size(False)
+    shown.set_fontsize(10)
+    shown.scale(1, 1.4)
+    for (row, _col), cell in shown.get_celld().items():
+        if row == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("0.88")
+    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss over replicates")
+    _save(fig, out)
+
+
+FIGURES: dict[str, Callable[..., None]] = {
+    "loss_curves": loss_curves,
+    "swarm_all": swarm_all,
+    "swarm_below": swarm_below,
+    "regression": regression,
+    "best_curves": best_curves,
+    "swarm": swarm,
+    "group_swarm": group_swarm,
+    "group_curves": group_curves,
+    "group_means": group_means,
+    "group_table": group_table,
+}
