@@ -1,0 +1,131 @@
+"""End to end: the real Snakemake DAG on the smoke profile, in a fresh copy of the checkout."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from rnnsweep import config
+from rnnsweep.grid import SWITCHES
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("Snakefile", "workflow", "configs", "profiles", "envs", "src")
+FIGURES = {
+    "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
+    "stage2": ["best_curves", "swarm"],
+    "stage3": ["group_swarm", "group_curves", "group_means", "group_table"],
+}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml", *args]
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("study")
+    for name in COPIED:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def profile() -> dict:
+    return config.load(ROOT / "configs/default.yaml", ROOT / "configs/smoke.yaml")
+
+
+def test_stage1_is_the_full_grid(study, profile):
+    summary = pd.read_csv(study / "results/stage1/summary.csv")
+    assert len(summary) == 432
+    assert summary["id"].is_unique
+    assert set(summary["status"]) <= {"ok", "diverged"}
+    assert (summary["steps_done"][summary["status"] == "ok"] == profile["stage1"]["steps"]).all()
+    for column in ("id", *SWITCHES, "n_layers", "state_size", "replicate", "seed", "min_loss", "valid_bpb", "params", "wall_s", "steps_per_s", "device"):
+        assert column in summary.columns
+
+
+def test_curves_match_summary(study, profile):
+    for stage in ("stage1", "stage2", "stage3"):
+        summary = pd.read_csv(study / f"results/{stage}/summary.csv")
+        curves = pd.read_csv(study / f"results/{stage}/curves.csv")
+        assert list(curves.columns) == ["id", "step", "ema_loss"]
+        assert set(curves["id"]) == set(summary["id"])
+        minima = curves.groupby("id")["ema_loss"].min()
+        ok = summary[summary["status"] == "ok"].set_index("id")
+        np.testing.assert_allclose(minima[ok.index], ok["min_loss"], rtol=1e-12)
+        every = profile[stage]["log_every"]
+        assert (curves["step"] % every == 0).all()
+
+
+def test_stage2_and_stage3_follow_the_selection_rule(study, profile):
+    stage1 = pd.read_csv(study / "results/stage1/summary.csv")
+    stage2 = pd.read_csv(study / "results/stage2/summary.csv")
+    stage3 = pd.read_csv(study / "results/stage3/summary.csv")
+    kept = math.floor(profile["stage2"]["keep_fraction"] * len(stage1))
+    best = stage1[stage1["status"] == "ok"].sort_values(["min_loss", "id"]).head(kept)
+    assert set(best["id"]) <= set(stage2["id"])  # each kept design is retrained as itself
+    assert (stage2["state_size"] == profile["stage2"]["wide_state_size"]).sum() >= kept
+    top = profile["stage3"]["top_k"]
+    reps = profile["stage3"]["replicates"]
+    assert len(stage3) == top * reps
+    assert stage3.groupby("config_id")["seed"].nunique().eq(reps).all()
+    best2 = stage2[stage2["status"] == "ok"].sort_values(["min_loss", "id"])["config_id"].head(top)
+    assert set(stage3["config_id"]) == set(best2)
+
+
+def test_tables(study):
+    regression = pd.read_csv(study / "results/stage1/regression.csv")
+    r2 = regression.loc[regression["term"] == "R2", "coef"].item()
+    assert 0 <= r2 <= 1
+    groups = pd.read_csv(study / "results/stage3/groups.csv")
+    stage3 = pd.read_csv(study / "results/stage3/summary.csv")
+    means = stage3.groupby("config_id")["min_loss"].mean()
+    np.testing.assert_allclose(groups.set_index("config_id")["mean"][means.index], means, rtol=1e-12)
+
+
+@pytest.mark.parametrize("png", [f"{s}/{n}.png" for s, names in FIGURES.items() for n in names])
+def test_every_figure_is_a_real_picture(study, png):
+    path = study / "figures" / png
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 300
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_rerun_does_nothing_and_one_figure_rerenders(study):
+    assert "Nothing to be done" in snakemake(study, "-n").stdout + snakemake(study, "-n").stderr
+    target = study / "figures/stage1/swarm_all.png"
+    other = study / "figures/stage1/loss_curves.png"
+    before, other_before = target.stat().st_mtime_ns, other.stat().st_mtime_ns
+    done = snakemake(study, "-f", "figures/stage1/swarm_all.png")
+    assert "plot_stage1_swarm_all" in done.stdout + done.stderr
+    assert target.stat().st_mtime_ns > before
+    assert other.stat().st_mtime_ns == other_before
+
+
+def test_bad_config_stops_before_anything_runs(tmp_path):
+    for name in COPIED:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stage1": {"steps": "many"}, "workerz": 2}))
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(bad), "-n"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "stage1.steps" in done.stderr + done.stdout
+    assert "workerz" in done.stderr + done.stdout
+    assert not (tmp_path / "results").exists()
