@@ -7,18 +7,25 @@ it and releases the lock. An OS-level lock (`filelock.FileLock`, flock) dies
 with its process, so a run whose worker was killed is simply claimed again.
 Workers that find every unfinished run locked wait and re-scan instead of
 exiting, so a run abandoned by a dying worker is still picked up by a live one.
+
+On filesystems without flock (some network filesystems) the `soft` kind uses
+a lock-file lease instead: a heartbeat thread refreshes it while the run
+trains, and a lease left unrefreshed for `lease_s` seconds (its holder died,
+on any host) may be taken over.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
+from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data
 from rnnsweep.grid import Run, read_manifest
@@ -26,7 +33,7 @@ from rnnsweep.layout import RESULT, lock_path, manifest_path, run_dir
 
 log = logging.getLogger(__name__)
 
-LOCKS = {"filelock": FileLock, "soft": SoftFileLock}
+LOCKS = ("filelock", "soft")
 
 
 def read_result(stage_dir: Path, run_id: str) -> dict | None:
@@ -51,8 +58,12 @@ def read_result(stage_dir: Path, run_id: str) -> dict | None:
     return record
 
 
-def make_lock(stage_dir: Path, run_id: str, kind: str) -> BaseFileLock:
-    return LOCKS[kind](lock_path(stage_dir, run_id))
+def make_lock(stage_dir: Path, run_id: str, kind: str, lease_s: float = 60.0) -> BaseFileLock:
+    path = lock_path(stage_dir, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "soft":
+        return SoftFileLease(path, lease_duration=lease_s)
+    return FileLock(path)
 
 
 @dataclass
@@ -66,11 +77,31 @@ class Worker:
     device: str = "auto"
     lock: str = "filelock"
     checkpoint_every: int = 0
+    lease_s: float = 60.0
     poll_s: float = 2.0
     progress_s: float = 10.0
+    stop: threading.Event = field(default_factory=threading.Event)
+    stopped_by: int | None = None  # the signal that set `stop`, if one did
+    # One lock object per run, kept across scans: a soft lease is judged stale by
+    # how long *this* object has watched it go unrefreshed.
+    locks: dict[str, BaseFileLock] = field(default_factory=dict)
+
+    def stop_on_signals(self) -> None:
+        """SIGTERM (scheduler preemption, time limit) and SIGINT (Ctrl-C) ask the worker to stop cleanly."""
+
+        def request(signum: int, _frame: object) -> None:
+            log.warning("worker %d: received %s, checkpointing and stopping", self.index, signal.Signals(signum).name)
+            self.stopped_by = signum
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, request)
+        signal.signal(signal.SIGINT, request)
 
     def run(self) -> int:
-        """Train until every run of the stage is finished; return how many this worker trained."""
+        """Train until every run of the stage is finished; return how many this worker trained.
+
+        Raises train.Interrupted when `stop` is set during a run (after checkpointing it).
+        """
         from rnnsweep.train import resolve_device  # torch loads only where training happens
 
         runs = read_manifest(manifest_path(self.stage_dir))
@@ -89,14 +120,19 @@ class Worker:
                 return trained
             if self._claim_one(pending, len(runs), train, valid, device):
                 trained += 1
-            else:
-                time.sleep(self.poll_s)  # all pending runs are held by other workers
+            elif self.stop.wait(self.poll_s):  # all pending runs are held by other workers
+                log.info("worker %d: stopped while waiting", self.index)
+                return trained
 
     def _claim_one(self, pending: list[Run], total: int, train, valid, device) -> bool:
         from rnnsweep.train import train_run
 
         for run in pending:
-            lock = make_lock(self.stage_dir, run.id, self.lock)
+            if self.stop.is_set():
+                return False
+            if run.id not in self.locks:
+                self.locks[run.id] = make_lock(self.stage_dir, run.id, self.lock, self.lease_s)
+            lock = self.locks[run.id]
             try:
                 lock.acquire(timeout=0)
             except Timeout:
@@ -107,7 +143,8 @@ class Worker:
                 done = total - len(pending) + 1
                 bar = ProgressBar(f"{self.stage_dir.name} {done}/{total} {run.id}", run.steps, self.progress_s)
                 result = train_run(
-                    run, train, valid, run_dir(self.stage_dir, run.id), device, self.checkpoint_every, bar.update
+                    run, train, valid, run_dir(self.stage_dir, run.id), device,
+                    self.checkpoint_every, bar.update, self.stop,
                 )
                 log.info(
                     "worker %d: %s %s min_loss %.4f (%.1f steps/s)",

@@ -82,6 +82,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     import torch  # only workers need it; every other command starts faster without
 
     torch.set_num_threads(args.threads)
+    from rnnsweep.train import Interrupted
+
     worker = Worker(
         stage_dir=_stage_dir(args),
         data_dir=Path(args.data),
@@ -90,8 +92,16 @@ def cmd_worker(args: argparse.Namespace) -> None:
         device=args.device,
         lock=args.lock,
         checkpoint_every=args.checkpoint_every,
+        lease_s=args.lease_s,
     )
-    worker.run()
+    worker.stop_on_signals()
+    try:
+        worker.run()
+    except Interrupted as err:
+        log.warning("%s; rerun the same command to continue", err)
+    if worker.stopped_by is not None:
+        # Non-zero, so Snakemake and SLURM see an unfinished job and rerun it.
+        raise SystemExit(128 + worker.stopped_by)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -164,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, help="how many workers there are")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--lock", choices=sorted(LOCKS), default="filelock")
-    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--lock", choices=LOCKS, default="filelock", help="filelock (flock) or soft (lease, for NFS)")
+    p.add_argument("--lease-s", type=float, default=60.0, help="soft locks: seconds unrefreshed before a lease may be taken over")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints inside a run (0: none)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("aggregate", help="write summary.csv and curves.csv of a finished stage")

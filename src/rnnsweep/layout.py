@@ -6,6 +6,7 @@ from pathlib import Path
 
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 CHECKPOINT = "checkpoint.pt"
+ATTEMPTS = "attempts.jsonl"  # one line per claim: who trained the run, from which step, when
 
 
 def manifest_path(stage_dir: Path) -> Path:

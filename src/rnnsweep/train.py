@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
 from rnnsweep.grid import Run
-from rnnsweep.layout import CHECKPOINT, RESULT
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT
 from rnnsweep.model import ByteModel, count_params
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,14 @@ EMA_DECAY = 0.95
 
 #: Called at every logged step with (step, ema_loss, steps_per_s).
 Reporter = Callable[[int, float, float], None]
+
+
+class Interrupted(Exception):
+    """Training stopped on request (SIGTERM/SIGINT) after saving a checkpoint at `step`."""
+
+    def __init__(self, run_id: str, step: int) -> None:
+        super().__init__(f"run {run_id} interrupted; checkpoint at step {step}")
+        self.step = step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,7 +107,7 @@ def _save_checkpoint(path: Path, model: ByteModel, opt: torch.optim.Optimizer, s
         "ema": p.ema,
         "curve": [list(point) for point in p.curve],
         "position": p.position,
-        "batch": p.batch,
+        "batch": p.batch.to("cpu", torch.uint8) if p.batch is not None else None,  # bytes, 8x smaller
         "states": [s.cpu() for s in p.states] if p.states is not None else None,
         "train_s": p.train_s,
     }
@@ -115,7 +127,7 @@ def _load_checkpoint(path: Path, model: ByteModel, opt: torch.optim.Optimizer, s
         ema=payload["ema"],
         curve=[(int(s), float(e)) for s, e in payload["curve"]],
         position=payload["position"],
-        batch=payload["batch"].cpu() if payload["batch"] is not None else None,
+        batch=payload["batch"].to(device, torch.long) if payload["batch"] is not None else None,
         states=[s.to(device) for s in states] if states is not None else None,
         train_s=payload["train_s"],
     )
@@ -137,6 +149,19 @@ def _resume(run_dir: Path, model, opt, sampler, device) -> Progress:
     return progress
 
 
+def _record_attempt(run_dir: Path, start_step: int) -> None:
+    """Append who trains the run from which step: the provenance a fault audit reads."""
+    line = {"pid": os.getpid(), "host": socket.gethostname(), "start_step": start_step, "time": time.time()}
+    with open(run_dir / ATTEMPTS, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    """Temp files of a writer killed mid-write; safe to remove because the caller holds the run's lock."""
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _write_curve(path: Path, curve: list[tuple[int, float]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -153,23 +178,35 @@ def train_run(
     device: torch.device,
     checkpoint_every: int = 0,
     report: Reporter | None = None,
+    stop: threading.Event | None = None,
 ) -> dict:
     """Train one run to exactly `run.steps` steps and write its files; return the result record.
 
     The result record is written last, atomically: its presence is what marks
     the run as finished, so a crash at any earlier point leaves the run to be
-    claimed again (resuming from its checkpoint, if any).
+    claimed again (resuming from its checkpoint, if any). When `stop` is set
+    the run checkpoints at the current step and raises Interrupted.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(run_dir)
     atomic_write_json(run_dir / "config.json", run.row())
     model = ByteModel(run.design, seed=run.seed).to(device)
     # Spec §3's Adam; the fused kernel (CPU and CUDA) is the same update in one pass per step.
     opt = torch.optim.Adam(model.parameters(), lr=run.lr, fused=True)
     sampler = Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1)
     p = _resume(run_dir, model, opt, sampler, device)
+    _record_attempt(run_dir, p.step)
     ema = torch.tensor(p.ema, dtype=torch.float64, device=device)
     status, started = "ok", time.perf_counter() - p.train_s
+
+    def checkpoint() -> None:
+        p.ema, p.train_s = ema.item(), time.perf_counter() - started
+        _save_checkpoint(run_dir / CHECKPOINT, model, opt, sampler, p)
+
     while p.step < run.steps:
+        if stop is not None and stop.is_set():
+            checkpoint()
+            raise Interrupted(run.id, p.step)
         if p.position == 0:
             p.batch = sampler.next().to(device, torch.long)
             p.states = model.initial_state(run.batch_size, device)
@@ -191,8 +228,7 @@ def train_run(
             if report is not None:
                 report(p.step, p.ema, p.step / max(time.perf_counter() - started, 1e-9))
         if checkpoint_every and p.step % checkpoint_every == 0 and p.step < run.steps:
-            p.ema, p.train_s = ema.item(), time.perf_counter() - started
-            _save_checkpoint(run_dir / CHECKPOINT, model, opt, sampler, p)
+            checkpoint()
     train_s = time.perf_counter() - started
     ok = status == "ok"
     result = {

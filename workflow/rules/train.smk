@@ -13,6 +13,7 @@ rule train:
         workers=len(WORKERS),
         device=config["device"],
         lock=config["lock"],
+        lease_s=config["lock_lease_s"],
         checkpoint_every=config["checkpoint_every"],
     threads: config["threads_per_worker"]
     resources:
@@ -25,5 +26,5 @@ rule train:
     shell:
         "python -m rnnsweep worker --stage {wildcards.stage} --results results --data results/data"
         " --index {wildcards.worker} --count {params.workers} --device {params.device}"
-        " --threads {threads} --lock {params.lock} --checkpoint-every {params.checkpoint_every}"
+        " --threads {threads} --lock {params.lock} --lease-s {params.lease_s} --checkpoint-every {params.checkpoint_every}"
         " 2> {log}"
