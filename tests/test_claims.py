@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from rnnsweep.claims import Worker, read_result, run_dir
+from rnnsweep.claims import Worker, read_result
+from rnnsweep.layout import run_dir
 from rnnsweep.fsutil import atomic_open
+from rnnsweep.layout import RESULT_FIELDS
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
@@ -136,7 +138,7 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
     done, damaged, fresh = runs
     done_path = run_dir(stage_dir, done.id) / "result.json"
     done_path.parent.mkdir(parents=True)
-    sentinel = {"id": done.id, "status": "ok", "min_loss": 123.0, "steps": done.steps, "sentinel": True}
+    sentinel = {k: 0 for k in RESULT_FIELDS} | {"id": done.id, "status": "ok", "min_loss": 123.0, "steps": done.steps, "sentinel": True}
     done_path.write_text(json.dumps(sentinel))
     before = done_path.read_bytes()
     damaged_path = run_dir(stage_dir, damaged.id) / "result.json"
@@ -175,7 +177,7 @@ def test_damaged_result_is_treated_as_missing_and_moved_aside(tmp_path, content)
 def test_read_result_valid_and_missing(tmp_path):
     stage_dir = tmp_path / "stage1"
     assert read_result(stage_dir, "nothing") is None
-    record = {"id": "abc", "status": "diverged", "min_loss": 2.5}
+    record = {k: 0 for k in RESULT_FIELDS} | {"id": "abc", "status": "diverged", "min_loss": 2.5}
     path = run_dir(stage_dir, "abc") / "result.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))

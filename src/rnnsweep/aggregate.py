@@ -9,9 +9,10 @@ import pandas as pd
 from rnnsweep.claims import read_result
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import read_manifest
-from rnnsweep.layout import manifest_path, run_dir
+from rnnsweep.layout import RESULT_FIELDS, manifest_path, run_dir
 
-RESULT_COLUMNS = ("status", "min_loss", "final_loss", "valid_bpb", "params", "wall_s", "steps_per_s", "device")
+# The record's fields that the manifest row does not already hold (its `steps` becomes `steps_done`).
+RESULT_COLUMNS = tuple(k for k in RESULT_FIELDS if k not in ("id", "seed", "steps"))
 
 
 class MissingResults(RuntimeError):

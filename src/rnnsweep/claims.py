@@ -29,7 +29,7 @@ from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data
 from rnnsweep.grid import Run, read_manifest
-from rnnsweep.layout import RESULT, lock_path, manifest_path, run_dir
+from rnnsweep.layout import RESULT, RESULT_FIELDS, lock_path, manifest_path, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ def read_result(stage_dir: Path, run_id: str) -> dict | None:
         record = json.loads(path.read_text())
         if not isinstance(record, dict) or record.get("status") not in ("ok", "diverged"):
             raise ValueError("no valid status")
+        missing = [k for k in RESULT_FIELDS if k not in record]
+        if missing or record["id"] != run_id:
+            raise ValueError(f"missing fields {missing}" if missing else f"it belongs to run {record['id']}")
     except FileNotFoundError:
         return None
     except ValueError as err:

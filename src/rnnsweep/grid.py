@@ -168,6 +168,13 @@ def read_manifest(path: Path) -> list[Run]:
     except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: not a text CSV file ({err})") from None
     reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _parse_rows(reader, path)
+    except csv.Error as err:
+        raise ManifestError(f"{path} line {reader.line_num}: not a valid CSV file ({err})") from None
+
+
+def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise ManifestError(f"{path}: not a manifest, missing columns {', '.join(missing)}")
