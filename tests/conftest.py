@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+CHECKOUT = ("Snakefile", "workflow", "configs", "profiles", "envs", "src")
+
+
+@pytest.fixture(scope="session")
+def copy_checkout():
+    """Copy what a clone holds (workflow, configs, profiles, package) into a folder, as a user's checkout."""
+    root = Path(__file__).resolve().parents[1]
+
+    def copy(dest: Path) -> Path:
+        for name in CHECKOUT:
+            source = root / name
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, dest / name)
+        return dest
+
+    return copy

@@ -30,8 +30,6 @@ from rnnsweep import cli
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, RESULT, run_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "workflow", "configs", "profiles", "envs", "src")
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -439,12 +437,8 @@ def test_short_corpus_subprocess(tmp_path, call):
 
 
 @pytest.fixture(scope="module")
-def checkout(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("checkout")
-    for name in COPIED:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
-    return workdir
+def checkout(tmp_path_factory, copy_checkout) -> Path:
+    return copy_checkout(tmp_path_factory.mktemp("checkout"))
 
 
 BAD_PROFILES = {

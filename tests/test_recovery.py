@@ -11,7 +11,6 @@ share the stage with the new workers through the run locks.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "workflow", "configs", "profiles", "envs", "src")
 FIGURES = {
     "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
     "stage2": ["best_curves", "swarm"],
@@ -78,12 +75,10 @@ def _tail(path: Path, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
-def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path):
+def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path, copy_checkout):
     workdir = (tmp_path / "study").resolve()
     workdir.mkdir()
-    for name in COPIED:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
+    copy_checkout(workdir)
     runs_dir = workdir / "results/stage1/runs"
     first_log = tmp_path / "first-snakemake.log"
     times: dict[str, float] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,11 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from rnnsweep import config
 from rnnsweep.grid import SWITCHES
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ("Snakefile", "workflow", "configs", "profiles", "envs", "src")
 FIGURES = {
     "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
     "stage2": ["best_curves", "swarm"],
@@ -34,11 +31,8 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("study")
-    for name in COPIED:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
+def study(tmp_path_factory, copy_checkout) -> Path:
+    workdir = copy_checkout(tmp_path_factory.mktemp("study"))
     snakemake(workdir)
     return workdir
 
@@ -115,17 +109,3 @@ def test_rerun_does_nothing_and_one_figure_rerenders(study):
     assert "plot_stage1_swarm_all" in done.stdout + done.stderr
     assert target.stat().st_mtime_ns > before
     assert other.stat().st_mtime_ns == other_before
-
-
-def test_bad_config_stops_before_anything_runs(tmp_path):
-    for name in COPIED:
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"stage1": {"steps": "many"}, "workerz": 2}))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(bad), "-n"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    assert "stage1.steps" in done.stderr + done.stdout
-    assert "workerz" in done.stderr + done.stdout
-    assert not (tmp_path / "results").exists()

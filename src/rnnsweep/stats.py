@@ -8,15 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SWITCHES: tuple[str, ...] = (
-    "use_input_gate",
-    "use_forget_gate",
-    "use_output_gate",
-    "use_state_gate",
-    "use_new_state",
-    "use_old_state",
-    "use_residual",
-)
+from rnnsweep.grid import SWITCHES
+
 FACTORS: tuple[str, ...] = SWITCHES + ("n_layers", "state_size")
 
 # Short names for switches that are on; order fixes the order inside a label.
