@@ -55,7 +55,10 @@ def read_result(stage_dir: Path, run_id: str) -> dict | None:
         return None
     except ValueError as err:
         aside = path.with_name(f"{RESULT}.corrupt-{time.time_ns()}")
-        path.rename(aside)
+        try:
+            path.rename(aside)
+        except FileNotFoundError:
+            return None  # another worker's scan moved it aside first
         log.warning("result record %s is damaged (%s); moved to %s, the run will be trained again", path, err, aside.name)
         return None
     return record
