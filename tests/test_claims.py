@@ -225,3 +225,14 @@ def test_atomic_open_exception_on_new_file_leaves_nothing(tmp_path):
         fh.write(b"\x00\x01\x02")
     assert path.read_bytes() == b"\x00\x01\x02"
     assert _leftovers(path.parent, {"file.bin"}) == []
+
+
+def test_atomic_files_get_umask_permissions_not_0600(tmp_path):
+    """Results on a shared cluster folder must be as readable as any file the user writes."""
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "summary.csv") as handle:
+            handle.write("id\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.csv").stat().st_mode & 0o777 == 0o644

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import time
@@ -25,6 +24,8 @@ from typing import BinaryIO
 
 import numpy as np
 from filelock import FileLock
+
+from rnnsweep.fsutil import atomic_open, atomic_write_json
 
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"  # canonical Hutter-prize URL
 ENWIK8_BYTES = 10**8
@@ -49,24 +50,6 @@ class DataError(Exception):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, data: bytes | np.ndarray) -> None:
-    """Write data to path so readers see either the old file or the complete new one.
-
-    The temp name is unique per process (not mkstemp) so the file gets the
-    usual umask permissions rather than 0600, which matters on shared clusters.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _set_aside(path: Path, name: str) -> Path:
@@ -412,14 +395,15 @@ def prepare_corpus(
     meta_path.unlink(missing_ok=True)
     bounds = split_bounds(len(corpus))
     for split, (start, stop) in zip(SPLITS, bounds):
-        _write_atomic(out_dir / f"{split}.bin", corpus[start:stop])
+        with atomic_open(out_dir / f"{split}.bin", "wb") as handle:
+            handle.write(corpus[start:stop])
     meta = {
         "source": name,
         "total_bytes": len(corpus),
         "splits": {split: stop - start for split, (start, stop) in zip(SPLITS, bounds)},
         "sha256": hashlib.sha256(corpus).hexdigest(),
     }
-    _write_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_json(meta_path, meta)
     return meta
 
 

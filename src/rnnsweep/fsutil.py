@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -14,14 +14,17 @@ from typing import IO, Iterator
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
     """Write to a temp file beside `path`, fsync it, then rename it over `path`.
 
-    The temp file lives in the same directory so the rename is atomic on POSIX;
-    on any exception it is removed and `path` is untouched.
+    `mode` is "w" or "wb". The temp file lives in the same directory so the
+    rename is atomic on POSIX; on any exception it is removed and `path` is
+    untouched. Its name is unique per process and it is created with the usual
+    umask permissions (mkstemp would make every result 0600, unreadable to
+    colleagues sharing a cluster folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, mode) as handle:
+        with open(tmp, mode.replace("w", "x")) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

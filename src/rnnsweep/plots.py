@@ -7,7 +7,6 @@ workflow can drive all of them the same way; options a figure does not use are i
 from __future__ import annotations
 
 import math
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from rnnsweep.fsutil import atomic_open  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -47,18 +48,13 @@ _EMPTY_YLIM = (0.0, UNIFORM_LOSS)  # when no finite loss exists, still render a 
 
 
 def _save(fig: Figure, out: Path) -> None:
-    """Write atomically (temp file + os.replace) so a killed job never leaves a half-written PNG."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    """Write atomically so a killed job never leaves a half-written PNG; always close the figure."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), atomic_open(Path(out), "wb") as handle:
             warnings.filterwarnings("ignore", message=_SWARM_WARNING, category=UserWarning)
-            fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, out)
+            fig.savefig(handle, format="png", dpi=DPI)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def _message_figure(out: Path, title: str, message: str) -> None:
