@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,24 @@ def copy_checkout():
         return dest
 
     return copy
+
+
+def run_worker_processes(stage_dir: Path, data_dir: Path, count: int, logs_dir: Path) -> tuple[list[int], list[str]]:
+    """Run `count` real `rnnsweep worker` processes on one stage; return their exit codes and stderr texts."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs, logs = [], [logs_dir / f"worker{i}.err" for i in range(count)]
+    for i, log in enumerate(logs):
+        cmd = [
+            sys.executable, "-m", "rnnsweep", "worker", "--stage", stage_dir.name, "--results", str(stage_dir.parent),
+            "--data", str(data_dir), "--index", str(i), "--count", str(count), "--threads", "1", "--device", "cpu",
+        ]
+        with log.open("w") as fh:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, cwd=logs_dir))
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return codes, [log.read_text() for log in logs]

@@ -38,7 +38,7 @@ def _fake_result(stage_dir: Path, run, k: int) -> dict:
     record = {
         "id": run.id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
         "valid_bpb": 4.0 + k, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
-        "device": "cpu", "seed": run.seed,
+        "device": "cpu", "precision": "fp32", "seed": run.seed,
     }
     (folder / "result.json").write_text(json.dumps(record))
     with (folder / "curve.csv").open("w", newline="") as fh:

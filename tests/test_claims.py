@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_worker_processes
 from rnnsweep.claims import Worker, read_result
 from rnnsweep.layout import run_dir
 from rnnsweep.fsutil import atomic_open
@@ -50,26 +51,7 @@ def _result_files(stage_dir: Path, run_id: str) -> list[str]:
 def test_four_worker_processes_train_each_run_exactly_once(tmp_path, data_dir):
     stage_dir, runs = _stage(tmp_path, 24)
     assert len(runs) == 24
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs, logs = [], []
-    for i in range(4):
-        err = tmp_path / f"worker{i}.err"
-        logs.append(err)
-        cmd = [
-            sys.executable, "-m", "rnnsweep", "worker", "--stage", "stage1",
-            "--results", str(tmp_path / "results"), "--data", str(data_dir),
-            "--index", str(i), "--count", "4", "--threads", "1", "--device", "cpu",
-        ]
-        with err.open("w") as fh:
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, cwd=tmp_path))
-    try:
-        codes = [p.wait(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    texts = [log.read_text() for log in logs]
+    codes, texts = run_worker_processes(stage_dir, data_dir, 4, tmp_path)
     assert codes == [0, 0, 0, 0], "\n".join(texts)
 
     trained = []  # (worker, id) for every "ok" line

@@ -86,6 +86,7 @@ def test_later_profile_wins(tmp_path):
         ("stage2:\n  keep_fraction: 0\n", ["stage2.keep_fraction"]),
         ("lock: nfs\n", ["lock"]),
         ("device: gpu\n", ["device"]),
+        ("precision: fp16\n", ["precision"]),
         ("stage1:\n  history_size: 1\n", ["stage1.history_size"]),
         ("stage1:\n  state_sizes: []\n", ["stage1.state_sizes"]),
         ("plots:\n  threshold: zero\n", ["plots.threshold"]),

@@ -2,7 +2,7 @@
 
 The expected curve and weights are recomputed here with a loop written
 independently (window by window, state reset per window, EMA in plain Python)
-from the same building blocks train.py uses: ByteModel, Sampler and fused Adam.
+from the same building blocks train.py uses: ByteModel, Sampler and Adam.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rnnsweep.train as train_mod
 from rnnsweep.grid import Design, make_runs
-from rnnsweep.model import ByteModel
+from rnnsweep.layout import RESULT_FIELDS
+from rnnsweep.model import ByteModel, count_params
+from rnnsweep.optim import Adam
 from rnnsweep.train import Sampler, train_run
 
 CPU = torch.device("cpu")
-RESULT_KEYS = {"status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "seed"}
 
 DESIGN = Design(True, True, True, True, True, True, True, n_layers=2, state_size=4)
 PLAIN = Design(False, False, False, False, True, False, False, n_layers=1, state_size=4)
@@ -37,27 +37,24 @@ def _run(design: Design = DESIGN, **changes):
 
 
 def reference(run, train_data):
-    """(curve, final ema, model) of `run`, by hand: windows of history_size bytes, history_size-1 steps each."""
-    model = ByteModel(run.design, seed=run.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=run.lr, fused=True)
+    """(curve, final ema, weights) of `run`, by hand: windows of history_size bytes, history_size-1 steps each."""
+    model = ByteModel(run.design, [run.seed])
+    opt = Adam(model.theta, model.grad, lr=run.lr)
     sampler = Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1)
     ema, curve, step = 3.0, [], 0
     while step < run.steps:
         batch = sampler.next().long()
-        states = [torch.zeros(run.batch_size, run.design.state_size) for _ in range(run.design.n_layers)]
+        states = [torch.zeros(1, run.batch_size, run.design.state_size) for _ in range(run.design.n_layers)]
         for j in range(run.history_size - 1):
             if step == run.steps:
                 break
-            logits, states = model(batch[:, j], states)
-            loss = F.cross_entropy(logits, batch[:, j + 1])
-            opt.zero_grad()
-            loss.backward()
+            loss, states = model.train_step(batch[None, :, j], batch[None, :, j + 1], states)
             opt.step()
             ema = 0.95 * ema + 0.05 * loss.item()
             step += 1
             if step % run.log_every == 0:
                 curve.append((step, ema))
-    return curve, ema, model
+    return curve, ema, model.replicate(model.theta, 0)
 
 
 def read_curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -76,25 +73,29 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-class Functional:
-    """Stands in for torch.nn.functional inside rnnsweep.train; cross_entropy can be sabotaged."""
+def sabotage(monkeypatch, after: int, action: str, seeds: set[int] | None = None) -> None:
+    """From the training step after the `after`-th on, make train.py's model raise (action "raise") or
+    multiply the loss and gradients by float(action) for the replicates whose seed is in `seeds` (all if None)."""
+    calls = 0
 
-    def __init__(self, after: int, action: str) -> None:
-        self.after, self.action, self.calls = after, action, 0
+    class Sabotaged(ByteModel):
+        def __init__(self, design, seeds_, *args, **kwargs):
+            super().__init__(design, seeds_, *args, **kwargs)
+            self.hit = [r for r, seed in enumerate(seeds_) if seeds is None or seed in seeds]
 
-    def __getattr__(self, name):
-        return getattr(F, name)
+        def train_step(self, byte, target, states):
+            nonlocal calls
+            loss, states = super().train_step(byte, target, states)
+            calls += 1
+            if calls > after:
+                if action == "raise":
+                    raise RuntimeError(f"simulated crash in step {calls}")
+                loss[self.hit] *= float(action)
+                for view in self.views(self.grad).values():
+                    view[self.hit] *= float(action)
+            return loss, states
 
-    def cross_entropy(self, *args, **kwargs):
-        loss = F.cross_entropy(*args, **kwargs)
-        if kwargs.get("reduction", "mean") != "mean":  # evaluation, not a training step
-            return loss
-        self.calls += 1
-        if self.calls > self.after:
-            if self.action == "raise":
-                raise RuntimeError(f"simulated crash in step {self.calls}")
-            return loss * float(self.action)
-        return loss
+    monkeypatch.setattr(train_mod, "ByteModel", Sabotaged)
 
 
 # --------------------------------------------------------------------------- the curve and the record
@@ -120,24 +121,41 @@ def test_curve_and_weights_match_independent_loop(tmp_path, splits, one_thread, 
         assert e1 == pytest.approx(e2, abs=1e-9, rel=0)
     assert result["min_loss"] == min(e for _, e in got)
     assert result["final_loss"] == pytest.approx(final_ema, abs=1e-9, rel=0)
-    assert_same_weights(weights(tmp_path / "run"), model.state_dict())
+    assert_same_weights(weights(tmp_path / "run"), model)
 
 
 def test_result_record(tmp_path, splits, one_thread):
     train, valid = splits
     run = _run(steps=23)
     result = train_run(run, train, valid, tmp_path / "run", CPU)
-    assert RESULT_KEYS <= set(result)
+    assert set(result) == set(RESULT_FIELDS)
+    assert result["id"] == run.id
     assert result["status"] == "ok"
     assert result["steps"] == 23
     assert result["seed"] == run.seed
     assert result["device"] == "cpu"
-    assert result["params"] == sum(p.numel() for p in ByteModel(run.design, seed=0).parameters())
+    assert result["precision"] == "fp32"
+    assert result["params"] == count_params(run.design) == sum(t.numel() for t in weights(tmp_path / "run").values())
     assert result["wall_s"] >= 0 and result["steps_per_s"] > 0
     assert 0 < result["valid_bpb"] < 64 and math.isfinite(result["valid_bpb"])
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
     assert on_disk == result
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one_thread):
+    """precision bf16: the same run, its arithmetic in bfloat16; weights and Adam stay float32."""
+    train, valid = splits
+    run = _run(design=Design(True, True, True, True, True, True, True, n_layers=2, state_size=16), steps=40, lr=3e-3)
+    fp32 = train_run(run, train, valid, tmp_path / "fp32", CPU)
+    bf16 = train_run(run, train, valid, tmp_path / "bf16", CPU, precision="bf16")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values())
+    a, b = read_curve(tmp_path / "fp32"), read_curve(tmp_path / "bf16")
+    # Rounding to 8 mantissa bits changes the curve (so bf16 really ran), but only slightly.
+    assert a != b
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 0.05
+    assert bf16["valid_bpb"] == pytest.approx(fp32["valid_bpb"], abs=0.05)
 
 
 def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
@@ -171,11 +189,11 @@ def test_other_seed_gives_other_curve(tmp_path, splits, one_thread):
 def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thread, steps, after, value):
     train, valid = splits
     run = _run(steps=steps)
-    monkeypatch.setattr(train_mod, "F", Functional(after, value))
+    sabotage(monkeypatch, after, value)
     result = train_run(run, train, valid, tmp_path / "run", CPU)
     assert result["status"] == "diverged"
     assert result["steps"] <= steps
-    assert RESULT_KEYS <= set(result)
+    assert set(result) == set(RESULT_FIELDS)
     curve = read_curve(tmp_path / "run")
     assert all(math.isfinite(e) for _, e in curve)
     assert all(s <= after for s, _ in curve)  # nothing logged after the loss went bad
@@ -194,13 +212,12 @@ def test_resume_after_crash_is_bit_identical(tmp_path, splits, monkeypatch, one_
     run = _run(steps=30, history_size=6, log_every=5)  # checkpoints at 7, 14 (mid-window), 21, 28
     full = train_run(run, train, valid, tmp_path / "a", CPU, checkpoint_every=7)
 
-    crashing = Functional(17, "raise")  # dies inside step 18, after the checkpoint of step 14
-    monkeypatch.setattr(train_mod, "F", crashing)
+    sabotage(monkeypatch, 17, "raise")  # dies inside step 18, after the checkpoint of step 14
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(run, train, valid, tmp_path / "b", CPU, checkpoint_every=7)
     assert (tmp_path / "b" / "checkpoint.pt").exists()
     assert not (tmp_path / "b" / "result.json").exists()
-    monkeypatch.setattr(train_mod, "F", F)
+    monkeypatch.undo()
 
     reported = []
     resumed = train_run(run, train, valid, tmp_path / "b", CPU, checkpoint_every=7,

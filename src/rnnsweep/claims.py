@@ -1,9 +1,11 @@
 """Workers that claim runs through file locks, so any number can share one stage.
 
-A run is *finished* when its result record exists and parses. A worker takes
-a run's lock without waiting, re-checks that the run is still unfinished
+A run is *finished* when its result record exists and parses. Runs of one
+design with the same settings (stage 3's replicates) form a group that trains
+as one batched model. A worker takes the locks of a group's pending runs
+without waiting, keeps those it got, re-checks that each is still unfinished
 (another worker may have finished it between the scan and the lock), trains
-it and releases the lock. An OS-level lock (`filelock.FileLock`, flock) dies
+them together and releases the locks. An OS-level lock (`filelock.FileLock`, flock) dies
 with its process, so a run whose worker was killed is simply claimed again.
 Workers that find every unfinished run locked wait and re-scan instead of
 exiting, so a run abandoned by a dying worker is still picked up by a live one.
@@ -28,7 +30,7 @@ from pathlib import Path
 from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data
-from rnnsweep.grid import Run, read_manifest
+from rnnsweep.grid import SETTINGS, Run, read_manifest
 from rnnsweep.layout import RESULT, RESULT_FIELDS, lock_path, manifest_path, run_dir
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Worker:
     index: int = 0
     count: int = 1
     device: str = "auto"
+    precision: str = "fp32"
     lock: str = "filelock"
     checkpoint_every: int = 0
     lease_s: float = 60.0
@@ -106,7 +109,7 @@ class Worker:
     def run(self) -> int:
         """Train until every run of the stage is finished; return how many this worker trained.
 
-        Raises train.Interrupted when `stop` is set during a run (after checkpointing it).
+        Raises train.Interrupted when `stop` is set during training (after checkpointing its runs).
         """
         from rnnsweep.train import resolve_device  # torch loads only where training happens
 
@@ -114,52 +117,75 @@ class Worker:
         device = resolve_device(self.device)
         train = data.load_split(self.data_dir, "train")
         valid = data.load_split(self.data_dir, "valid")
-        # Start each worker at its own slice of the manifest so they rarely contend.
-        offset = self.index * len(runs) // max(self.count, 1)
-        order = runs[offset:] + runs[:offset]
-        trained, pending = 0, order
+        groups = _groups(runs)
+        # Start each worker at its own slice of the groups so they rarely contend.
+        offset = self.index * len(groups) // max(self.count, 1)
+        trained, pending = 0, groups[offset:] + groups[:offset]
         while True:
             # A finished run stays finished, so only the still-pending ones are re-read.
-            pending = [r for r in pending if read_result(self.stage_dir, r.id) is None]
+            pending = [[r for r in group if read_result(self.stage_dir, r.id) is None] for group in pending]
+            pending = [group for group in pending if group]
             if not pending:
                 log.info("worker %d: stage finished, %d runs trained here", self.index, trained)
                 return trained
-            if self._claim_one(pending, len(runs), train, valid, device):
-                trained += 1
-            elif self.stop.wait(self.poll_s):  # all pending runs are held by other workers
+            claimed = self._claim_group(pending, len(runs), train, valid, device)
+            trained += claimed
+            if not claimed and self.stop.wait(self.poll_s):  # all pending runs are held by other workers
                 log.info("worker %d: stopped while waiting", self.index)
                 return trained
 
-    def _claim_one(self, pending: list[Run], total: int, train, valid, device) -> bool:
-        from rnnsweep.train import train_run
+    def _try_lock(self, run: Run) -> bool:
+        """Take the run's lock without waiting; False while another worker holds it."""
+        if run.id not in self.locks:
+            self.locks[run.id] = make_lock(self.stage_dir, run.id, self.lock, self.lease_s)
+        try:
+            self.locks[run.id].acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
 
-        for run in pending:
+    def _claim_group(self, pending: list[list[Run]], total: int, train, valid, device) -> int:
+        """Claim and train the pending runs of the first group with any lock free; return how many were trained."""
+        from rnnsweep.train import train_runs
+
+        left = sum(len(group) for group in pending)
+        for group in pending:
             if self.stop.is_set():
-                return False
-            if run.id not in self.locks:
-                self.locks[run.id] = make_lock(self.stage_dir, run.id, self.lock, self.lease_s)
-            lock = self.locks[run.id]
+                return 0
+            held: list[Run] = []
             try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            try:
-                if read_result(self.stage_dir, run.id) is not None:
-                    continue  # finished by another worker since the scan
-                done = total - len(pending) + 1
-                bar = ProgressBar(f"{self.stage_dir.name} {done}/{total} {run.id}", run.steps, self.progress_s)
-                result = train_run(
-                    run, train, valid, run_dir(self.stage_dir, run.id), device,
-                    self.checkpoint_every, bar.update, self.stop,
+                for run in group:
+                    if self._try_lock(run):
+                        held.append(run)
+                # Another worker may have finished some since the scan.
+                claimed = [run for run in held if read_result(self.stage_dir, run.id) is None]
+                if not claimed:
+                    continue
+                done = total - left + len(claimed)
+                label = f"{self.stage_dir.name} {done}/{total} {claimed[0].config_id} x{len(claimed)}"
+                bar = ProgressBar(label, claimed[0].steps, self.progress_s)
+                dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
+                results = train_runs(
+                    claimed, train, valid, dirs, device, self.checkpoint_every, bar.update, self.stop, self.precision
                 )
-                log.info(
-                    "worker %d: %s %s min_loss %.4f (%.1f steps/s)",
-                    self.index, run.id, result["status"], result["min_loss"], result["steps_per_s"],
-                )
-                return True
+                for result in results:
+                    log.info(
+                        "worker %d: %s %s min_loss %.4f (%.1f steps/s)",
+                        self.index, result["id"], result["status"], result["min_loss"], result["steps_per_s"],
+                    )
+                return len(claimed)
             finally:
-                lock.release()
-        return False
+                for run in held:
+                    self.locks[run.id].release()
+        return 0
+
+
+def _groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs that can train as one batched model: one design, the same settings; in manifest order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.config_id, *(getattr(run, k) for k in SETTINGS)), []).append(run)
+    return list(groups.values())
 
 
 class ProgressBar:

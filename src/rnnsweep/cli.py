@@ -82,7 +82,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
     import torch  # only workers need it; every other command starts faster without
 
     torch.set_num_threads(args.threads)
-    from rnnsweep.train import Interrupted
+    from rnnsweep.train import Interrupted, keep_freed_memory
+
+    keep_freed_memory()
 
     worker = Worker(
         stage_dir=_stage_dir(args),
@@ -90,6 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         index=args.index,
         count=args.count,
         device=args.device,
+        precision=args.precision,
         lock=args.lock,
         checkpoint_every=args.checkpoint_every,
         lease_s=args.lease_s,
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
     p.add_argument("--count", type=int, default=1, help="how many workers there are")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="arithmetic of each training step")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lock", choices=LOCKS, default="filelock", help="filelock (flock) or soft (lease, for NFS)")
     p.add_argument("--lease-s", type=float, default=60.0, help="soft locks: seconds unrefreshed before a lease may be taken over")

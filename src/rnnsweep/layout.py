@@ -6,7 +6,7 @@ from pathlib import Path
 
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 RESULT_FIELDS = (
-    "id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "seed",
+    "id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
 )
 CHECKPOINT = "checkpoint.pt"
 ATTEMPTS = "attempts.jsonl"  # one line per claim: who trained the run, from which step, when

@@ -1,121 +1,380 @@
-"""The gated recurrent cell of spec §1 and the byte model of spec §2, with fused maps.
+"""The gated recurrent cell of spec §1 and the byte model of spec §2, forward and backward by hand.
 
-Maps that read the same input are stacked into one matrix so each step costs
-few, larger matrix products:
+Why by hand: spec §3 detaches the state after every step, so each optimiser
+step differentiates a graph only one position deep. At these sizes autograd's
+bookkeeping costs as much as the arithmetic for small cells, and for large
+ones it computes gradients nobody uses (those of the detached state). Writing
+each map's backward out keeps only the products that feed a parameter. The
+equivalence tests check values and gradients against the line-by-line
+autograd model in `rnnsweep.reference`.
 
-* A and B (input gate) both read c → one (d+n → d+n) map.
-* H reads c; G and F read [c, h], which splits into a c-part and an h-part.
-  The c-parts of H, G and F are stacked → one map; the h-parts stay separate
-  because h changes between them (F sees the h that the state gate produced).
-* O and P (output gate) both read u; P's y-part stays separate because y is O's output.
+Layout, for speed:
 
-Every block is initialised uniform in ±1/sqrt(fan_in) of the map it belongs
-to (fan_in of the *whole* map, e.g. d+2n for G), exactly like torch.nn.Linear
-of that map, so the fused model has the same initial distribution as the
-unfused one in `rnnsweep.reference`.
+* **Stacked maps, split by input.** Maps that read the same input are stacked
+  into one matrix: A and B (input gate) both read c; H and the c-parts of G and
+  F read c (their h-parts stay separate because h changes between them); O and
+  the u-part of P read u (P's y-part stays separate because y is O's output).
+  Each stacked map keeps one matrix per input part it reads (x and s of c; h,
+  s_in and x of u), so inputs are never concatenated: the products accumulate
+  into one output, and the backward pass forms only the input gradients that
+  reach a parameter. Every block is initialised uniform in ±1/sqrt(fan_in) of
+  the map it belongs to, exactly like torch.nn.Linear of that map.
+* **Replicates.** Every tensor has a leading replicate axis R: weights are
+  (R, out, in), activations (R, batch, features), every product a batched
+  matmul. Nothing couples replicates, so R seeds of one design (stage 3) train
+  as one model, and replicate r computes what a solo run (R = 1) computes.
+* **One flat buffer.** All parameters are views into one tensor `theta` and all
+  gradients views into `grad` (parameter by parameter, replicate axis inside),
+  so the optimiser step is one fused kernel over one tensor.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnsweep.grid import Design
 
 VOCAB = 256
 
-
-def _uniform(rows: int, cols: int | None, fan_in: int, gen: torch.Generator) -> Tensor:
-    """A weight (rows × cols) or bias (rows) tensor, uniform in ±1/sqrt(fan_in)."""
-    shape = (rows,) if cols is None else (rows, cols)
-    bound = 1.0 / math.sqrt(fan_in)
-    return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+_sigmoid_backward = torch.ops.aten.sigmoid_backward  # (grad, σ(z)) → grad·σ(z)·(1−σ(z))
+_silu_backward = torch.ops.aten.silu_backward  # (grad, z) → grad·d silu(z)/dz
 
 
-def _stack(blocks: list[tuple[int, int]], cols: int | None, gen: torch.Generator) -> nn.Parameter:
-    """Stack row blocks [(rows, fan_in), ...] into one parameter, each with its own bound."""
-    return nn.Parameter(torch.cat([_uniform(rows, cols, fan_in, gen) for rows, fan_in in blocks]))
+def _sigmoid_backward_into(grad: Tensor, out: Tensor, into: Tensor) -> Tensor:
+    return torch.ops.aten.sigmoid_backward.grad_input(grad, out, grad_input=into)
 
 
-class Cell(nn.Module):
-    """One layer of spec §1 with d == n; returns (y, next state detached)."""
+def _tanh_backward_into(grad: Tensor, out: Tensor, into: Tensor) -> Tensor:
+    return torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=into)
 
-    def __init__(self, design: Design, gen: torch.Generator) -> None:
-        super().__init__()
-        self.design = design
-        n = d = design.state_size
-        self.n = n
-        if design.use_input_gate:  # [A; B]
-            blocks = [(d, d + n), (n, d + n)]
-            self.in_w, self.in_b = _stack(blocks, d + n, gen), _stack(blocks, None, gen)
-        blocks = [(n, d + n)]  # H, then the c-parts of G and F
-        blocks += [(n, d + 2 * n)] * (design.use_state_gate + design.use_forget_gate)
-        self.c_w, self.c_b = _stack(blocks, d + n, gen), _stack(blocks, None, gen)
-        if design.use_state_gate:  # h-part of G
-            self.g_h = nn.Parameter(_uniform(n, n, d + 2 * n, gen))
-        if design.use_forget_gate:  # h-part of F
-            self.f_h = nn.Parameter(_uniform(n, n, d + 2 * n, gen))
-        u = n * (design.use_new_state + design.use_old_state) + d * design.use_residual
-        blocks = [(d, u)] + [(d, d + u)] * design.use_output_gate  # O, then the u-part of P
-        self.u_w, self.u_b = _stack(blocks, u, gen), _stack(blocks, None, gen)
-        if design.use_output_gate:  # y-part of P
-            self.p_y = nn.Parameter(_uniform(d, d, d + u, gen))
 
-    def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        design, n = self.design, self.n
-        c = torch.cat((x, s), dim=1)
-        if design.use_input_gate:
-            c = c * torch.sigmoid(F.linear(c, self.in_w, self.in_b))
-        s_in = c[:, n:]
-        z = F.linear(c, self.c_w, self.c_b)
-        h = torch.tanh(z[:, :n])
-        k = n
-        if design.use_state_gate:
-            g = torch.sigmoid(z[:, k : k + n] + F.linear(h, self.g_h))
-            h = g * h + (1 - g) * s
+@dataclass(frozen=True)
+class Param:
+    """One parameter tensor: its shape and the (rows, fan_in) of each map stacked in it."""
+
+    name: str
+    shape: tuple[int, ...]
+    blocks: tuple[tuple[int, int], ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def _map(name: str, inputs: list[tuple[str, int]], blocks: list[tuple[int, int]]) -> list[Param]:
+    """The maps stacked in `blocks`: one weight per input they read, then one bias."""
+    rows = sum(r for r, _ in blocks)
+    weights = [Param(f"{name}_{part}", (rows, cols), tuple(blocks)) for part, cols in inputs]
+    return weights + [Param(f"{name}_b", (rows,), tuple(blocks))]
+
+
+def plan(design: Design) -> list[Param]:
+    """Every parameter of the model, in initialisation order."""
+    D, n = design, design.state_size
+    d = n
+    # The one-hot affine map's weight, stored transposed as a lookup table (fan_in 256).
+    params = [Param("embed_w", (VOCAB, n), ((VOCAB, VOCAB),)), Param("embed_b", (n,), ((n, VOCAB),))]
+    u_inputs = [("h", n)] * D.use_new_state + [("s", n)] * D.use_old_state + [("x", d)] * D.use_residual
+    u = sum(cols for _, cols in u_inputs)
+    for i in range(D.n_layers):
+        p = f"cells.{i}."
+        if D.use_input_gate:  # [A; B], reading x and s
+            params += _map(p + "in", [("x", d), ("s", n)], [(d, d + n), (n, d + n)])
+        gates = [(n, d + n)] + [(n, d + 2 * n)] * (D.use_state_gate + D.use_forget_gate)
+        params += _map(p + "c", [("x", d), ("s", n)], gates)  # H, then the c-parts of G and F
+        if D.use_state_gate:  # h-part of G
+            params.append(Param(p + "g_h", (n, n), ((n, d + 2 * n),)))
+        if D.use_forget_gate:  # h-part of F
+            params.append(Param(p + "f_h", (n, n), ((n, d + 2 * n),)))
+        params += _map(p + "u", u_inputs, [(d, u)] + [(d, d + u)] * D.use_output_gate)  # O, u-part of P
+        if D.use_output_gate:  # y-part of P
+            params.append(Param(p + "p_y", (d, d), ((d, d + u),)))
+    return params + _map("head", [("w", n)], [(VOCAB, n)])
+
+
+def _bound(fan_in: int) -> float:
+    return 1.0 / math.sqrt(fan_in)
+
+
+def initial_weights(design: Design, seed: int) -> dict[str, Tensor]:
+    """One replicate's initial parameters: each block uniform in ±1/sqrt(fan_in) of its own map."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = {}
+    for param in plan(design):
+        cols = param.shape[1:]
+        blocks = [torch.empty(rows, *cols).uniform_(-_bound(fan_in), _bound(fan_in), generator=gen) for rows, fan_in in param.blocks]
+        weights[param.name] = torch.cat(blocks)
+    return weights
+
+
+def count_params(design: Design) -> int:
+    return sum(p.numel for p in plan(design))
+
+
+class _Maps:
+    """One layer's parameter (or gradient) views by short name (c_x, c_b, g_h, …), optionally transposed.
+
+    The views are made once: they stay valid because every update is in place.
+    """
+
+    def __init__(self, views: dict[str, Tensor], prefix: str, transposed: bool = False) -> None:
+        for name, view in views.items():
+            if name.startswith(prefix):
+                setattr(self, name[len(prefix) :], view.mT if transposed and not name.endswith("_b") else view)
+
+
+def _affine(bias: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """bias + Σ input @ weightᵀ over the inputs a stacked map reads, accumulated in place."""
+    (first, wt), *rest = terms
+    out = torch.baddbmm(bias, first, wt)
+    for inp, wt in rest:
+        out.baddbmm_(inp, wt)
+    return out
+
+
+def _into(buffer: Tensor, k: int, width: int) -> Tensor:
+    """Feature columns k … k+width of a (R, batch, features) buffer, as a view to write into."""
+    return buffer[..., k : k + width]
+
+
+class Cell:
+    """One layer of spec §1 with d == n, on (R, batch, features) tensors.
+
+    Each stacked map keeps one weight per input it reads (x, s, h, …), so no
+    input is ever concatenated: z = b + x·Wxᵀ + s·Wsᵀ accumulates in place, and
+    the backward pass computes only the input gradients something uses.
+    """
+
+    def __init__(self, design: Design, w: _Maps, wt: _Maps, g: _Maps) -> None:
+        self.design, self.n, self.w, self.wt, self.g = design, design.state_size, w, wt, g
+
+    def _u_terms(self, h: Tensor, s_in: Tensor, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """(input, weight, weightᵀ, gradient) of each part of u, in spec order."""
+        D, w, g = self.design, self.w, self.g
+        return [(t, getattr(w, "u_" + k), getattr(self.wt, "u_" + k), getattr(g, "u_" + k)) for t, k, on in
+                ((h, "h", D.use_new_state), (s_in, "s", D.use_old_state), (x, "x", D.use_residual)) if on]
+
+    def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple]:
+        """(y, next state, what backward needs)."""
+        D, n, w = self.design, self.n, self.wt
+        x_in, s_in, a = x, s, None
+        if D.use_input_gate:
+            a = _affine(w.in_b, [(x, w.in_x), (s, w.in_s)]).sigmoid_()
+            x_in, s_in = x * a[..., :n], s * a[..., n:]
+        z = _affine(w.c_b, [(x_in, w.c_x), (s_in, w.c_s)])  # [H·c, G's c-part, F's c-part]
+        h0 = torch.tanh(z[..., :n])
+        h1, g, f, k = h0, None, None, n
+        if D.use_state_gate:
+            g = _into(z, k, n).baddbmm_(h0, w.g_h).sigmoid_()
+            h1 = torch.lerp(s, h0, g)  # g·h + (1 − g)·s
             k += n
-        if design.use_forget_gate:
-            h = torch.sigmoid(z[:, k : k + n] + F.linear(h, self.f_h)) * h
-        parts = [h] * design.use_new_state + [s_in] * design.use_old_state + [x] * design.use_residual
-        u = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        yz = F.linear(u, self.u_w, self.u_b)
-        if design.use_output_gate:
-            y = yz[:, :n]
-            y = y * torch.sigmoid(yz[:, n:] + F.linear(y, self.p_y))
+        h = h1
+        if D.use_forget_gate:
+            f = _into(z, k, n).baddbmm_(h1, w.f_h).sigmoid_()
+            h = f * h1
+        yz = _affine(w.u_b, [(t, wt) for t, _, wt, _ in self._u_terms(h, s_in, x)])  # [O·u, P's u-part]
+        if D.use_output_gate:
+            q = yz[..., n:].baddbmm_(yz[..., :n], w.p_y).sigmoid_()
+            y = yz[..., :n] * q
         else:
-            y = F.silu(yz)
-        return y, h.detach()
+            q, y = None, F.silu(yz)
+        return y, h, (x, s, a, x_in, s_in, h0, g, h1, f, h, yz, q)
+
+    def backward(self, saved: tuple, dy: Tensor) -> Tensor | None:
+        """Write this layer's parameter gradients; return dL/dx, or None where y does not depend on x."""
+        D, n, w, g_ = self.design, self.n, self.w, self.g
+        x, s, a, x_in, s_in, h0, g, h1, f, h, yz, q = saved
+        if D.use_output_gate:
+            y0 = yz[..., :n]
+            dq = _sigmoid_backward(dy * y0, q)
+            torch.bmm(dq.mT, y0, out=g_.p_y)
+            dyz = torch.cat((torch.bmm(dq, w.p_y).addcmul_(dy, q), dq), 2)
+        else:
+            dyz = _silu_backward(dy, yz)
+        torch.sum(dyz, 1, keepdim=True, out=g_.u_b)
+        dyz_t = dyz.mT
+        for t, _, _, grad in self._u_terms(h, s_in, x):
+            torch.bmm(dyz_t, t, out=grad)
+        dx = torch.bmm(dyz, w.u_x) if D.use_residual else None
+        # The old state reaches a parameter only through the input gate.
+        ds_in = torch.bmm(dyz, w.u_s) if D.use_old_state and D.use_input_gate else None
+        dx_in = None
+        if D.use_new_state:
+            dx_in, ds_c = self._backward_gates(torch.bmm(dyz, w.u_h), x_in, s, s_in, h0, g, h1, f)
+            if ds_c is not None:
+                ds_in = ds_c if ds_in is None else ds_in.add_(ds_c)
+        if D.use_input_gate:
+            dx_in = self._backward_input_gate(dx_in, ds_in, x, s, a)
+        if dx is None or dx_in is None:
+            return dx_in if dx is None else dx
+        return dx.add_(dx_in)
+
+    def _backward_gates(self, dh: Tensor, x_in, s, s_in, h0, g, h1, f) -> tuple[Tensor, Tensor | None]:
+        """Through the forget gate, state gate and candidate: (dL/dx_in, dL/ds_in or None if unused)."""
+        D, n, w, g_ = self.design, self.n, self.w, self.g
+        dz = dh.new_empty(*dh.shape[:2], n * (1 + D.use_state_gate + D.use_forget_gate))
+        k = dz.shape[2]
+        if D.use_forget_gate:
+            k -= n
+            df = _sigmoid_backward_into(dh * h1, f, _into(dz, k, n))
+            torch.bmm(df.mT, h1, out=g_.f_h)
+            dh = torch.bmm(df, w.f_h).addcmul_(dh, f)
+        if D.use_state_gate:
+            k -= n
+            dg = _sigmoid_backward_into(dh * (h0 - s), g, _into(dz, k, n))
+            torch.bmm(dg.mT, h0, out=g_.g_h)
+            dh = torch.bmm(dg, w.g_h).addcmul_(dh, g)
+        _tanh_backward_into(dh, h0, _into(dz, 0, n))
+        torch.sum(dz, 1, keepdim=True, out=g_.c_b)
+        dz_t = dz.mT
+        torch.bmm(dz_t, x_in, out=g_.c_x)
+        torch.bmm(dz_t, s_in, out=g_.c_s)
+        ds_in = torch.bmm(dz, w.c_s) if D.use_input_gate else None
+        return torch.bmm(dz, w.c_x), ds_in
+
+    def _backward_input_gate(self, dx_in: Tensor | None, ds_in: Tensor | None, x, s, a) -> Tensor:
+        """x_in = σ(A·c)⊙x, s_in = σ(B·c)⊙s: gradients of A and B; return dL/dx."""
+        w, g_, n = self.w, self.g, self.n
+        some = dx_in if dx_in is not None else ds_in
+        da = some.new_zeros(*some.shape[:2], 2 * n)
+        if dx_in is not None:
+            _sigmoid_backward_into(dx_in * x, a[..., :n], da[..., :n])
+        if ds_in is not None:
+            _sigmoid_backward_into(ds_in * s, a[..., n:], da[..., n:])
+        torch.sum(da, 1, keepdim=True, out=g_.in_b)
+        torch.bmm(da.mT, x, out=g_.in_x)
+        torch.bmm(da.mT, s, out=g_.in_s)
+        dx = torch.bmm(da, w.in_x)
+        return dx if dx_in is None else dx.addcmul_(dx_in, a[..., :n])
 
 
-class ByteModel(nn.Module):
-    """Embedding → stacked cells → 256 logits, one byte position per call (spec §2)."""
+class ByteModel:
+    """Embedding → stacked cells → 256 logits, one byte position per call (spec §2), for R replicates.
 
-    def __init__(self, design: Design, seed: int) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        n = design.state_size
-        self.design = design
-        # The one-hot affine map's weight, stored transposed as a lookup table (fan_in 256).
-        self.embed_w = nn.Parameter(_uniform(VOCAB, n, VOCAB, gen))
-        self.embed_b = nn.Parameter(_uniform(n, None, VOCAB, gen))
-        self.cells = nn.ModuleList(Cell(design, gen) for _ in range(design.n_layers))
-        self.head_w = nn.Parameter(_uniform(VOCAB, n, n, gen))
-        self.head_b = nn.Parameter(_uniform(VOCAB, None, n, gen))
+    `seeds` gives one initialisation seed per replicate. States are lists (one
+    per layer) of (R, batch, n) tensors; bytes and targets are (R, batch).
 
-    def initial_state(self, batch_size: int, device: torch.device) -> list[Tensor]:
-        return [torch.zeros(batch_size, self.design.state_size, device=device) for _ in self.cells]
+    `compute_dtype` (default: `dtype`) is the precision of the step's arithmetic.
+    With bfloat16 the parameters stay float32 (the optimiser's master copy):
+    each step casts them to a bfloat16 working copy in one pass, runs forward
+    and backward in bfloat16 with the softmax and loss in float32, and casts
+    the gradients back — what autocast does, in two casts per step.
+    """
 
-    def forward(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        y = F.embedding(byte, self.embed_w) + self.embed_b
-        next_states = []
+    def __init__(
+        self,
+        design: Design,
+        seeds: Sequence[int],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.design, self.replicates = design, len(seeds)
+        self.plan = plan(design)
+        total = self.replicates * sum(p.numel for p in self.plan)
+        self.theta = torch.empty(total, device=device, dtype=dtype)
+        self.grad = torch.zeros_like(self.theta)
+        for r, seed in enumerate(seeds):
+            self.load_replicate(r, initial_weights(design, seed))
+        mixed = compute_dtype not in (None, dtype)
+        self._work = torch.empty_like(self.theta, dtype=compute_dtype) if mixed else self.theta
+        self._work_grad = torch.zeros_like(self._work) if mixed else self.grad
+        self.params, self.grads = self.views(self._work), self.views(self._work_grad)
+        self.cells = [
+            Cell(design, *(_Maps(self.params, f"cells.{i}.", t) for t in (False, True)), _Maps(self.grads, f"cells.{i}."))
+            for i in range(design.n_layers)
+        ]
+        # Row offsets that make replicate r's byte b pick row r·256 + b of the stacked lookup tables.
+        self._row0 = torch.arange(self.replicates, device=device).unsqueeze(1) * VOCAB
+        self._ones: Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._work.dtype
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Name → (R, *shape) view of a buffer laid out like `theta`; biases as (R, 1, rows) for broadcasting."""
+        out, offset, R = {}, 0, self.replicates
+        for p in self.plan:
+            shape = (R, 1, p.shape[0]) if len(p.shape) == 1 else (R, *p.shape)
+            out[p.name] = flat[offset : offset + R * p.numel].view(shape)
+            offset += R * p.numel
+        return out
+
+    def replicate(self, flat: Tensor, r: int) -> dict[str, Tensor]:
+        """Replicate r's part of a buffer laid out like `theta`, as a state dict of copies."""
+        return {p.name: view[r].reshape(p.shape).clone() for p, view in zip(self.plan, self.views(flat).values())}
+
+    def load_replicate(self, r: int, weights: dict[str, Tensor], flat: Tensor | None = None) -> None:
+        """Copy a state dict into replicate r of `flat` (default: the parameters)."""
+        views = self.views(self.theta if flat is None else flat)
+        if weights.keys() != views.keys():
+            raise ValueError(f"parameter names differ: {sorted(set(weights) ^ set(views))}")
+        for name, view in views.items():
+            view[r].copy_(weights[name].reshape(view[r].shape))
+
+    def initial_state(self, batch_size: int) -> list[Tensor]:
+        shape = (self.replicates, batch_size, self.design.state_size)
+        return [torch.zeros(shape, device=self.device, dtype=self.compute_dtype) for _ in self.cells]
+
+    def _rows(self, byte: Tensor) -> Tensor:
+        """Rows of the stacked (R·256, n) lookup table: replicate r's byte b is row r·256 + b."""
+        return byte if self.replicates == 1 else byte + self._row0
+
+    def forward(self, rows: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor], list[tuple], Tensor]:
+        """(logits, next states, per-layer saved tensors, last layer output) from lookup-table rows."""
+        if self._work is not self.theta:
+            self._work.copy_(self.theta)
+        table = self.params["embed_w"].view(-1, self.design.state_size)
+        x = table.index_select(0, rows.view(-1)).view(*rows.shape, -1).add_(self.params["embed_b"])
+        saved, next_states = [], []
         for cell, s in zip(self.cells, states):
-            y, h = cell(y, s)
+            x, h, ctx = cell.forward(x, s)
+            saved.append(ctx)
             next_states.append(h)
-        return F.linear(y, self.head_w, self.head_b), next_states
+        return torch.baddbmm(self.params["head_b"], x, self.params["head_w"].mT), next_states, saved, x
 
+    def logits(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        logits, next_states, _, _ = self.forward(self._rows(byte), states)
+        return logits.to(self.theta.dtype), next_states
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    def train_step(self, byte: Tensor, target: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """Forward, then the gradient of each replicate's mean cross-entropy into `grad`; (losses (R,), next states)."""
+        rows = self._rows(byte)
+        logits, next_states, saved, y = self.forward(rows, states)
+        batch = byte.shape[1]
+        picked = target.unsqueeze(2)
+        # One softmax serves both the loss and its gradient (softmax − one-hot) / batch.
+        probs = torch.softmax(logits, 2, dtype=self.theta.dtype)
+        loss = probs.gather(2, picked).log_().mean((1, 2)).neg_()
+        dlogits = probs.scatter_add_(2, picked, self._minus_one(picked)).div_(batch).to(y.dtype)
+        grads = self.grads
+        torch.bmm(dlogits.mT, y, out=grads["head_w"])
+        torch.sum(dlogits, 1, keepdim=True, out=grads["head_b"])
+        dy = torch.bmm(dlogits, self.params["head_w"])
+        for cell, ctx in zip(reversed(self.cells), reversed(saved)):
+            dy = cell.backward(ctx, dy)
+            if dy is None:
+                break  # nothing below this layer reaches the loss
+        if dy is not None:
+            torch.sum(dy, 1, keepdim=True, out=grads["embed_b"])
+            table = grads["embed_w"].view(-1, self.design.state_size).zero_()
+            table.index_add_(0, rows.view(-1), dy.reshape(-1, dy.shape[2]))
+        if self._work_grad is not self.grad:
+            self.grad.copy_(self._work_grad)
+        return loss, next_states
+
+    def _minus_one(self, like: Tensor) -> Tensor:
+        if self._ones is None or self._ones.shape != like.shape:
+            self._ones = torch.full(like.shape, -1.0, device=self.device, dtype=self.theta.dtype)
+        return self._ones

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnsweep.grid import Design
-from rnnsweep.model import VOCAB, ByteModel
+from rnnsweep.model import VOCAB
 
 
 class ReferenceCell(nn.Module):
@@ -96,29 +96,39 @@ class ReferenceModel(nn.Module):
 
 
 @torch.no_grad()
-def load_into_engine(ref: ReferenceModel, engine: ByteModel) -> None:
-    """Copy the reference's weights into the fused engine, block by block."""
-    n = ref.design.state_size
-    engine.embed_w.copy_(ref.embed.weight.T)
-    engine.embed_b.copy_(ref.embed.bias)
-    for rc, ec in zip(ref.cells, engine.cells):
-        d = ref.design
-        if d.use_input_gate:
-            ec.in_w.copy_(torch.cat([rc.A.weight, rc.B.weight]))
-            ec.in_b.copy_(torch.cat([rc.A.bias, rc.B.bias]))
-        gates = [m for m, on in ((rc.H, True), (getattr(rc, "G", None), d.use_state_gate), (getattr(rc, "F", None), d.use_forget_gate)) if on]
-        ec.c_w.copy_(torch.cat([m.weight[:, : 2 * n] for m in gates]))
-        ec.c_b.copy_(torch.cat([m.bias for m in gates]))
+def engine_state(ref: ReferenceModel, grads: bool = False) -> dict[str, Tensor]:
+    """The reference's weights (or gradients) as one engine replicate's state dict, block by block."""
+
+    def get(m: nn.Linear, attr: str) -> Tensor:
+        t = getattr(m, attr)
+        return (t.grad if t.grad is not None else torch.zeros_like(t)) if grads else t.detach()
+
+    d, n = ref.design, ref.design.state_size
+    out = {"embed_w": get(ref.embed, "weight").T, "embed_b": get(ref.embed, "bias")}
+    for i, rc in enumerate(ref.cells):
+        p = f"cells.{i}."
+        if d.use_input_gate:  # A and B read c = [x, s]
+            ab = torch.cat([get(rc.A, "weight"), get(rc.B, "weight")])
+            out[p + "in_x"], out[p + "in_s"] = ab[:, :n], ab[:, n:]
+            out[p + "in_b"] = torch.cat([get(rc.A, "bias"), get(rc.B, "bias")])
+        gates = [rc.H] + ([rc.G] if d.use_state_gate else []) + ([rc.F] if d.use_forget_gate else [])
+        c = torch.cat([get(m, "weight")[:, : 2 * n] for m in gates])
+        out[p + "c_x"], out[p + "c_s"] = c[:, :n], c[:, n:]
+        out[p + "c_b"] = torch.cat([get(m, "bias") for m in gates])
         if d.use_state_gate:
-            ec.g_h.copy_(rc.G.weight[:, 2 * n :])
+            out[p + "g_h"] = get(rc.G, "weight")[:, 2 * n :]
         if d.use_forget_gate:
-            ec.f_h.copy_(rc.F.weight[:, 2 * n :])
+            out[p + "f_h"] = get(rc.F, "weight")[:, 2 * n :]
+        # O reads u; P reads [y, u]: stack O with P's u-columns, then split by the parts of u.
+        o = get(rc.O, "weight")
+        u_b = get(rc.O, "bias")
         if d.use_output_gate:
-            ec.u_w.copy_(torch.cat([rc.O.weight, rc.P.weight[:, n:]]))
-            ec.u_b.copy_(torch.cat([rc.O.bias, rc.P.bias]))
-            ec.p_y.copy_(rc.P.weight[:, :n])
-        else:
-            ec.u_w.copy_(rc.O.weight)
-            ec.u_b.copy_(rc.O.bias)
-    engine.head_w.copy_(ref.head.weight)
-    engine.head_b.copy_(ref.head.bias)
+            o = torch.cat([o, get(rc.P, "weight")[:, n:]])
+            u_b = torch.cat([u_b, get(rc.P, "bias")])
+            out[p + "p_y"] = get(rc.P, "weight")[:, :n]
+        parts = [k for k, on in (("h", d.use_new_state), ("s", d.use_old_state), ("x", d.use_residual)) if on]
+        for j, part in enumerate(parts):
+            out[p + "u_" + part] = o[:, j * n : (j + 1) * n]
+        out[p + "u_b"] = u_b
+    out["head_w"], out["head_b"] = get(ref.head, "weight"), get(ref.head, "bias")
+    return out

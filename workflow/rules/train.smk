@@ -12,6 +12,7 @@ rule train:
     params:
         workers=len(WORKERS),
         device=config["device"],
+        precision=config["precision"],
         lock=config["lock"],
         lease_s=config["lock_lease_s"],
         checkpoint_every=config["checkpoint_every"],
@@ -26,5 +27,6 @@ rule train:
     shell:
         "python -m rnnsweep worker --stage {wildcards.stage} --results results --data results/data"
         " --index {wildcards.worker} --count {params.workers} --device {params.device}"
+        " --precision {params.precision}"
         " --threads {threads} --lock {params.lock} --lease-s {params.lease_s} --checkpoint-every {params.checkpoint_every}"
         " 2> {log}"
