@@ -6,7 +6,8 @@ runs them) and with the plain implementation (`rnnsweep.reference`: one-hot
 input, one nn.Linear per map, autograd, default Adam). Each measurement runs
 in a fresh process, so its peak RSS is its own, and engine and plain processes
 alternate for `--rounds` rounds so that a slow patch of a shared machine hits
-both; each figure is the best block seen.
+both; each figure is the best block seen. The dense matmul rate is measured the same
+way, in each round, beside every configuration.
 
 Reported per configuration: steps/s of each and their ratio; the engine's
 GFLOP/s counted from the layer shapes (forward + backward = 3 × the forward
@@ -66,6 +67,12 @@ def matmul_rate(threads: int, n: int = 512, batch: int = 256, repeats: int = 200
             torch.mm(a, b)
         best = max(best, 2 * batch * n * n * repeats / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def matmul_child(threads: int) -> float:
+    """The matmul rate in a fresh process, like every other measurement."""
+    cmd = [sys.executable, __file__, "--matmul-child", "--threads", str(threads)]
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
 def _engine_step(design: Design, batch: int, replicates: int, compute_dtype: torch.dtype):
@@ -130,9 +137,10 @@ def child(name: str, impl: str, steps: int, args: argparse.Namespace) -> dict:
 
 
 def best_of(name: str, impls: dict[str, int], args: argparse.Namespace) -> dict[str, dict]:
-    """Alternate the implementations' processes for `rounds` rounds; keep each one's best rate and peak RSS."""
-    best: dict[str, dict] = {}
+    """Alternate the implementations' processes (and the matmul rate's) for `rounds` rounds; keep each one's best."""
+    best: dict[str, dict] = {"matmul": {"steps_per_s": 0.0}}
     for _ in range(args.rounds):
+        best["matmul"]["steps_per_s"] = max(best["matmul"]["steps_per_s"], matmul_child(args.threads))
         for impl, steps in impls.items():
             got = child(name, impl, steps, args)
             prev = best.get(impl, {"steps_per_s": 0.0, "peak_rss_mb": 0.0})
@@ -144,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="steps per timed block")
     parser.add_argument("--blocks", type=int, default=3, help="timed blocks per process")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating engine/plain processes per configuration")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating engine/plain processes per configuration")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--replicates", type=int, default=10, help="seeds trained as one batched model (stage 3)")
@@ -152,13 +160,16 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("speed.csv"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(*args.child, args.steps, args.batch, args.threads, args.blocks)))
         return
+    if args.matmul_child:
+        print(matmul_rate(args.threads))
+        return
     import pandas as pd
 
-    peak = matmul_rate(args.threads)
     rows = []
     for name in args.configs:
         reps = f"engine:{args.replicates}"
@@ -166,7 +177,7 @@ def main() -> None:
         if args.bf16:
             impls["bf16"] = max(5, args.steps // 10)
         got = best_of(name, impls, args)
-        engine, plain = got["engine"]["steps_per_s"], got["plain"]["steps_per_s"]
+        engine, plain, peak = (got[k]["steps_per_s"] for k in ("engine", "plain", "matmul"))
         gflops = engine * step_flops(CONFIGS[name], args.batch) / 1e9
         batched = got[reps]["steps_per_s"] * args.replicates
         row = {
