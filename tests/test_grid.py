@@ -271,6 +271,13 @@ def _write(path: Path, runs) -> list[str]:
     return path.read_text().splitlines()
 
 
+def _set_field(lines: list[str], index: int, column: str, value: str) -> None:
+    """Replace one column's value in lines[index] of a manifest read as lines."""
+    fields = lines[index].split(",")
+    fields[lines[0].split(",").index(column)] = value
+    lines[index] = ",".join(fields)
+
+
 def _assert_names(err: pytest.ExceptionInfo, path: Path, line: int | None = None) -> None:
     message = str(err.value)
     assert str(path) in message
@@ -288,10 +295,7 @@ def test_missing_manifest(tmp_path):
 def test_bad_boolean_names_file_and_line(tmp_path, runs):
     path = tmp_path / "manifest.csv"
     lines = _write(path, runs[:5])
-    header = lines[0].split(",")
-    fields = lines[3].split(",")  # line 4 of the file
-    fields[header.index("use_residual")] = "maybe"
-    lines[3] = ",".join(fields)
+    _set_field(lines, 3, "use_residual", "maybe")  # line 4 of the file
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ManifestError) as err:
         read_manifest(path)
@@ -302,10 +306,7 @@ def test_bad_boolean_names_file_and_line(tmp_path, runs):
 def test_bad_integer_names_file_and_line(tmp_path, runs):
     path = tmp_path / "manifest.csv"
     lines = _write(path, runs[:5])
-    header = lines[0].split(",")
-    fields = lines[5].split(",")  # line 6
-    fields[header.index("steps")] = "ten"
-    lines[5] = ",".join(fields)
+    _set_field(lines, 5, "steps", "ten")  # line 6
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ManifestError) as err:
         read_manifest(path)
@@ -356,10 +357,7 @@ def test_row_with_extra_field_is_invalid(tmp_path, runs):
 def test_line_numbers_count_blank_lines(tmp_path, runs):
     path = tmp_path / "manifest.csv"
     lines = _write(path, runs[:5])
-    header = lines[0].split(",")
-    fields = lines[3].split(",")
-    fields[header.index("use_input_gate")] = "yes"
-    lines[3] = ",".join(fields)
+    _set_field(lines, 3, "use_input_gate", "yes")
     lines.insert(2, "")  # a blank line 3; the bad row is now on line 5 of the file
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ManifestError) as err:
@@ -383,10 +381,8 @@ def test_garbage_file_is_a_manifest_error(tmp_path):
 def test_config_id_must_match_design(tmp_path, runs):
     path = tmp_path / "manifest.csv"
     lines = _write(path, runs[:3])
-    header = lines[0].split(",")
-    fields = lines[1].split(",")
-    fields[header.index("n_layers")] = str(int(fields[header.index("n_layers")]) % 3 + 1)
-    lines[1] = ",".join(fields)
+    n_layers = int(lines[1].split(",")[lines[0].split(",").index("n_layers")])
+    _set_field(lines, 1, "n_layers", str(n_layers % 3 + 1))
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ManifestError) as err:
         read_manifest(path)

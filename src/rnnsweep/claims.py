@@ -30,7 +30,7 @@ from pathlib import Path
 from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data
-from rnnsweep.grid import SETTINGS, Run, read_manifest
+from rnnsweep.grid import Run, read_manifest
 from rnnsweep.layout import RESULT, RESULT_FIELDS, lock_path, manifest_path, run_dir
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def _groups(runs: list[Run]) -> list[list[Run]]:
     """Runs that can train as one batched model: one design, the same settings; in manifest order."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.config_id, *(getattr(run, k) for k in SETTINGS)), []).append(run)
+        groups.setdefault(run.batch_key, []).append(run)
     return list(groups.values())
 
 

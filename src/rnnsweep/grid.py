@@ -95,6 +95,11 @@ class Run:
         tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS)}
         return {**head, **design, **tail}
 
+    @property
+    def batch_key(self) -> tuple:
+        """Runs with equal keys (one design, the same settings: stage 3's seeds) can train as one batched model."""
+        return (self.design, *(getattr(self, k) for k in SETTINGS))
+
 
 DESIGN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Design))
 COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
-from rnnsweep.grid import SETTINGS, Run
+from rnnsweep.grid import Run
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT
 from rnnsweep.model import ByteModel, count_params, plan
 from rnnsweep.optim import Adam
@@ -343,7 +343,7 @@ def train_runs(
     crash at any earlier point leaves the run to be claimed again. When `stop`
     is set every run of the batch in training checkpoints and Interrupted is raised.
     """
-    if len(runs) != len(run_dirs) or len({(run.design, *(getattr(run, k) for k in SETTINGS)) for run in runs}) != 1:
+    if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
         raise ValueError("train_runs needs one folder per run and runs of one design with the same settings")
     progress, samplers = [], []
     for run, run_dir in zip(runs, run_dirs):
