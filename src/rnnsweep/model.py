@@ -138,8 +138,13 @@ def _affine(bias: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Tensor:
     return out
 
 
-def _into(buffer: Tensor, k: int, width: int) -> Tensor:
-    """Feature columns k … k+width of a (R, batch, features) buffer, as a view to write into."""
+def _part(buffer: Tensor, k: int, width: int) -> Tensor:
+    """Feature columns k … k+width of a (R, batch, features) buffer, as a view.
+
+    Products are added to such a view out of place, never written into it: a
+    batched matmul into a strided output falls back to a copy and a gemm per
+    replicate (profiled at width 32: 33 µs against 20 µs).
+    """
     return buffer[..., k : k + width]
 
 
@@ -171,12 +176,12 @@ class Cell:
         h0 = torch.tanh(z[..., :n])
         h1, g, f, k = h0, None, None, n
         if D.use_state_gate:
-            g = _into(z, k, n).baddbmm_(h0, w.g_h).sigmoid_()
+            g = torch.baddbmm(_part(z, k, n), h0, w.g_h).sigmoid_()
             h1 = torch.lerp(s, h0, g)  # g·h + (1 − g)·s
             k += n
         h = h1
         if D.use_forget_gate:
-            f = _into(z, k, n).baddbmm_(h1, w.f_h).sigmoid_()
+            f = torch.baddbmm(_part(z, k, n), h1, w.f_h).sigmoid_()
             h = f * h1
         yz = _affine(w.u_b, [(t, wt) for t, _, wt, _ in self._u_terms(h, s_in, x)])  # [O·u, P's u-part]
         if D.use_output_gate:
@@ -222,15 +227,15 @@ class Cell:
         k = dz.shape[2]
         if D.use_forget_gate:
             k -= n
-            df = _sigmoid_backward_into(dh * h1, f, _into(dz, k, n))
+            df = _sigmoid_backward_into(dh * h1, f, _part(dz, k, n))
             torch.bmm(df.mT, h1, out=g_.f_h)
             dh = torch.bmm(df, w.f_h).addcmul_(dh, f)
         if D.use_state_gate:
             k -= n
-            dg = _sigmoid_backward_into(dh * (h0 - s), g, _into(dz, k, n))
+            dg = _sigmoid_backward_into(dh * (h0 - s), g, _part(dz, k, n))
             torch.bmm(dg.mT, h0, out=g_.g_h)
             dh = torch.bmm(dg, w.g_h).addcmul_(dh, g)
-        _tanh_backward_into(dh, h0, _into(dz, 0, n))
+        _tanh_backward_into(dh, h0, _part(dz, 0, n))
         torch.sum(dz, 1, keepdim=True, out=g_.c_b)
         dz_t = dz.mT
         torch.bmm(dz_t, x_in, out=g_.c_x)
@@ -290,6 +295,7 @@ class ByteModel:
             Cell(design, *(_Maps(self.params, f"cells.{i}.", t) for t in (False, True)), _Maps(self.grads, f"cells.{i}."))
             for i in range(design.n_layers)
         ]
+        self._head_wt = self.params["head_w"].mT
         # Row offsets that make replicate r's byte b pick row r·256 + b of the stacked lookup tables.
         self._row0 = torch.arange(self.replicates, device=device).unsqueeze(1) * VOCAB
         self._ones: Tensor | None = None
@@ -342,7 +348,7 @@ class ByteModel:
             x, h, ctx = cell.forward(x, s)
             saved.append(ctx)
             next_states.append(h)
-        return torch.baddbmm(self.params["head_b"], x, self.params["head_w"].mT), next_states, saved, x
+        return torch.baddbmm(self.params["head_b"], x, self._head_wt), next_states, saved, x
 
     def logits(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         logits, next_states, _, _ = self.forward(self._rows(byte), states)
@@ -356,7 +362,7 @@ class ByteModel:
         picked = target.unsqueeze(2)
         # One softmax serves both the loss and its gradient (softmax − one-hot) / batch.
         probs = torch.softmax(logits, 2, dtype=self.theta.dtype)
-        loss = probs.gather(2, picked).log_().mean((1, 2)).neg_()
+        loss = probs.gather(2, picked).log_().sum((1, 2)).div_(-batch)  # the mean's own sum and division
         dlogits = probs.scatter_add_(2, picked, self._minus_one(picked)).div_(batch).to(y.dtype)
         grads = self.grads
         torch.bmm(dlogits.mT, y, out=grads["head_w"])
@@ -369,7 +375,7 @@ class ByteModel:
         if dy is not None:
             torch.sum(dy, 1, keepdim=True, out=grads["embed_b"])
             table = grads["embed_w"].view(-1, self.design.state_size).zero_()
-            table.index_add_(0, rows.view(-1), dy.reshape(-1, dy.shape[2]))
+            table.index_put_((rows.view(-1),), dy.reshape(-1, dy.shape[2]), accumulate=True)
         if self._work_grad is not self.grad:
             self.grad.copy_(self._work_grad)
         return loss, next_states
