@@ -106,24 +106,41 @@ def training_pids(folder: Path) -> set[int]:
 
 
 def disturb(folder: Path, workers: int, kills: int, checkpoint_every: int, rng: random.Random) -> Fleet:
-    """Every 0.3-2 s, SIGKILL a random worker that is mid-run and start a replacement."""
+    """SIGKILL a random mid-run worker `kills` times, spread over the stage, and start a replacement each time.
+
+    Kill k waits until k/(kills+2) of the runs are finished, then a random
+    0-0.5 s more, so the kills land at random moments inside runs however fast
+    the machine trains, and all of them land before the stage ends.
+    """
     fleet = Fleet(folder, checkpoint_every)
     for i in range(workers):
         fleet.start(i, workers)
-    while fleet.kills < kills:
-        time.sleep(rng.uniform(0.3, 2.0))
-        fleet.reap()
-        if not fleet.live:
-            break
-        busy = sorted(training_pids(folder) & set(fleet.live))
-        if busy:
-            fleet.kill(rng.choice(busy))
-            fleet.start(rng.randrange(workers), workers)
+    total = unfinished(folder)
+    for k in range(1, kills + 1):
+        while total - unfinished(folder) < total * k // (kills + 2) and fleet.live:
+            time.sleep(0.05)
+            fleet.reap()
+        time.sleep(rng.uniform(0.0, 0.5))
+        busy = _wait_for_busy(folder, fleet)
+        if not busy:
+            break  # the stage ended (or every worker did)
+        fleet.kill(rng.choice(busy))
+        fleet.start(rng.randrange(workers), workers)
     fleet.wait_all()
     while unfinished(folder):  # rerun until done
         fleet.start(0, 1)
         fleet.wait_all()
     return fleet
+
+
+def _wait_for_busy(folder: Path, fleet: Fleet) -> list[int]:
+    """Live workers that are mid-run, waiting while runs remain but none is claimed yet."""
+    while True:
+        fleet.reap()
+        busy = sorted(training_pids(folder) & set(fleet.live))
+        if busy or not fleet.live or not unfinished(folder):
+            return busy
+        time.sleep(0.05)
 
 
 def audit(folder: Path, fleet: Fleet) -> dict:
