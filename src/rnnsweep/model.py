@@ -10,15 +10,16 @@ autograd model in `rnnsweep.reference`.
 
 Layout, for speed:
 
-* **Stacked maps, split by input.** Maps that read the same input are stacked
-  into one matrix: A and B (input gate) both read c; H and the c-parts of G and
-  F read c (their h-parts stay separate because h changes between them); O and
-  the u-part of P read u (P's y-part stays separate because y is O's output).
-  Each stacked map keeps one matrix per input part it reads (x and s of c; h,
-  s_in and x of u), so inputs are never concatenated: the products accumulate
-  into one output, and the backward pass forms only the input gradients that
-  reach a parameter. Every block is initialised uniform in ±1/sqrt(fan_in) of
-  the map it belongs to, exactly like torch.nn.Linear of that map.
+* **Stacked maps.** Maps that read the same input are stacked into one
+  matrix: A and B (input gate) both read c; H and the c-parts of G and F read
+  c (their h-parts stay separate because h changes between them); O and the
+  u-part of P read u (P's y-part stays separate because y is O's output).
+  The inputs a stacked map reads sit side by side ([x, s], or the parts of u),
+  so its forward product and its weight gradient are one matmul each, which
+  runs nearer the matmul rate than one per input. The backward pass forms
+  only the input gradients that reach a parameter, each from its column
+  block of the weight. Every block is initialised uniform in ±1/sqrt(fan_in)
+  of the map it belongs to, exactly like torch.nn.Linear of that map.
 * **Replicates.** Every tensor has a leading replicate axis R: weights are
   (R, out, in), activations (R, batch, features), every product a batched
   matmul. Nothing couples replicates, so R seeds of one design (stage 3) train
@@ -61,6 +62,7 @@ class Param:
     name: str
     shape: tuple[int, ...]
     blocks: tuple[tuple[int, int], ...]
+    parts: tuple[tuple[str, int], ...] = ()  # (input, columns) side by side in a stacked weight
 
     @property
     def numel(self) -> int:
@@ -68,10 +70,9 @@ class Param:
 
 
 def _map(name: str, inputs: list[tuple[str, int]], blocks: list[tuple[int, int]]) -> list[Param]:
-    """The maps stacked in `blocks`: one weight per input they read, then one bias."""
-    rows = sum(r for r, _ in blocks)
-    weights = [Param(f"{name}_{part}", (rows, cols), tuple(blocks)) for part, cols in inputs]
-    return weights + [Param(f"{name}_b", (rows,), tuple(blocks))]
+    """The maps stacked in `blocks`: one weight over the inputs they read, side by side, then one bias."""
+    rows, cols = sum(r for r, _ in blocks), sum(c for _, c in inputs)
+    return [Param(f"{name}_w", (rows, cols), tuple(blocks), tuple(inputs)), Param(f"{name}_b", (rows,), tuple(blocks))]
 
 
 def plan(design: Design) -> list[Param]:
@@ -103,13 +104,20 @@ def _bound(fan_in: int) -> float:
 
 
 def initial_weights(design: Design, seed: int) -> dict[str, Tensor]:
-    """One replicate's initial parameters: each block uniform in ±1/sqrt(fan_in) of its own map."""
+    """One replicate's initial parameters: each block uniform in ±1/sqrt(fan_in) of its own map.
+
+    A stacked weight is drawn input part by input part, so the random stream
+    (and every run's start) is the one of a layout with one weight per part.
+    """
     gen = torch.Generator().manual_seed(seed)
+
+    def blocks(param: Param, cols: tuple[int, ...]) -> Tensor:
+        return torch.cat([torch.empty(rows, *cols).uniform_(-_bound(fan_in), _bound(fan_in), generator=gen) for rows, fan_in in param.blocks])
+
     weights = {}
     for param in plan(design):
-        cols = param.shape[1:]
-        blocks = [torch.empty(rows, *cols).uniform_(-_bound(fan_in), _bound(fan_in), generator=gen) for rows, fan_in in param.blocks]
-        weights[param.name] = torch.cat(blocks)
+        part_cols = [(cols,) for _, cols in param.parts] or [param.shape[1:]]
+        weights[param.name] = torch.cat([blocks(param, cols) for cols in part_cols], dim=-1)
     return weights
 
 
@@ -118,24 +126,24 @@ def count_params(design: Design) -> int:
 
 
 class _Maps:
-    """One layer's parameter (or gradient) views by short name (c_x, c_b, g_h, …), optionally transposed.
+    """One layer's parameter (or gradient) views by short name, optionally transposed.
 
-    The views are made once: they stay valid because every update is in place.
+    A stacked weight is there whole (c_w) and by input part (c_x, c_s: its
+    column blocks). The views are made once: they stay valid because every
+    update is in place.
     """
 
-    def __init__(self, views: dict[str, Tensor], prefix: str, transposed: bool = False) -> None:
-        for name, view in views.items():
-            if name.startswith(prefix):
-                setattr(self, name[len(prefix) :], view.mT if transposed and not name.endswith("_b") else view)
-
-
-def _affine(bias: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """bias + Σ input @ weightᵀ over the inputs a stacked map reads, accumulated in place."""
-    (first, wt), *rest = terms
-    out = torch.baddbmm(bias, first, wt)
-    for inp, wt in rest:
-        out.baddbmm_(inp, wt)
-    return out
+    def __init__(self, views: dict[str, Tensor], params: list[Param], prefix: str, transposed: bool = False) -> None:
+        for param in params:
+            if not param.name.startswith(prefix):
+                continue
+            name, view = param.name[len(prefix) :], views[param.name]
+            setattr(self, name, view.mT if transposed and len(param.shape) == 2 else view)
+            k = 0
+            for part, cols in param.parts:
+                block = view[..., k : k + cols]
+                setattr(self, f"{name[:-2]}_{part}", block.mT if transposed else block)
+                k += cols
 
 
 def _part(buffer: Tensor, k: int, width: int) -> Tensor:
@@ -151,28 +159,24 @@ def _part(buffer: Tensor, k: int, width: int) -> Tensor:
 class Cell:
     """One layer of spec §1 with d == n, on (R, batch, features) tensors.
 
-    Each stacked map keeps one weight per input it reads (x, s, h, …), so no
-    input is ever concatenated: z = b + x·Wxᵀ + s·Wsᵀ accumulates in place, and
-    the backward pass computes only the input gradients something uses.
+    A stacked map multiplies its inputs side by side ([x, s] for c; [h, s_in,
+    x] for u) in one matmul, and its weight gradient is one matmul too; the
+    backward pass computes only the input gradients something uses, each from
+    its column block of the weight.
     """
 
     def __init__(self, design: Design, w: _Maps, wt: _Maps, g: _Maps) -> None:
         self.design, self.n, self.w, self.wt, self.g = design, design.state_size, w, wt, g
 
-    def _u_terms(self, h: Tensor, s_in: Tensor, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """(input, weight, weightᵀ, gradient) of each part of u, in spec order."""
-        D, w, g = self.design, self.w, self.g
-        return [(t, getattr(w, "u_" + k), getattr(self.wt, "u_" + k), getattr(g, "u_" + k)) for t, k, on in
-                ((h, "h", D.use_new_state), (s_in, "s", D.use_old_state), (x, "x", D.use_residual)) if on]
-
     def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, tuple]:
         """(y, next state, what backward needs)."""
         D, n, w = self.design, self.n, self.wt
-        x_in, s_in, a = x, s, None
+        xs = c = torch.cat((x, s), 2)  # c = [x, s]
+        a = None
         if D.use_input_gate:
-            a = _affine(w.in_b, [(x, w.in_x), (s, w.in_s)]).sigmoid_()
-            x_in, s_in = x * a[..., :n], s * a[..., n:]
-        z = _affine(w.c_b, [(x_in, w.c_x), (s_in, w.c_s)])  # [H·c, G's c-part, F's c-part]
+            a = torch.baddbmm(w.in_b, xs, w.in_w).sigmoid_()  # [σ(A·c), σ(B·c)]
+            c = xs * a  # [x_in, s_in]
+        z = torch.baddbmm(w.c_b, c, w.c_w)  # [H·c, G's c-part, F's c-part]
         h0 = torch.tanh(z[..., :n])
         h1, g, f, k = h0, None, None, n
         if D.use_state_gate:
@@ -183,18 +187,20 @@ class Cell:
         if D.use_forget_gate:
             f = torch.baddbmm(_part(z, k, n), h1, w.f_h).sigmoid_()
             h = f * h1
-        yz = _affine(w.u_b, [(t, wt) for t, _, wt, _ in self._u_terms(h, s_in, x)])  # [O·u, P's u-part]
+        parts = [t for t, on in ((h, D.use_new_state), (c[..., n:], D.use_old_state), (x, D.use_residual)) if on]
+        u = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+        yz = torch.baddbmm(w.u_b, u, w.u_w)  # [O·u, P's u-part]
         if D.use_output_gate:
             q = yz[..., n:].baddbmm_(yz[..., :n], w.p_y).sigmoid_()
             y = yz[..., :n] * q
         else:
             q, y = None, F.silu(yz)
-        return y, h, (x, s, a, x_in, s_in, h0, g, h1, f, h, yz, q)
+        return y, h, (xs, a, c, s, h0, g, h1, f, u, yz, q)
 
     def backward(self, saved: tuple, dy: Tensor) -> Tensor | None:
         """Write this layer's parameter gradients; return dL/dx, or None where y does not depend on x."""
         D, n, w, g_ = self.design, self.n, self.w, self.g
-        x, s, a, x_in, s_in, h0, g, h1, f, h, yz, q = saved
+        xs, a, c, s, h0, g, h1, f, u, yz, q = saved
         if D.use_output_gate:
             y0 = yz[..., :n]
             dq = _sigmoid_backward(dy * y0, q)
@@ -203,24 +209,22 @@ class Cell:
         else:
             dyz = _silu_backward(dy, yz)
         torch.sum(dyz, 1, keepdim=True, out=g_.u_b)
-        dyz_t = dyz.mT
-        for t, _, _, grad in self._u_terms(h, s_in, x):
-            torch.bmm(dyz_t, t, out=grad)
+        torch.bmm(dyz.mT, u, out=g_.u_w)
         dx = torch.bmm(dyz, w.u_x) if D.use_residual else None
         # The old state reaches a parameter only through the input gate.
         ds_in = torch.bmm(dyz, w.u_s) if D.use_old_state and D.use_input_gate else None
         dx_in = None
         if D.use_new_state:
-            dx_in, ds_c = self._backward_gates(torch.bmm(dyz, w.u_h), x_in, s, s_in, h0, g, h1, f)
+            dx_in, ds_c = self._backward_gates(torch.bmm(dyz, w.u_h), c, s, h0, g, h1, f)
             if ds_c is not None:
                 ds_in = ds_c if ds_in is None else ds_in.add_(ds_c)
         if D.use_input_gate:
-            dx_in = self._backward_input_gate(dx_in, ds_in, x, s, a)
+            dx_in = self._backward_input_gate(dx_in, ds_in, xs, a)
         if dx is None or dx_in is None:
             return dx_in if dx is None else dx
         return dx.add_(dx_in)
 
-    def _backward_gates(self, dh: Tensor, x_in, s, s_in, h0, g, h1, f) -> tuple[Tensor, Tensor | None]:
+    def _backward_gates(self, dh: Tensor, c, s, h0, g, h1, f) -> tuple[Tensor, Tensor | None]:
         """Through the forget gate, state gate and candidate: (dL/dx_in, dL/ds_in or None if unused)."""
         D, n, w, g_ = self.design, self.n, self.w, self.g
         dz = dh.new_empty(*dh.shape[:2], n * (1 + D.use_state_gate + D.use_forget_gate))
@@ -237,15 +241,14 @@ class Cell:
             dh = torch.bmm(dg, w.g_h).addcmul_(dh, g)
         _tanh_backward_into(dh, h0, _part(dz, 0, n))
         torch.sum(dz, 1, keepdim=True, out=g_.c_b)
-        dz_t = dz.mT
-        torch.bmm(dz_t, x_in, out=g_.c_x)
-        torch.bmm(dz_t, s_in, out=g_.c_s)
+        torch.bmm(dz.mT, c, out=g_.c_w)
         ds_in = torch.bmm(dz, w.c_s) if D.use_input_gate else None
         return torch.bmm(dz, w.c_x), ds_in
 
-    def _backward_input_gate(self, dx_in: Tensor | None, ds_in: Tensor | None, x, s, a) -> Tensor:
-        """x_in = σ(A·c)⊙x, s_in = σ(B·c)⊙s: gradients of A and B; return dL/dx."""
+    def _backward_input_gate(self, dx_in: Tensor | None, ds_in: Tensor | None, xs, a) -> Tensor:
+        """x_in = σ(A·c)⊙x, s_in = σ(B·c)⊙s with c = xs = [x, s]: gradients of A and B; return dL/dx."""
         w, g_, n = self.w, self.g, self.n
+        x, s = xs[..., :n], xs[..., n:]
         some = dx_in if dx_in is not None else ds_in
         da = some.new_zeros(*some.shape[:2], 2 * n)
         if dx_in is not None:
@@ -253,8 +256,7 @@ class Cell:
         if ds_in is not None:
             _sigmoid_backward_into(ds_in * s, a[..., n:], da[..., n:])
         torch.sum(da, 1, keepdim=True, out=g_.in_b)
-        torch.bmm(da.mT, x, out=g_.in_x)
-        torch.bmm(da.mT, s, out=g_.in_s)
+        torch.bmm(da.mT, xs, out=g_.in_w)
         dx = torch.bmm(da, w.in_x)
         return dx if dx_in is None else dx.addcmul_(dx_in, a[..., :n])
 
@@ -292,7 +294,7 @@ class ByteModel:
         self._work_grad = torch.zeros_like(self._work) if mixed else self.grad
         self.params, self.grads = self.views(self._work), self.views(self._work_grad)
         self.cells = [
-            Cell(design, *(_Maps(self.params, f"cells.{i}.", t) for t in (False, True)), _Maps(self.grads, f"cells.{i}."))
+            Cell(design, *(_Maps(self.params, self.plan, f"cells.{i}.", t) for t in (False, True)), _Maps(self.grads, self.plan, f"cells.{i}."))
             for i in range(design.n_layers)
         ]
         self._head_wt = self.params["head_w"].mT

@@ -108,27 +108,22 @@ def engine_state(ref: ReferenceModel, grads: bool = False) -> dict[str, Tensor]:
     for i, rc in enumerate(ref.cells):
         p = f"cells.{i}."
         if d.use_input_gate:  # A and B read c = [x, s]
-            ab = torch.cat([get(rc.A, "weight"), get(rc.B, "weight")])
-            out[p + "in_x"], out[p + "in_s"] = ab[:, :n], ab[:, n:]
+            out[p + "in_w"] = torch.cat([get(rc.A, "weight"), get(rc.B, "weight")])
             out[p + "in_b"] = torch.cat([get(rc.A, "bias"), get(rc.B, "bias")])
         gates = [rc.H] + ([rc.G] if d.use_state_gate else []) + ([rc.F] if d.use_forget_gate else [])
-        c = torch.cat([get(m, "weight")[:, : 2 * n] for m in gates])
-        out[p + "c_x"], out[p + "c_s"] = c[:, :n], c[:, n:]
+        out[p + "c_w"] = torch.cat([get(m, "weight")[:, : 2 * n] for m in gates])
         out[p + "c_b"] = torch.cat([get(m, "bias") for m in gates])
         if d.use_state_gate:
             out[p + "g_h"] = get(rc.G, "weight")[:, 2 * n :]
         if d.use_forget_gate:
             out[p + "f_h"] = get(rc.F, "weight")[:, 2 * n :]
-        # O reads u; P reads [y, u]: stack O with P's u-columns, then split by the parts of u.
+        # O reads u; P reads [y, u]: stack O with P's u-columns.
         o = get(rc.O, "weight")
         u_b = get(rc.O, "bias")
         if d.use_output_gate:
             o = torch.cat([o, get(rc.P, "weight")[:, n:]])
             u_b = torch.cat([u_b, get(rc.P, "bias")])
             out[p + "p_y"] = get(rc.P, "weight")[:, :n]
-        parts = [k for k, on in (("h", d.use_new_state), ("s", d.use_old_state), ("x", d.use_residual)) if on]
-        for j, part in enumerate(parts):
-            out[p + "u_" + part] = o[:, j * n : (j + 1) * n]
-        out[p + "u_b"] = u_b
+        out[p + "u_w"], out[p + "u_b"] = o, u_b
     out["head_w"], out["head_b"] = get(ref.head, "weight"), get(ref.head, "bias")
     return out
