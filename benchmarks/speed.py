@@ -9,7 +9,9 @@ alternate for `--rounds` rounds so that a slow patch of a shared machine hits
 both; each figure is the best block seen. The dense matmul rate is measured the same
 way, in each round, beside every configuration.
 
-Reported per configuration: steps/s of each and their ratio; the engine's
+Reported per configuration: steps/s of each and their ratio; the median
+and range of the per-round ratios (engine and plain run back to back in a
+round, so each round's ratio sees one state of a noisy machine); the engine's
 GFLOP/s counted from the layer shapes (forward + backward = 3 × the forward
 matmul work of every map and the output map; the embedding is a lookup) and
 that as a fraction of the dense matmul rate measured in the same run; peak
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -137,16 +140,23 @@ def child(name: str, impl: str, steps: int, args: argparse.Namespace) -> dict:
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
-def best_of(name: str, impls: dict[str, int], args: argparse.Namespace) -> dict[str, dict]:
-    """Alternate the implementations' processes (and the matmul rate's) for `rounds` rounds; keep each one's best."""
+def best_of(name: str, impls: dict[str, int], args: argparse.Namespace) -> tuple[dict[str, dict], list[float]]:
+    """Alternate the implementations' processes (and the matmul rate's) for `rounds` rounds.
+
+    Returns each one's best, and the engine/plain ratio of every round: the
+    two run back to back, so a round's ratio sees one state of the machine.
+    """
     best: dict[str, dict] = {"matmul": {"steps_per_s": 0.0}}
+    paired = []
     for _ in range(args.rounds):
         best["matmul"]["steps_per_s"] = max(best["matmul"]["steps_per_s"], matmul_child(args.threads))
+        this_round = {}
         for impl, steps in impls.items():
-            got = child(name, impl, steps, args)
+            got = this_round[impl] = child(name, impl, steps, args)
             prev = best.get(impl, {"steps_per_s": 0.0, "peak_rss_mb": 0.0})
             best[impl] = {k: max(prev[k], got[k]) for k in got}
-    return best
+        paired.append(this_round["engine"]["steps_per_s"] / this_round["plain"]["steps_per_s"])
+    return best, paired
 
 
 def main() -> None:
@@ -177,13 +187,15 @@ def main() -> None:
         impls = {"engine": args.steps, "plain": args.steps, reps: max(5, args.steps // args.replicates)}
         if args.bf16:
             impls["bf16"] = max(5, args.steps // 10)
-        got = best_of(name, impls, args)
+        got, paired = best_of(name, impls, args)
         engine, plain, peak = (got[k]["steps_per_s"] for k in ("engine", "plain", "matmul"))
         gflops = engine * step_flops(CONFIGS[name], args.batch) / 1e9
         batched = got[reps]["steps_per_s"] * args.replicates
         row = {
             "config": name, "threads": args.threads,
             "engine_steps_s": round(engine, 1), "plain_steps_s": round(plain, 1), "ratio": round(engine / plain, 2),
+            "round_ratio_median": round(statistics.median(paired), 2),
+            "round_ratio_range": f"{min(paired):.2f}-{max(paired):.2f}",
             "engine_gflops": round(gflops, 1), "matmul_gflops": round(peak, 1), "fraction_of_matmul": round(gflops / peak, 2),
             "engine_rss_mb": round(got["engine"]["peak_rss_mb"]), "plain_rss_mb": round(got["plain"]["peak_rss_mb"]),
             f"batched{args.replicates}_replicate_steps_s": round(batched, 1), "batched_speedup": round(batched / engine, 2),
