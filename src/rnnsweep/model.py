@@ -191,7 +191,7 @@ class Cell:
         u = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
         yz = torch.baddbmm(w.u_b, u, w.u_w)  # [O·u, P's u-part]
         if D.use_output_gate:
-            q = yz[..., n:].baddbmm_(yz[..., :n], w.p_y).sigmoid_()
+            q = torch.baddbmm(_part(yz, n, n), yz[..., :n], w.p_y).sigmoid_()
             y = yz[..., :n] * q
         else:
             q, y = None, F.silu(yz)
