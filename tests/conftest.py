@@ -1,4 +1,4 @@
-"""Shared fixtures: a small generated corpus and a single torch thread."""
+"""Shared fixtures and helpers: a small generated corpus, a single torch thread, real worker and lease-holder processes."""
 
 from __future__ import annotations
 
@@ -71,3 +71,38 @@ def run_worker_processes(stage_dir: Path, data_dir: Path, count: int, logs_dir: 
                 p.kill()
                 p.wait()
     return codes, [log.read_text() for log in logs]
+
+
+#: A process that takes a soft lease through filelock's public API and holds it until killed.
+LEASE_HOLDER = """
+import sys, time
+from filelock import SoftFileLease
+lease = SoftFileLease(sys.argv[1], lease_duration=float(sys.argv[2]))
+lease.acquire(timeout=0)
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
+def start_lease_holder(path: Path, lease_s: float, host: str | None = None) -> subprocess.Popen:
+    """A live holder of the soft lease at `path`; with `host`, one that runs as if on another machine.
+
+    The other machine is a UTS namespace of its own (`unshare`) whose host name is `host`: the lease
+    it writes names that host, so no process here can probe its pid, exactly as for a worker on
+    another node of a cluster.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", LEASE_HOLDER, str(path), str(lease_s)]
+    if host is not None:
+        cmd = ["unshare", "--map-root-user", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *cmd]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    line = proc.stdout.readline()
+    if line.strip() != "held":
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"lease holder did not acquire {path}: {line!r} {proc.stderr.read()[-2000:]}")
+    assert path.exists()
+    return proc

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import Timeout
 
-from conftest import run_worker_processes
-from rnnsweep.claims import Worker, read_result
-from rnnsweep.layout import run_dir
+from conftest import run_worker_processes, start_lease_holder
+from rnnsweep.claims import Worker, make_lock, read_result
 from rnnsweep.fsutil import atomic_open
-from rnnsweep.layout import RESULT_FIELDS
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
+from rnnsweep.layout import RESULT_FIELDS, lock_path, run_dir
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
 OK_LINE = re.compile(r"worker (\d+): (\S+) ok\b")
@@ -113,6 +113,50 @@ def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_d
 
 
 # --------------------------------------------------------------------------- finished and damaged results
+
+
+def _first_take_s(lock, give_up_s: float) -> float | None:
+    """Seconds from the first try until `lock` is taken (tried every 50 ms), or None after `give_up_s`."""
+    start = time.monotonic()
+    while time.monotonic() - start < give_up_s:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            time.sleep(0.05)
+            continue
+        lock.release()
+        return time.monotonic() - start
+    return None
+
+
+@pytest.mark.parametrize("where", ["this host", "another host"])
+def test_soft_lease_of_a_dead_holder_is_taken_over(tmp_path, where):
+    """The README's promise for `lock: soft`: a holder killed here is taken over at once (its pid is probed dead);
+    one dead on another machine, whose pid nobody here can probe, only once its lease went unrefreshed for
+    `lock_lease_s` as watched by the taker, and not before."""
+    lease_s = 2.0
+    stage_dir = tmp_path / "stage1"
+    holder = start_lease_holder(lock_path(stage_dir, "run0"), lease_s, "node-elsewhere" if where == "another host" else None)
+    holder.kill()
+    holder.wait()
+    taken_s = _first_take_s(make_lock(stage_dir, "run0", "soft", lease_s), give_up_s=4 * lease_s)
+    assert taken_s is not None, "a dead holder's lease was never taken over"
+    if where == "this host":
+        assert taken_s < lease_s / 2
+    else:
+        assert taken_s >= lease_s
+
+
+def test_soft_lease_of_a_live_holder_on_another_host_is_kept(tmp_path):
+    """Its heartbeat keeps refreshing the lease, so a taker watching for 2.5 leases never gets it."""
+    lease_s = 1.0
+    stage_dir = tmp_path / "stage1"
+    holder = start_lease_holder(lock_path(stage_dir, "run0"), lease_s, "node-elsewhere")
+    try:
+        assert _first_take_s(make_lock(stage_dir, "run0", "soft", lease_s), give_up_s=2.5 * lease_s) is None
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, one_thread):

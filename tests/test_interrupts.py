@@ -29,6 +29,7 @@ import pytest
 import torch
 from filelock import FileLock, SoftFileLease, Timeout
 
+from conftest import start_lease_holder
 from rnnsweep.grid import Design, make_runs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 
@@ -46,19 +47,6 @@ KILL_SEEDS = (2, 5)  # kills soon after step 200 and a quarter of the way from s
 SCENARIO_TIMEOUT_S = 240
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-HOLDER = """
-import sys, time
-import filelock._marker
-from filelock import SoftFileLease
-if len(sys.argv) > 3:  # publish the claim as if from another machine, whose pid cannot be probed here
-    filelock._marker.host_name = lambda: sys.argv[3]
-lease = SoftFileLease(sys.argv[1], lease_duration=float(sys.argv[2]))
-lease.acquire(timeout=0)
-print("held", flush=True)
-time.sleep(300)
-"""
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -169,20 +157,6 @@ def _assert_same_run(got: Path, want: Path) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"tensors differ from the undisturbed run: {different}"
-
-
-def _holder(path: Path, *host: str) -> subprocess.Popen:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path), str(LEASE_S), *host],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )
-    line = proc.stdout.readline()
-    if line.strip() != "held":
-        _kill(proc)
-        pytest.fail(f"lease holder did not acquire: {line!r} {proc.stderr.read()[-2000:]}")
-    assert path.exists()
-    return proc
 
 
 class Reference:
@@ -333,13 +307,14 @@ def lease_scenario(root: Path, data_dir: Path) -> dict:
     done = {n: run_dir(stage_dir, i) / RESULT for n, i in zip(names, ids)}
     seen: dict = {}
 
-    live = _holder(paths["live"])
+    live = start_lease_holder(paths["live"], LEASE_S)
     try:
-        dead_local = _holder(paths["local"])
-        dead_remote = _holder(paths["remote"], "node-elsewhere")
-        _kill(dead_local)  # each dies holding its lease: the marker stays, never refreshed again
+        seen["live_claim"] = paths["live"].read_bytes()  # a takeover would write a claim of its own
+        dead_local = start_lease_holder(paths["local"], LEASE_S)
+        dead_remote = start_lease_holder(paths["remote"], LEASE_S, host="node-elsewhere")
+        _kill(dead_local)  # each dies holding its lease: the lease file stays, never refreshed again
         _kill(dead_remote)
-        seen["markers_left"] = paths["local"].exists() and "host=node-elsewhere" in paths["remote"].read_text()
+        seen["markers_left"] = paths["local"].exists() and paths["remote"].exists()
 
         log = root / "worker.log"
         proc = _worker(results, data_dir, log, "--lock", "soft", "--lease-s", str(LEASE_S))
@@ -364,8 +339,7 @@ def lease_scenario(root: Path, data_dir: Path) -> dict:
             _kill(proc)
         seen["log"] = log.read_text()[-3000:]
         seen["holder_alive"] = live.poll() is None
-        seen["live_marker"] = paths["live"].read_text() if paths["live"].exists() else ""
-        seen["live_pid"] = live.pid
+        seen["live_claim_after"] = paths["live"].read_bytes() if paths["live"].exists() else b""
     finally:
         _kill(live)
     return seen
@@ -526,4 +500,4 @@ def test_soft_lease_of_a_live_holder_is_not_taken_over(scenarios):
     assert not seen["live_finished"] and not seen["live_finished_after_exit"]
     assert seen["exit"] == 143, seen["log"]
     assert seen["holder_alive"]
-    assert f"pid={seen['live_pid']}\n" in seen["live_marker"]  # still the holder's claim
+    assert seen["live_claim_after"] == seen["live_claim"]  # still the holder's claim, byte for byte
