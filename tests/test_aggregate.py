@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rnnsweep import provenance
 from rnnsweep.aggregate import MissingResults, aggregate
 from rnnsweep.claims import run_dir
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
@@ -30,8 +31,9 @@ def _stage(tmp_path: Path, n_designs: int, replicates: int = 1):
     return stage_dir, runs
 
 
-def _fake_result(stage_dir: Path, run, k: int) -> dict:
-    """A finished run written by hand: result.json and a curve with known values."""
+def _fake_result(stage_dir: Path, run, k: int, splits) -> dict:
+    """A finished run written by hand: result.json and a curve with known values, for the `splits` data."""
+    data = provenance.data_id(*splits)
     folder = run_dir(stage_dir, run.id)
     folder.mkdir(parents=True, exist_ok=True)
     curve = [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]
@@ -39,6 +41,7 @@ def _fake_result(stage_dir: Path, run, k: int) -> dict:
         "id": run.id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
         "valid_bpb": 4.0 + k, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
         "device": "cpu", "precision": "fp32", "seed": run.seed,
+        "fingerprint": provenance.fingerprint(run, data), "data": data,
     }
     (folder / "result.json").write_text(json.dumps(record))
     with (folder / "curve.csv").open("w", newline="") as fh:
@@ -52,14 +55,14 @@ def _manifest_frame(stage_dir: Path) -> pd.DataFrame:
     return pd.read_csv(stage_dir / "manifest.csv", dtype={"id": str, "config_id": str})
 
 
-def test_summary_and_curves_of_trained_runs(tmp_path, splits, one_thread):
+def test_summary_and_curves_of_trained_runs(tmp_path, data_dir, splits, one_thread):
     train, valid = splits
     stage_dir, runs = _stage(tmp_path, 2, replicates=2)
     assert [r.id for r in runs] != sorted(r.id for r in runs)
     for run in runs:
         train_run(run, train, valid, run_dir(stage_dir, run.id), torch.device("cpu"))
 
-    aggregate(stage_dir)
+    aggregate(stage_dir, data_dir)
 
     manifest = _manifest_frame(stage_dir)
     summary = pd.read_csv(stage_dir / "summary.csv", dtype={"id": str, "config_id": str})
@@ -85,10 +88,10 @@ def test_summary_and_curves_of_trained_runs(tmp_path, splits, one_thread):
     assert len(expected) == len(runs) * (TINY["steps"] // TINY["log_every"])
 
 
-def test_summary_of_hand_written_results(tmp_path):
+def test_summary_of_hand_written_results(tmp_path, data_dir, splits):
     stage_dir, runs = _stage(tmp_path, 5)
-    records = [_fake_result(stage_dir, run, k) for k, run in enumerate(runs)]
-    summary, curves = aggregate(stage_dir)
+    records = [_fake_result(stage_dir, run, k, splits) for k, run in enumerate(runs)]
+    summary, curves = aggregate(stage_dir, data_dir)
     on_disk = pd.read_csv(stage_dir / "summary.csv", dtype={"id": str, "config_id": str})
     assert list(on_disk["id"]) == [r.id for r in runs]
     for frame in (summary, on_disk):
@@ -104,18 +107,18 @@ def test_summary_of_hand_written_results(tmp_path):
     assert list(curves.itertuples(index=False, name=None)) == expected
 
 
-def test_missing_results_are_all_named(tmp_path):
+def test_missing_results_are_all_named(tmp_path, data_dir, splits):
     stage_dir, runs = _stage(tmp_path, 6)
     finished = {runs[1].id, runs[4].id}
     for k, run in enumerate(runs):
         if run.id in finished:
-            _fake_result(stage_dir, run, k)
+            _fake_result(stage_dir, run, k, splits)
     damaged = runs[2]  # a damaged record counts as missing
     run_dir(stage_dir, damaged.id).mkdir(parents=True)
     (run_dir(stage_dir, damaged.id) / "result.json").write_text('{"status": "o')
 
     with pytest.raises(MissingResults) as err:
-        aggregate(stage_dir)
+        aggregate(stage_dir, data_dir)
     message = str(err.value)
     missing = [r.id for r in runs if r.id not in finished]
     assert len(missing) == 4
@@ -125,3 +128,26 @@ def test_missing_results_are_all_named(tmp_path):
         assert run_id not in message
     assert not (stage_dir / "summary.csv").exists()
     assert not (stage_dir / "curves.csv").exists()
+
+
+def test_a_result_of_other_settings_or_data_is_not_aggregated(tmp_path, data_dir, splits):
+    """A record whose fingerprint is not its manifest row's (here: other bytes) counts as missing."""
+    stage_dir, runs = _stage(tmp_path, 2)
+    _fake_result(stage_dir, runs[0], 0, splits)
+    _fake_result(stage_dir, runs[1], 1, (splits[0][:-1], splits[1]))  # trained on one byte less
+    with pytest.raises(MissingResults) as err:
+        aggregate(stage_dir, data_dir)
+    assert err.value.missing == [runs[1].id]
+
+
+@pytest.mark.parametrize("curve", ["", "step,ema_loss\n5,oops\n", "a,b\n1,2\n"], ids=["empty", "text", "columns"])
+def test_a_damaged_curve_sets_its_result_aside(tmp_path, data_dir, splits, curve):
+    stage_dir, runs = _stage(tmp_path, 2)
+    for k, run in enumerate(runs):
+        _fake_result(stage_dir, run, k, splits)
+    (run_dir(stage_dir, runs[0].id) / "curve.csv").write_text(curve)
+    with pytest.raises(MissingResults) as err:
+        aggregate(stage_dir, data_dir)
+    assert err.value.missing == [runs[0].id]
+    assert not (run_dir(stage_dir, runs[0].id) / "result.json").exists()  # so a worker trains it again
+    assert list(run_dir(stage_dir, runs[0].id).glob("result.json.corrupt-*"))

@@ -129,7 +129,7 @@ def test_unknown_stage_touches_nothing(tmp_path, data_dir, call, command):
     results = tmp_path / "results"
     _small_stage(results, 2)
     before = snapshot(tmp_path)
-    argv = _worker_args(results, data_dir) if command == "worker" else ["aggregate", "--stage", "stage1", "--results", str(results)]
+    argv = _worker_args(results, data_dir) if command == "worker" else ["aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir)]
     argv[argv.index("stage1")] = "stage4"
     code, err = call(*argv)
     assert code == 2
@@ -246,7 +246,7 @@ def broken_stage(tmp_path, request):
 def test_broken_manifest_is_refused_and_nothing_written(broken_stage, command, call, data_dir, tmp_path):
     results, manifest, expected, runs = broken_stage
     before = snapshot(tmp_path)
-    argv = _worker_args(results, data_dir) if command == "worker" else ["aggregate", "--stage", "stage1", "--results", str(results)]
+    argv = _worker_args(results, data_dir) if command == "worker" else ["aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir)]
     code, err = call(*argv)
     assert code == 2, err
     line = error_line(err, command)
@@ -258,10 +258,10 @@ def test_broken_manifest_is_refused_and_nothing_written(broken_stage, command, c
 
 
 @pytest.mark.parametrize("broken_stage", ["duplicate-id"], indirect=True)
-def test_broken_manifest_subprocess(broken_stage, tmp_path):
+def test_broken_manifest_subprocess(broken_stage, tmp_path, data_dir):
     results, manifest, expected, _ = broken_stage
     before = snapshot(tmp_path)
-    done = run_module("aggregate", "--stage", "stage1", "--results", str(results))
+    done = run_module("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir))
     assert done.returncode == 2, done.stderr
     line = error_line(done.stderr, "aggregate")
     assert str(manifest) in line and expected in line
@@ -326,7 +326,7 @@ def test_damaged_result_is_retrained_and_aggregate_succeeds(finished_stage, dama
     for run_id, before in others.items():  # the intact runs were not retrained
         assert snapshot(run_dir(stage, run_id)) == before, run_id
 
-    code, err = call("aggregate", "--stage", "stage1", "--results", str(results))
+    code, err = call("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir))
     assert code == 0, err
     summary = pd.read_csv(stage / "summary.csv")
     assert summary["id"].tolist() == ids

@@ -15,7 +15,9 @@ import pytest
 from filelock import Timeout
 
 from conftest import run_worker_processes, start_lease_holder
-from rnnsweep.claims import Worker, make_lock, read_result
+from rnnsweep import provenance
+from rnnsweep.claims import Worker, make_lock, read_result, settle_result
+from rnnsweep.data import load_split
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import RESULT_FIELDS, lock_path, run_dir
@@ -164,7 +166,8 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
     done, damaged, fresh = runs
     done_path = run_dir(stage_dir, done.id) / "result.json"
     done_path.parent.mkdir(parents=True)
-    sentinel = {k: 0 for k in RESULT_FIELDS} | {"id": done.id, "status": "ok", "min_loss": 123.0, "steps": done.steps, "sentinel": True}
+    fingerprint = provenance.fingerprint(done, provenance.data_id(load_split(data_dir, "train"), load_split(data_dir, "valid")))
+    sentinel = _record(done.id, min_loss=123.0, steps=done.steps, fingerprint=fingerprint, sentinel=True)
     done_path.write_text(json.dumps(sentinel))
     before = done_path.read_bytes()
     damaged_path = run_dir(stage_dir, damaged.id) / "result.json"
@@ -200,15 +203,52 @@ def test_damaged_result_is_treated_as_missing_and_moved_aside(tmp_path, content)
     assert len(list(path.parent.glob("result.json.corrupt-*"))) == 1
 
 
+def _record(run_id: str, **changes) -> dict:
+    """A complete result record of the right types."""
+    texts = {"id": run_id, "status": "ok", "device": "cpu", "precision": "fp32", "fingerprint": "f" * 16, "data": "d" * 16}
+    return {k: 0 for k in RESULT_FIELDS} | {"min_loss": 2.5, "valid_bpb": 3.5, "final_loss": float("nan")} | texts | changes
+
+
 def test_read_result_valid_and_missing(tmp_path):
     stage_dir = tmp_path / "stage1"
     assert read_result(stage_dir, "nothing") is None
-    record = {k: 0 for k in RESULT_FIELDS} | {"id": "abc", "status": "diverged", "min_loss": 2.5}
+    record = _record("abc", status="diverged")
     path = run_dir(stage_dir, "abc") / "result.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
-    assert read_result(stage_dir, "abc") == record
-    assert path.exists()
+    assert read_result(stage_dir, "abc") == record | {"final_loss": read_result(stage_dir, "abc")["final_loss"]}
+    assert read_result(stage_dir, "abc", fingerprint="f" * 16)["status"] == "diverged"
+    assert read_result(stage_dir, "abc", fingerprint="e" * 16) is None  # finished, but under other settings
+    assert path.exists()  # left for settle_result, which holds the run's lock
+
+
+@pytest.mark.parametrize("field, value", [("min_loss", "oops"), ("params", 1.5), ("steps", True), ("fingerprint", 7)])
+def test_a_result_field_of_the_wrong_type_is_damage(tmp_path, field, value):
+    stage_dir = tmp_path / "stage1"
+    path = run_dir(stage_dir, "abc") / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_record("abc", **{field: value})))
+    assert read_result(stage_dir, "abc") is None
+    assert list(path.parent.glob("result.json.corrupt-*"))
+
+
+def test_settle_result_sets_other_settings_aside_and_restores_them(tmp_path):
+    """Under the run's lock: another fingerprint's files move to superseded/<fp>/, and come back when wanted."""
+    stage_dir = tmp_path / "stage1"
+    folder = run_dir(stage_dir, "abc")
+    folder.mkdir(parents=True)
+    old = _record("abc", fingerprint="a" * 16)
+    (folder / "result.json").write_text(json.dumps(old))
+    for name in ("curve.csv", "weights.pt", "config.json"):
+        (folder / name).write_text(f"{name} of a\n")
+    assert settle_result(stage_dir, "abc", "b" * 16) is None
+    assert not (folder / "result.json").exists() and not (folder / "curve.csv").exists()
+    aside = folder / "superseded" / ("a" * 16)
+    assert sorted(p.name for p in aside.iterdir()) == ["config.json", "curve.csv", "result.json", "weights.pt"]
+    back = settle_result(stage_dir, "abc", "a" * 16)
+    assert back["fingerprint"] == "a" * 16
+    assert (folder / "curve.csv").read_text() == "curve.csv of a\n"
+    assert not any(aside.iterdir())
 
 
 # --------------------------------------------------------------------------- atomic writes

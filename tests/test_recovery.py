@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 FIGURES = {
     "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
@@ -25,6 +26,7 @@ FIGURES = {
     "stage3": ["group_swarm", "group_curves", "group_means", "group_table"],
 }
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"]
+STUDY = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/smoke.yaml").read_text())["study"]
 KILL_AFTER = 100  # stage-1 results on disk before Snakemake is killed (of 432)
 
 
@@ -79,7 +81,7 @@ def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path, copy_checko
     workdir = (tmp_path / "study").resolve()
     workdir.mkdir()
     copy_checkout(workdir)
-    runs_dir = workdir / "results/stage1/runs"
+    runs_dir = workdir / "results" / STUDY / "stage1/runs"
     first_log = tmp_path / "first-snakemake.log"
     times: dict[str, float] = {}
     start = time.monotonic()
@@ -103,7 +105,7 @@ def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path, copy_checko
         print(f"\nkilled snakemake (pid {first.pid}) with {len(recorded)} stage-1 results on disk; "
               f"{len(orphans)} orphaned job processes still running")
         assert first.returncode == -signal.SIGKILL
-        assert not (workdir / "results/stage1/summary.csv").exists(), "stage 1 finished before the kill"
+        assert not (workdir / "results" / STUDY / "stage1/summary.csv").exists(), "stage 1 finished before the kill"
 
         # ---- the recovery: unlock, then rerun what was incomplete
         t = time.monotonic()
@@ -125,7 +127,7 @@ def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path, copy_checko
     assert not _processes_in(workdir), "processes of the test are still running"
 
     # ---- everything is finished
-    results = workdir / "results"
+    results = workdir / "results" / STUDY
     for stage in FIGURES:
         assert (results / stage / "summary.csv").exists(), stage
         assert (results / stage / "curves.csv").exists(), stage
@@ -133,7 +135,7 @@ def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path, copy_checko
     assert (results / "stage3/groups.csv").exists()
     for stage, names in FIGURES.items():
         for name in names:
-            png = workdir / "figures" / stage / f"{name}.png"
+            png = workdir / "figures" / STUDY / stage / f"{name}.png"
             assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
     # ---- the runs finished before the kill were neither lost nor trained again

@@ -7,6 +7,7 @@ from the same building blocks train.py uses: ByteModel, Sampler and Adam.
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
 import logging
@@ -148,7 +149,7 @@ def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one
     train, valid = splits
     run = _run(design=Design(True, True, True, True, True, True, True, n_layers=2, state_size=16), steps=40, lr=3e-3)
     fp32 = train_run(run, train, valid, tmp_path / "fp32", CPU)
-    bf16 = train_run(run, train, valid, tmp_path / "bf16", CPU, precision="bf16")
+    bf16 = train_run(dataclasses.replace(run, precision="bf16"), train, valid, tmp_path / "bf16", CPU)
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values())
     a, b = read_curve(tmp_path / "fp32"), read_curve(tmp_path / "bf16")

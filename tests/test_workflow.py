@@ -11,11 +11,14 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from rnnsweep import config
 from rnnsweep.grid import SWITCHES
 
 ROOT = Path(__file__).resolve().parents[1]
+STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
+RESULTS, FIGURES_DIR = f"results/{STUDY}", f"figures/{STUDY}"
 FIGURES = {
     "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
     "stage2": ["best_curves", "swarm"],
@@ -43,7 +46,7 @@ def profile() -> dict:
 
 
 def test_stage1_is_the_full_grid(study, profile):
-    summary = pd.read_csv(study / "results/stage1/summary.csv")
+    summary = pd.read_csv(study / f"{RESULTS}/stage1/summary.csv")
     assert len(summary) == 432
     assert summary["id"].is_unique
     assert set(summary["status"]) <= {"ok", "diverged"}
@@ -54,8 +57,8 @@ def test_stage1_is_the_full_grid(study, profile):
 
 def test_curves_match_summary(study, profile):
     for stage in ("stage1", "stage2", "stage3"):
-        summary = pd.read_csv(study / f"results/{stage}/summary.csv")
-        curves = pd.read_csv(study / f"results/{stage}/curves.csv")
+        summary = pd.read_csv(study / f"{RESULTS}/{stage}/summary.csv")
+        curves = pd.read_csv(study / f"{RESULTS}/{stage}/curves.csv")
         assert list(curves.columns) == ["id", "step", "ema_loss"]
         assert set(curves["id"]) == set(summary["id"])
         minima = curves.groupby("id")["ema_loss"].min()
@@ -66,9 +69,9 @@ def test_curves_match_summary(study, profile):
 
 
 def test_stage2_and_stage3_follow_the_selection_rule(study, profile):
-    stage1 = pd.read_csv(study / "results/stage1/summary.csv")
-    stage2 = pd.read_csv(study / "results/stage2/summary.csv")
-    stage3 = pd.read_csv(study / "results/stage3/summary.csv")
+    stage1 = pd.read_csv(study / f"{RESULTS}/stage1/summary.csv")
+    stage2 = pd.read_csv(study / f"{RESULTS}/stage2/summary.csv")
+    stage3 = pd.read_csv(study / f"{RESULTS}/stage3/summary.csv")
     kept = math.floor(profile["stage2"]["keep_fraction"] * len(stage1))
     best = stage1[stage1["status"] == "ok"].sort_values(["min_loss", "id"]).head(kept)
     assert set(best["id"]) <= set(stage2["id"])  # each kept design is retrained as itself
@@ -82,18 +85,18 @@ def test_stage2_and_stage3_follow_the_selection_rule(study, profile):
 
 
 def test_tables(study):
-    regression = pd.read_csv(study / "results/stage1/regression.csv")
+    regression = pd.read_csv(study / f"{RESULTS}/stage1/regression.csv")
     r2 = regression.loc[regression["term"] == "R2", "coef"].item()
     assert 0 <= r2 <= 1
-    groups = pd.read_csv(study / "results/stage3/groups.csv")
-    stage3 = pd.read_csv(study / "results/stage3/summary.csv")
+    groups = pd.read_csv(study / f"{RESULTS}/stage3/groups.csv")
+    stage3 = pd.read_csv(study / f"{RESULTS}/stage3/summary.csv")
     means = stage3.groupby("config_id")["min_loss"].mean()
     np.testing.assert_allclose(groups.set_index("config_id")["mean"][means.index], means, rtol=1e-12)
 
 
 @pytest.mark.parametrize("png", [f"{s}/{n}.png" for s, names in FIGURES.items() for n in names])
 def test_every_figure_is_a_real_picture(study, png):
-    path = study / "figures" / png
+    path = study / FIGURES_DIR / png
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 300 and pixels.shape[1] > 300
@@ -102,10 +105,10 @@ def test_every_figure_is_a_real_picture(study, png):
 
 def test_rerun_does_nothing_and_one_figure_rerenders(study):
     assert "Nothing to be done" in snakemake(study, "-n").stdout + snakemake(study, "-n").stderr
-    target = study / "figures/stage1/swarm_all.png"
-    other = study / "figures/stage1/loss_curves.png"
+    target = study / FIGURES_DIR / "stage1/swarm_all.png"
+    other = study / FIGURES_DIR / "stage1/loss_curves.png"
     before, other_before = target.stat().st_mtime_ns, other.stat().st_mtime_ns
-    done = snakemake(study, "-f", "figures/stage1/swarm_all.png")
+    done = snakemake(study, "-f", f"{FIGURES_DIR}/stage1/swarm_all.png")
     assert "plot_stage1_swarm_all" in done.stdout + done.stderr
     assert target.stat().st_mtime_ns > before
     assert other.stat().st_mtime_ns == other_before

@@ -167,8 +167,8 @@ def audit(folder: Path, fleet: Fleet) -> dict:
 
 def compare(disturbed: Path, reference: Path) -> int:
     """Number of runs whose deterministic results or curves differ from the undisturbed ones."""
-    s1, c1 = collect(disturbed / "stage1")
-    s2, c2 = collect(reference / "stage1")
+    s1, c1 = collect(disturbed / "stage1", disturbed / "data")
+    s2, c2 = collect(reference / "stage1", reference / "data")
     bad = set(s1["id"][~(s1[DETERMINISTIC].fillna(-1) == s2[DETERMINISTIC].fillna(-1)).all(axis=1)])
     merged = c1.merge(c2, on=["id", "step"], how="outer", suffixes=("", "_ref"))
     bad |= set(merged["id"][merged["ema_loss"] != merged["ema_loss_ref"]])

@@ -2,41 +2,99 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import pandas as pd
 
+from rnnsweep import data, provenance
 from rnnsweep.claims import read_result
 from rnnsweep.fsutil import atomic_open
-from rnnsweep.grid import read_manifest
-from rnnsweep.layout import RESULT_FIELDS, manifest_path, run_dir
+from rnnsweep.grid import COLUMNS, read_manifest
+from rnnsweep.layout import CURVE, RESULT, RESULT_FIELDS, manifest_path, run_dir
 
 # The record's fields that the manifest row does not already hold (its `steps` becomes `steps_done`).
 RESULT_COLUMNS = tuple(k for k in RESULT_FIELDS if k not in ("id", "seed", "steps"))
 
+log = logging.getLogger(__name__)
+
 
 class MissingResults(RuntimeError):
-    """Some runs of the manifest have no result yet; aggregating now would silently drop them."""
+    """Some runs of the manifest have no valid result for its settings and data; aggregating now would drop them."""
+
+    def __init__(self, stage_dir: Path, missing: list[str], total: int) -> None:
+        super().__init__(
+            f"{stage_dir}: {len(missing)} of {total} runs have no valid result for these settings and data: "
+            + " ".join(missing)
+        )
+        self.missing = missing
 
 
-def collect(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, curves) of a stage, in manifest order; refuses if any run is unfinished."""
-    runs = read_manifest(manifest_path(stage_dir))
-    records = {run.id: read_result(stage_dir, run.id) for run in runs}
-    missing = [run_id for run_id, record in records.items() if record is None]
+class SummaryError(ValueError):
+    """A summary or curves table that is not what `aggregate` writes; the message names the file."""
+
+
+#: Columns every reader of a summary relies on, and those of the long-form curves table.
+SUMMARY_COLUMNS = (*COLUMNS, "status", "min_loss", "valid_bpb")
+CURVE_COLUMNS = ("id", "step", "ema_loss")
+
+
+def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
+    """A stage's summary.csv (or, with `curves`, curves.csv), refused unless it has rows, its columns and numbers."""
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise SummaryError(f"{path} is empty; rerun the stage's aggregation") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SummaryError(f"{path} is not a valid CSV table ({err})") from None
+    needed, numeric = (CURVE_COLUMNS, ("step", "ema_loss")) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb"))
+    missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise MissingResults(f"{stage_dir}: {len(missing)} of {len(runs)} runs have no result: {' '.join(missing)}")
+        raise SummaryError(f"{path} lacks the columns {', '.join(missing)}; rerun the stage's aggregation")
+    if frame.empty:
+        raise SummaryError(f"{path} has no rows; rerun the stage's aggregation")
+    wrong = [c for c in numeric if not pd.api.types.is_numeric_dtype(frame[c])]
+    if wrong:
+        raise SummaryError(f"{path}: column {', '.join(wrong)} is not numeric")
+    return frame
+
+
+def _curve(stage_dir: Path, run_id: str) -> pd.DataFrame | None:
+    """A finished run's curve; None (and its result moved aside, so the run is trained again) if it is damaged."""
+    path = run_dir(stage_dir, run_id) / CURVE
+    try:
+        curve = pd.read_csv(path)
+        if list(curve.columns) != ["step", "ema_loss"] or not pd.api.types.is_numeric_dtype(curve["ema_loss"]):
+            raise ValueError(f"columns {list(curve.columns)}")
+    except (OSError, ValueError, pd.errors.ParserError) as err:  # EmptyDataError is a ValueError
+        result = run_dir(stage_dir, run_id) / RESULT
+        result.replace(result.with_name(f"{RESULT}.corrupt-{time.time_ns()}"))
+        log.warning("curve %s is damaged (%s); its result was moved aside, the run will be trained again", path, err)
+        return None
+    return curve
+
+
+def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, curves) of a stage, in manifest order; refuses if any run lacks a valid result.
+
+    Valid means: the record parses, its fingerprint is the one the manifest row
+    and the data folder's splits give now, and its curve reads.
+    """
+    runs = read_manifest(manifest_path(stage_dir))
+    data_id = provenance.data_id(data.load_split(data_dir, "train"), data.load_split(data_dir, "valid"))
+    records = {run.id: read_result(stage_dir, run.id, provenance.fingerprint(run, data_id)) for run in runs}
+    curves = {run_id: _curve(stage_dir, run_id) for run_id, record in records.items() if record is not None}
+    missing = [run.id for run in runs if records[run.id] is None or curves[run.id] is None]
+    if missing:
+        raise MissingResults(stage_dir, missing, len(runs))
     # The manifest's `steps` is the target; the record's is what was done (less if diverged).
     rows = [
         {**run.row(), **{k: records[run.id][k] for k in RESULT_COLUMNS}, "steps_done": records[run.id]["steps"]}
         for run in runs
     ]
-    summary = pd.DataFrame(rows)
-    curves = pd.concat(
-        [pd.read_csv(run_dir(stage_dir, run.id) / "curve.csv").assign(id=run.id) for run in runs],
-        ignore_index=True,
-    )[["id", "step", "ema_loss"]]
-    return summary, curves
+    long = pd.concat([curves[run.id].assign(id=run.id) for run in runs], ignore_index=True)
+    return pd.DataFrame(rows), long[["id", "step", "ema_loss"]]
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -44,8 +102,8 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(handle, index=False)
 
 
-def aggregate(stage_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    summary, curves = collect(stage_dir)
+def aggregate(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    summary, curves = collect(stage_dir, data_dir)
     write_csv(summary, stage_dir / "summary.csv")
     write_csv(curves, stage_dir / "curves.csv")
     return summary, curves

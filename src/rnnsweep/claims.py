@@ -29,33 +29,45 @@ from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
-from rnnsweep import data
+from rnnsweep import data, provenance
 from rnnsweep.grid import Run, read_manifest
-from rnnsweep.layout import RESULT, RESULT_FIELDS, lock_path, manifest_path, run_dir
+from rnnsweep.layout import FINISHED_FILES, RESULT, RESULT_FIELDS, SUPERSEDED, lock_path, manifest_path, run_dir
 
 log = logging.getLogger(__name__)
 
 LOCKS = ("filelock", "soft")
 
 
-def read_result(stage_dir: Path, run_id: str) -> dict | None:
-    """The run's result record, or None if the run is unfinished.
+#: Result fields and the types they must have; numbers may be NaN (a diverged run's losses).
+_NUMBERS = ("min_loss", "final_loss", "valid_bpb", "wall_s", "steps_per_s")
+_INTEGERS = ("params", "steps", "seed")
+_TEXTS = ("id", "status", "device", "precision", "fingerprint", "data")
 
-    A record that does not parse is moved aside and reported: it can only
-    come from outside interference (writes are atomic), and the run must be
-    trained again rather than trusted.
-    """
-    path = run_dir(stage_dir, run_id) / RESULT
+
+def _check_record(record: object, run_id: str) -> dict:
+    """The record if it is a complete result of run `run_id`; ValueError naming what is wrong otherwise."""
+    if not isinstance(record, dict) or record.get("status") not in ("ok", "diverged"):
+        raise ValueError("no valid status")
+    missing = [k for k in RESULT_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"missing fields {missing}")
+    wrong = [k for k in _NUMBERS if isinstance(record[k], bool) or not isinstance(record[k], (int, float))]
+    wrong += [k for k in _INTEGERS if isinstance(record[k], bool) or not isinstance(record[k], int)]
+    wrong += [k for k in _TEXTS if not isinstance(record[k], str)]
+    if wrong:
+        raise ValueError(f"fields of the wrong type: {', '.join(wrong)}")
+    if record["id"] != run_id:
+        raise ValueError(f"it belongs to run {record['id']}")
+    return record
+
+
+def _parse_record(path: Path, run_id: str) -> dict | None:
+    """A result file's record; None if it is missing. A damaged one is moved aside and reported."""
     try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or record.get("status") not in ("ok", "diverged"):
-            raise ValueError("no valid status")
-        missing = [k for k in RESULT_FIELDS if k not in record]
-        if missing or record["id"] != run_id:
-            raise ValueError(f"missing fields {missing}" if missing else f"it belongs to run {record['id']}")
+        return _check_record(json.loads(path.read_text()), run_id)
     except FileNotFoundError:
         return None
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as err:
         aside = path.with_name(f"{RESULT}.corrupt-{time.time_ns()}")
         try:
             path.rename(aside)
@@ -63,7 +75,59 @@ def read_result(stage_dir: Path, run_id: str) -> dict | None:
             return None  # another worker's scan moved it aside first
         log.warning("result record %s is damaged (%s); moved to %s, the run will be trained again", path, err, aside.name)
         return None
+
+
+def read_result(stage_dir: Path, run_id: str, fingerprint: str | None = None) -> dict | None:
+    """The run's result record, or None if the run is unfinished, or finished under other settings or data.
+
+    With `fingerprint`, a record whose fingerprint differs is not the run's
+    result: it is left where it is for `settle_result` (which takes the run's
+    lock first). A record that does not parse is moved aside and reported:
+    it can only come from outside interference (writes are atomic), and the
+    run must be trained again rather than trusted.
+    """
+    record = _parse_record(run_dir(stage_dir, run_id) / RESULT, run_id)
+    if record is None or (fingerprint is not None and record["fingerprint"] != fingerprint):
+        return None
     return record
+
+
+def _move_files(source: Path, target: Path, result_last: bool) -> None:
+    """Move a finished run's files; the result record first when taking them away, last when putting them in place."""
+    target.mkdir(parents=True, exist_ok=True)
+    order = FINISHED_FILES[1:] + FINISHED_FILES[:1] if result_last else FINISHED_FILES
+    for name in order:
+        try:
+            (source / name).replace(target / name)
+        except FileNotFoundError:
+            pass
+
+
+def settle_result(stage_dir: Path, run_id: str, fingerprint: str) -> dict | None:
+    """Under the run's lock: the run's valid result, after setting aside one of other settings or data.
+
+    A finished result whose fingerprint differs moves, with its curve, weights
+    and config, to runs/<id>/superseded/<its fingerprint>/, so nothing finished
+    is lost. If an earlier result with the wanted fingerprint waits there (the
+    settings were changed back), it is put back in place and used.
+    """
+    folder = run_dir(stage_dir, run_id)
+    record = _parse_record(folder / RESULT, run_id)
+    if record is not None and record["fingerprint"] == fingerprint:
+        return record
+    if record is not None:
+        aside = folder / SUPERSEDED / record["fingerprint"]
+        _move_files(folder, aside, result_last=False)
+        log.warning(
+            "result of run %s was made with other settings or data (fingerprint %s, expected %s); moved to %s, "
+            "the run will be trained again", run_id, record["fingerprint"], fingerprint, aside.relative_to(stage_dir),
+        )
+    kept = folder / SUPERSEDED / fingerprint
+    if _parse_record(kept / RESULT, run_id) is None:
+        return None
+    _move_files(kept, folder, result_last=True)
+    log.info("run %s: restored its result for these settings from %s", run_id, kept.relative_to(stage_dir))
+    return read_result(stage_dir, run_id, fingerprint)
 
 
 def make_lock(stage_dir: Path, run_id: str, kind: str, lease_s: float = 60.0) -> BaseFileLock:
@@ -83,7 +147,6 @@ class Worker:
     index: int = 0
     count: int = 1
     device: str = "auto"
-    precision: str = "fp32"
     lock: str = "filelock"
     checkpoint_every: int = 0
     lease_s: float = 60.0
@@ -94,6 +157,8 @@ class Worker:
     # One lock object per run, kept across scans: a soft lease is judged stale by
     # how long *this* object has watched it go unrefreshed.
     locks: dict[str, BaseFileLock] = field(default_factory=dict)
+    data_id: str = ""  # of the splits this worker trains on, set by run()
+    fingerprints: dict[str, str] = field(default_factory=dict)  # run id -> what its result must carry
 
     def stop_on_signals(self) -> None:
         """SIGTERM (scheduler preemption, time limit) and SIGINT (Ctrl-C) ask the worker to stop cleanly."""
@@ -117,13 +182,15 @@ class Worker:
         device = resolve_device(self.device)
         train = data.load_split(self.data_dir, "train")
         valid = data.load_split(self.data_dir, "valid")
+        self.data_id = provenance.data_id(train, valid)
+        self.fingerprints = {run.id: provenance.fingerprint(run, self.data_id) for run in runs}
         groups = _groups(runs)
         # Start each worker at its own slice of the groups so they rarely contend.
         offset = self.index * len(groups) // max(self.count, 1)
         trained, pending = 0, groups[offset:] + groups[:offset]
         while True:
             # A finished run stays finished, so only the still-pending ones are re-read.
-            pending = [[r for r in group if read_result(self.stage_dir, r.id) is None] for group in pending]
+            pending = [[r for r in group if self._result(r) is None] for group in pending]
             pending = [group for group in pending if group]
             if not pending:
                 log.info("worker %d: stage finished, %d runs trained here", self.index, trained)
@@ -133,6 +200,10 @@ class Worker:
             if not claimed and self.stop.wait(self.poll_s):  # all pending runs are held by other workers
                 log.info("worker %d: stopped while waiting", self.index)
                 return trained
+
+    def _result(self, run: Run) -> dict | None:
+        """The run's result for its current settings and data, without touching its files."""
+        return read_result(self.stage_dir, run.id, self.fingerprints[run.id])
 
     def _try_lock(self, run: Run) -> bool:
         """Take the run's lock without waiting; False while another worker holds it."""
@@ -157,8 +228,8 @@ class Worker:
                 for run in group:
                     if self._try_lock(run):
                         held.append(run)
-                # Another worker may have finished some since the scan.
-                claimed = [run for run in held if read_result(self.stage_dir, run.id) is None]
+                # Another worker may have finished some since the scan; results of other settings move aside.
+                claimed = [run for run in held if settle_result(self.stage_dir, run.id, self.fingerprints[run.id]) is None]
                 if not claimed:
                     continue
                 done = total - left + len(claimed)
@@ -166,7 +237,7 @@ class Worker:
                 bar = ProgressBar(label, claimed[0].steps, self.progress_s)
                 dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
                 results = train_runs(
-                    claimed, train, valid, dirs, device, self.checkpoint_every, bar.update, self.stop, self.precision
+                    claimed, train, valid, dirs, device, self.checkpoint_every, bar.update, self.stop, self.data_id
                 )
                 for result in results:
                     log.info(

@@ -15,21 +15,49 @@ from pathlib import Path
 import pandas as pd
 
 from rnnsweep import config, data
-from rnnsweep.aggregate import MissingResults, aggregate, write_csv
+from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import LOCKS, Worker
-from rnnsweep.grid import SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
+from rnnsweep.fsutil import UnsafePath
+from rnnsweep.grid import PRECISIONS, SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import manifest_path
 
 log = logging.getLogger("rnnsweep")
 
-#: Errors that are the user's to fix: one line, no traceback.
-USER_ERRORS = (config.ConfigError, ManifestError, data.DataError, MissingResults, FileNotFoundError)
+#: Errors that are the user's (or the machine's: a full disk, a read-only folder) to fix: one line, no traceback.
+USER_ERRORS = (config.ConfigError, ManifestError, data.DataError, MissingResults, SummaryError, UnsafePath, OSError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, `rnnsweep <command>: error: ...`, exit 2, as every other."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _training_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training settings written into every manifest row")
     for key in SETTINGS:
         group.add_argument(f"--{key.replace('_', '-')}", type=float if key == "lr" else int, required=True)
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic of each training step")
+
+
+def _worker_flags(parser: argparse.ArgumentParser) -> None:
+    """How runs are trained: by `worker`, and by `aggregate` for runs it finds without a valid result."""
+    parser.add_argument("--data", default="results/data", help="folder with train.bin and valid.bin")
+    parser.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
+    parser.add_argument("--count", type=_positive, default=1, help="how many workers there are")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=_positive, default=1)
+    parser.add_argument("--lock", choices=LOCKS, default="filelock", help="filelock (flock) or soft (lease, for NFS)")
+    parser.add_argument("--lease-s", type=float, default=60.0, help="soft locks: seconds unrefreshed before a lease may be taken over")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints inside a run (0: none)")
 
 
 def _stage_dir(args: argparse.Namespace) -> Path:
@@ -37,7 +65,7 @@ def _stage_dir(args: argparse.Namespace) -> Path:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in SETTINGS}
+    return {key: getattr(args, key) for key in (*SETTINGS, "precision")}
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -71,33 +99,38 @@ def cmd_select(args: argparse.Namespace) -> None:
     missing = [f"--{k.replace('_', '-')}" for k in needed[stage] if getattr(args, k) is None]
     if missing:
         raise config.ConfigError(f"select --stage {stage} needs {' '.join(missing)}")
-    summary = pd.read_csv(Path(args.results) / previous / "summary.csv")
+    summary = read_summary(Path(args.results) / previous / "summary.csv")
     cfg = vars(args)
     runs = select.stage2_runs(summary, cfg, args.seed) if stage == "stage2" else select.stage3_runs(summary, cfg, args.seed)
     written = write_manifest(manifest_path(_stage_dir(args)), runs)
     log.info("%s manifest: %d runs from %s", stage, len(written), previous)
 
 
-def cmd_worker(args: argparse.Namespace) -> None:
-    import torch  # only workers need it; every other command starts faster without
+def _worker(args: argparse.Namespace) -> Worker:
+    """A claiming worker from the command's training options, stopping cleanly on SIGTERM/SIGINT."""
+    import torch  # only training needs it; every other command starts faster without
 
     torch.set_num_threads(args.threads)
-    from rnnsweep.train import Interrupted, keep_freed_memory
+    from rnnsweep.train import keep_freed_memory
 
     keep_freed_memory()
-
     worker = Worker(
         stage_dir=_stage_dir(args),
         data_dir=Path(args.data),
         index=args.index,
         count=args.count,
         device=args.device,
-        precision=args.precision,
         lock=args.lock,
         checkpoint_every=args.checkpoint_every,
         lease_s=args.lease_s,
     )
     worker.stop_on_signals()
+    return worker
+
+
+def _train(worker: Worker) -> None:
+    from rnnsweep.train import Interrupted
+
     try:
         worker.run()
     except Interrupted as err:
@@ -107,19 +140,33 @@ def cmd_worker(args: argparse.Namespace) -> None:
         raise SystemExit(128 + worker.stopped_by)
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    if not 0 <= args.index < args.count:
+        raise config.ConfigError(f"--index {args.index} is not below --count {args.count}")
+    _train(_worker(args))
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    summary, curves = aggregate(_stage_dir(args))
+    """Aggregate; a run without a valid result (damaged, or made under other settings) is trained here first."""
+    try:
+        summary, curves = aggregate(_stage_dir(args), Path(args.data))
+    except MissingResults as err:
+        log.warning("%s: %d runs have no valid result; training them before aggregating", args.stage, len(err.missing))
+        _train(_worker(args))
+        summary, curves = aggregate(_stage_dir(args), Path(args.data))
     log.info("%s: %d runs, %d curve points", args.stage, len(summary), len(curves))
 
 
 def _frames(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     stage_dir = _stage_dir(args)
-    return pd.read_csv(stage_dir / "summary.csv"), pd.read_csv(stage_dir / "curves.csv")
+    return read_summary(stage_dir / "summary.csv"), read_summary(stage_dir / "curves.csv", curves=True)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from rnnsweep import plots  # matplotlib is slow to import; only plotting needs it
 
+    if args.figure not in plots.FIGURES:
+        raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(plots.FIGURES)}")
     summary, curves = _frames(args)
     plots.FIGURES[args.figure](summary, curves, Path(args.out), threshold=args.threshold, top=args.top, smooth=args.smooth)
 
@@ -133,9 +180,9 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnsweep", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="rnnsweep", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("data", help="download or generate the corpus and split it 90/5/5")
     p.add_argument("--corpus", required=True, help="'enwik8', 'generated' or a path to a byte file")
@@ -145,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", default=None)
     p.add_argument("--generated-bytes", type=int, default=2_000_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-bytes", type=int, default=0, help="fail if a split is shorter (one window)")
+    p.add_argument("--min-bytes", type=int, default=2, help="fail if a split is shorter (one window)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("grid", help="write the stage-1 manifest (adds missing runs, keeps existing order)")
@@ -172,20 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="claim and train unfinished runs of a stage until none is left")
     p.add_argument("--stage", required=True)
     p.add_argument("--results", default="results")
-    p.add_argument("--data", default="results/data", help="folder with train.bin and valid.bin")
-    p.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
-    p.add_argument("--count", type=int, default=1, help="how many workers there are")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="arithmetic of each training step")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--lock", choices=LOCKS, default="filelock", help="filelock (flock) or soft (lease, for NFS)")
-    p.add_argument("--lease-s", type=float, default=60.0, help="soft locks: seconds unrefreshed before a lease may be taken over")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints inside a run (0: none)")
+    _worker_flags(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("aggregate", help="write summary.csv and curves.csv of a finished stage")
+    p = sub.add_parser("aggregate", help="write summary.csv and curves.csv of a stage, training any run without a valid result")
     p.add_argument("--stage", required=True)
     p.add_argument("--results", default="results")
+    _worker_flags(p)
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("plot", help="render one figure")

@@ -21,6 +21,63 @@ def schema() -> dict:
     return yaml.safe_load(resources.files("rnnsweep").joinpath("config.schema.yaml").read_text())
 
 
+def _types(node: dict) -> set[str]:
+    """The JSON types a schema node allows (following $ref into $defs)."""
+    if "$ref" in node:
+        node = schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    if "enum" in node:
+        return {"string"} if any(isinstance(v, str) for v in node["enum"]) else {"number"}
+    kinds = node.get("type", [])
+    return set([kinds] if isinstance(kinds, str) else kinds)
+
+
+def _items(node: dict) -> dict:
+    if "$ref" in node:
+        node = schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node.get("items", {})
+
+
+_PARSED_AS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _coerce_value(value: object, node: dict) -> object:
+    """A text value turned into the scalar its schema node wants, where it reads as one."""
+    kinds = _types(node)
+    if isinstance(value, list):
+        return [_coerce_value(v, _items(node)) for v in value]
+    if isinstance(value, str) and "null" in kinds and value in ("null", "~"):
+        return None
+    if not isinstance(value, str) or "string" in kinds:
+        return value
+    parsed = yaml.safe_load(value) if value.strip() else value
+    wanted = tuple(t for kind in kinds for t in (_PARSED_AS.get(kind, ()),) if t)
+    if wanted and isinstance(parsed, wanted) and not (isinstance(parsed, bool) and "boolean" not in kinds):
+        return parsed
+    if "array" in kinds and isinstance(parsed, list):
+        return _coerce_value(parsed, node)
+    return value  # left as text: the schema names it
+
+
+def coerce(config: dict, node: dict | None = None) -> dict:
+    """Turn text into the numbers and booleans the schema asks for, in place; return `config`.
+
+    Snakemake reads the value of a nested `--config` entry as YAML text without
+    types (`'stage1={steps: 35}'` gives `{"steps": "35"}`), so without this no
+    nested key could be overridden on the command line. What does not read as
+    the wanted type stays as it is and fails validation, naming the key.
+    """
+    node = schema() if node is None else node
+    for key, value in config.items():
+        sub = node.get("properties", {}).get(key)
+        if sub is None:
+            continue
+        if isinstance(value, dict):
+            coerce(value, sub)
+        else:
+            config[key] = _coerce_value(value, sub)
+    return config
+
+
 def _key(error: jsonschema.ValidationError) -> str:
     """Dotted path of the offending value; for unknown or missing keys the message names the key."""
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"

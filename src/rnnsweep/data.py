@@ -108,9 +108,10 @@ def _download(url: str, archive: Path, timeout: float) -> None:
             _copy_stream(response, dst, f"downloading {url}")
     except _NETWORK_ERRORS as exc:
         part.unlink(missing_ok=True)
-        raise DataError(
-            f"downloading {url} failed ({exc}); {_by_hand(url, archive.parent)}"
-        ) from exc
+        raise DataError(f"downloading {url} failed ({exc}); {_by_hand(url, archive.parent)}") from exc
+    except BaseException:  # a full disk, an interrupt: no half download is left behind
+        part.unlink(missing_ok=True)
+        raise
     os.replace(part, archive)
 
 
@@ -124,8 +125,10 @@ def _extract(archive: Path, target: Path, url: str, expected_bytes: int, sha256:
     try:
         with zipfile.ZipFile(archive) as zf, zf.open("enwik8") as src, part.open("wb") as dst:
             _copy_stream(src, dst, f"unzipping {archive}")
-    except _ZIP_ERRORS as exc:
+    except BaseException as exc:
         part.unlink(missing_ok=True)
+        if not isinstance(exc, _ZIP_ERRORS):
+            raise  # a full disk, an interrupt: the archive is fine, only the half-written part goes
         bad = _set_aside(archive, archive.name)
         raise DataError(
             f"{archive} is not a zip holding a member 'enwik8' ({exc!r}); moved it to {bad}. "
@@ -388,7 +391,7 @@ def prepare_corpus(
     corpus, name, where = _load_source(
         source, Path(cache_dir), url, sha256, generated_bytes, seed, expected_bytes
     )
-    _check_long_enough(len(corpus), min_bytes, where)
+    _check_long_enough(len(corpus), max(min_bytes, 2), where)  # a window is at least 2 bytes
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path = out_dir / "corpus.json"
@@ -402,6 +405,7 @@ def prepare_corpus(
         "total_bytes": len(corpus),
         "splits": {split: stop - start for split, (start, stop) in zip(SPLITS, bounds)},
         "sha256": hashlib.sha256(corpus).hexdigest(),
+        "split_sha256": {split: hashlib.sha256(corpus[start:stop]).hexdigest() for split, (start, stop) in zip(SPLITS, bounds)},
     }
     atomic_write_json(meta_path, meta)
     return meta

@@ -41,3 +41,36 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class UnsafePath(ValueError):
+    """A path inside the results folder that is a symbolic link where a real folder or file must be."""
+
+
+def real_dirs(root: Path, path: Path) -> Path:
+    """Make `path` (inside `root`) and its parents below `root`, refusing any that is a symbolic link.
+
+    Writes under a results folder follow no link, so a link planted inside it
+    (by hand, or by another user on a shared filesystem) cannot redirect a
+    worker's files outside it. `root` itself may be a link (results on scratch).
+    """
+    root, path = Path(root), Path(path)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink():
+            raise UnsafePath(f"{current} is a symbolic link; refusing to write through it")
+        current.mkdir(exist_ok=True)
+    return path
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log file, never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if Path(path).is_symlink():
+            raise UnsafePath(f"{path} is a symbolic link; refusing to write through it") from None
+        raise err
+    with os.fdopen(fd, "a") as handle:
+        handle.write(line + "\n")

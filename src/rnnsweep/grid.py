@@ -13,6 +13,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
@@ -31,6 +32,11 @@ SWITCHES: tuple[str, ...] = (
 
 #: Training settings that every manifest row carries, so a worker needs nothing else.
 SETTINGS: tuple[str, ...] = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_windows")
+#: The arithmetic of a training step; `precision` is a manifest column beside the settings.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: A run id: the design id, then `-r<replicate>` for replicates after the first. Nothing else is ever a
+#: path component under a stage folder.
+RUN_ID = re.compile(r"[0-9a-f]{10}(-r[1-9][0-9]*)?")
 
 
 class ManifestError(ValueError):
@@ -88,21 +94,22 @@ class Run:
     log_every: int
     lr: float
     eval_windows: int
+    precision: str = "fp32"
 
     def row(self) -> dict[str, object]:
         design = asdict(self.design)
         head = {"id": self.id, "config_id": self.config_id}
-        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS)}
+        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS, "precision")}
         return {**head, **design, **tail}
 
     @property
     def batch_key(self) -> tuple:
         """Runs with equal keys (one design, the same settings: stage 3's seeds) can train as one batched model."""
-        return (self.design, *(getattr(self, k) for k in SETTINGS))
+        return (self.design, *(getattr(self, k) for k in SETTINGS), self.precision)
 
 
 DESIGN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Design))
-COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS)
+COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS, "precision")
 
 
 def stage1_designs(n_layers: Iterable[int], state_sizes: Iterable[int]) -> list[Design]:
@@ -131,15 +138,20 @@ def run_seed(config_id: str, replicate: int, base_seed: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def run_id(config_id: str, replicate: int) -> str:
+    """Replicate 0 keeps the bare design id."""
+    return config_id if replicate == 0 else f"{config_id}-r{replicate}"
+
+
 def make_runs(designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0) -> list[Run]:
-    """Runs for each design × replicate; replicate 0 keeps the bare design id."""
+    """Runs for each design × replicate, with `settings` (SETTINGS, and `precision`, fp32 unless given)."""
+    picked = {k: settings[k] for k in SETTINGS}
+    precision = settings.get("precision") or "fp32"
     runs = []
     for design in designs:
         for rep in range(replicates):
-            run_id = design.id if rep == 0 else f"{design.id}-r{rep}"
             seed = run_seed(design.id, rep, base_seed)
-            picked = {k: settings[k] for k in SETTINGS}
-            runs.append(Run(run_id, design.id, design, rep, seed, **picked))
+            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, **picked, precision=precision))
     return runs
 
 
@@ -155,11 +167,17 @@ def _parse_row(row: dict[str, str], where: str) -> Run:
     try:
         design = Design.from_mapping(row)
         ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_windows")}
-        run = Run(id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), **ints)
+        run = Run(
+            id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), precision=row["precision"], **ints
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise ManifestError(f"{where}: {err}") from None
     if run.config_id != design.id:
         raise ManifestError(f"{where}: config_id {run.config_id} does not match its design (expected {design.id})")
+    if not RUN_ID.fullmatch(run.id) or run.id != run_id(run.config_id, run.replicate):
+        raise ManifestError(f"{where}: id {run.id!r} is not {run_id(run.config_id, run.replicate)}, the id of its design and replicate")
+    if run.precision not in PRECISIONS:
+        raise ManifestError(f"{where}: precision {run.precision!r} is not one of {', '.join(PRECISIONS)}")
     return run
 
 
@@ -197,22 +215,15 @@ def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
 
 
 def write_manifest(path: Path, runs: list[Run]) -> list[Run]:
-    """Write runs, keeping an existing manifest's rows and order and appending only new ids.
+    """Write runs, keeping an existing manifest's order and appending only new ids; return the manifest as written.
 
-    Returns the manifest as written. A run whose settings changed is refused,
-    because its finished results would no longer match its row.
+    A run already listed takes its new row: if its settings changed, its result
+    no longer fits its fingerprint, so workers set it aside and train it again.
     """
     path = Path(path)
     existing = read_manifest(path) if path.exists() else []
-    known = {run.id: run for run in existing}
-    for run in runs:
-        old = known.get(run.id)
-        if old is not None and old != run:
-            raise ManifestError(
-                f"{path}: run {run.id} already exists with other settings; "
-                "move the stage's results aside to start it afresh"
-            )
-    merged = existing + [run for run in runs if run.id not in known]
+    new = {run.id: run for run in runs}
+    merged = [new.pop(run.id, run) for run in existing] + list(new.values())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

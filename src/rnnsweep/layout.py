@@ -7,7 +7,14 @@ from pathlib import Path
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 RESULT_FIELDS = (
     "id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
+    "fingerprint", "data",
 )
+CURVE = "curve.csv"
+WEIGHTS = "weights.pt"
+RUN_CONFIG = "config.json"
+#: A finished run's files, moved together when the run's settings or data change.
+FINISHED_FILES = (RESULT, CURVE, WEIGHTS, RUN_CONFIG)
+SUPERSEDED = "superseded"  # runs/<id>/superseded/<fingerprint>/: results of the run under other settings or data
 CHECKPOINT = "checkpoint.pt"
 ATTEMPTS = "attempts.jsonl"  # one line per claim: who trained the run, from which step, when
 

@@ -34,9 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
+from rnnsweep import provenance
+from rnnsweep.data import DataError
+from rnnsweep.fsutil import append_line, atomic_open, atomic_write_json, atomic_write_text, real_dirs
 from rnnsweep.grid import Run
-from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, CURVE, RESULT, RUN_CONFIG, WEIGHTS
 from rnnsweep.model import ByteModel, count_params, plan
 from rnnsweep.optim import Adam
 
@@ -44,8 +46,8 @@ log = logging.getLogger(__name__)
 
 EMA_START = 3.0
 EMA_DECAY = 0.95
-#: `precision` setting → the dtype of each step's arithmetic (parameters and Adam stay float32).
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: A run's `precision` (grid.PRECISIONS) → the dtype of each step's arithmetic (parameters and Adam stay float32).
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 #: The buffers laid out like the parameters that a checkpoint holds per run.
 BUFFERS = ("params", "exp_avg", "exp_avg_sq")
@@ -93,7 +95,7 @@ class Sampler:
 
     def __init__(self, data: np.ndarray, batch_size: int, history_size: int, seed: int) -> None:
         if len(data) < history_size:
-            raise ValueError(f"training split has {len(data)} bytes, fewer than one window of {history_size}")
+            raise DataError(f"the training split has {len(data)} bytes, fewer than one window of {history_size}")
         self.data, self.batch_size, self.history_size = data, batch_size, history_size
         self.generator = torch.Generator().manual_seed(seed)
         self._span = np.arange(history_size)
@@ -137,9 +139,11 @@ class Progress:
     tensors: dict[str, dict[str, torch.Tensor]] | None = None  # BUFFERS as replicate state dicts; None: fresh
 
 
-def _load_checkpoint(path: Path, run: Run, sampler: Sampler) -> Progress:
+def _load_checkpoint(path: Path, run: Run, fingerprint: str, sampler: Sampler) -> Progress:
     """Read and check a run's checkpoint; never executes code from the file (weights_only)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("fingerprint") != fingerprint:
+        raise ValueError(f"it was made for fingerprint {payload.get('fingerprint')}, not this run's {fingerprint}")
     shapes = {p.name: p.shape for p in plan(run.design)}
     tensors = {key: payload[key] for key in BUFFERS}
     for key, state in tensors.items():
@@ -158,17 +162,17 @@ def _load_checkpoint(path: Path, run: Run, sampler: Sampler) -> Progress:
     return Progress(step, float(payload["ema"]), curve, position, batch, states, float(payload["train_s"]), tensors)
 
 
-def _resume(run: Run, run_dir: Path, sampler: Sampler) -> Progress:
-    """Resume from a checkpoint if one is usable; a damaged one is moved aside, not trusted."""
+def _resume(run: Run, fingerprint: str, run_dir: Path, sampler: Sampler) -> Progress:
+    """Resume from a checkpoint if it is this run's under these settings and data; any other is moved aside."""
     path = run_dir / CHECKPOINT
     if not path.exists():
         return Progress()
     try:
-        progress = _load_checkpoint(path, run, sampler)
+        progress = _load_checkpoint(path, run, fingerprint, sampler)
     except Exception as err:  # any damage means: start this run afresh
         aside = path.with_name(f"{CHECKPOINT}.corrupt-{time.time_ns()}")
         path.rename(aside)
-        log.warning("checkpoint %s is unreadable (%s); moved to %s, restarting the run from step 0", path, err, aside.name)
+        log.warning("checkpoint %s is not usable (%s); moved to %s, restarting the run from step 0", path, err, aside.name)
         return Progress()
     log.info("resuming %s from step %d", run_dir.name, progress.step)
     return progress
@@ -177,8 +181,7 @@ def _resume(run: Run, run_dir: Path, sampler: Sampler) -> Progress:
 def _record_attempt(run_dir: Path, start_step: int) -> None:
     """Append who trains the run from which step: the provenance a fault audit reads."""
     line = {"pid": os.getpid(), "host": socket.gethostname(), "start_step": start_step, "time": time.time()}
-    with open(run_dir / ATTEMPTS, "a") as handle:
-        handle.write(json.dumps(line) + "\n")
+    append_line(run_dir / ATTEMPTS, json.dumps(line))
 
 
 def _remove_stale_temps(run_dir: Path) -> None:
@@ -205,13 +208,14 @@ class _Group:
         progress: list[Progress],
         samplers: list[Sampler],
         device: torch.device,
-        precision: str,
+        data_id: str,
     ) -> None:
         self.runs, self.run_dirs, self.progress, self.samplers, self.device = runs, run_dirs, progress, samplers, device
         self.settings = runs[0]  # every run of a group has the same design and settings
-        self.precision = precision
+        self.data_id = data_id
+        self.fingerprints = [provenance.fingerprint(run, data_id) for run in runs]
         seeds = [run.seed for run in runs]
-        self.model = ByteModel(self.settings.design, seeds, device, compute_dtype=PRECISIONS[precision])
+        self.model = ByteModel(self.settings.design, seeds, device, compute_dtype=COMPUTE_DTYPES[self.settings.precision])
         self.opt = Adam(self.model.theta, self.model.grad, self.settings.lr)
         self.buffers = dict(zip(BUFFERS, (self.model.theta, self.opt.exp_avg, self.opt.exp_avg_sq)))
         for r, p in enumerate(progress):
@@ -282,6 +286,7 @@ class _Group:
         emas, now = self.ema.tolist(), time.perf_counter()
         for r in self.live:
             payload = {
+                "fingerprint": self.fingerprints[r],
                 **{key: self._replicate(flat, r) for key, flat in self.buffers.items()},
                 "sampler": self.samplers[r].generator.get_state(),
                 "step": self.step,
@@ -312,11 +317,13 @@ class _Group:
             "wall_s": round(self._train_s(r, time.perf_counter()), 3),
             "steps_per_s": round(self.step / max(train_s, 1e-9), 2),
             "device": str(self.device),
-            "precision": self.precision,
+            "precision": run.precision,
             "seed": run.seed,
+            "fingerprint": self.fingerprints[r],
+            "data": self.data_id,
         }
-        _write_curve(run_dir / "curve.csv", p.curve)
-        with atomic_open(run_dir / "weights.pt", "wb") as handle:
+        _write_curve(run_dir / CURVE, p.curve)
+        with atomic_open(run_dir / WEIGHTS, "wb") as handle:
             torch.save(self._replicate(self.model.theta, r), handle)
         atomic_write_json(run_dir / RESULT, result)
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -332,7 +339,7 @@ def train_runs(
     checkpoint_every: int = 0,
     report: Reporter | None = None,
     stop: threading.Event | None = None,
-    precision: str = "fp32",
+    data_id: str | None = None,
 ) -> list[dict]:
     """Train runs of one design and one set of settings to exactly `steps` steps; return their result records.
 
@@ -342,22 +349,25 @@ def train_runs(
     last, atomically: its presence is what marks the run as finished, so a
     crash at any earlier point leaves the run to be claimed again. When `stop`
     is set every run of the batch in training checkpoints and Interrupted is raised.
+    `data_id` is provenance.data_id of the two splits, when the caller has it already.
     """
     if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
         raise ValueError("train_runs needs one folder per run and runs of one design with the same settings")
+    data_id = data_id or provenance.data_id(train_data, valid_data)
     progress, samplers = [], []
     for run, run_dir in zip(runs, run_dirs):
-        run_dir.mkdir(parents=True, exist_ok=True)
+        real_dirs(run_dir.parent.parent, run_dir)  # the stage folder's runs/<id>, through no symbolic link
         _remove_stale_temps(run_dir)
-        atomic_write_json(run_dir / "config.json", run.row())
+        fingerprint = provenance.fingerprint(run, data_id)
+        atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": data_id})
         samplers.append(Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1))
-        progress.append(_resume(run, run_dir, samplers[-1]))
+        progress.append(_resume(run, fingerprint, run_dir, samplers[-1]))
         _record_attempt(run_dir, progress[-1].step)
     results: dict[int, dict] = {}
     for step in sorted({p.step for p in progress}, reverse=True):  # the runs closest to done first
         part = [i for i, p in enumerate(progress) if p.step == step]
         pick = lambda seq: [seq[i] for i in part]  # noqa: E731
-        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, precision)
+        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, data_id)
         results.update(zip(part, group.train(valid_data, checkpoint_every, report, stop)))
     return [results[i] for i in range(len(runs))]
 
@@ -371,7 +381,7 @@ def train_run(
     checkpoint_every: int = 0,
     report: Reporter | None = None,
     stop: threading.Event | None = None,
-    precision: str = "fp32",
+    data_id: str | None = None,
 ) -> dict:
     """Train one run alone: `train_runs` with a group of one."""
-    return train_runs([run], train_data, valid_data, [run_dir], device, checkpoint_every, report, stop, precision)[0]
+    return train_runs([run], train_data, valid_data, [run_dir], device, checkpoint_every, report, stop, data_id)[0]

@@ -1,41 +1,47 @@
 # One CSV row per run and a long-form CSV of every loss curve, plus the analysis tables.
 
 
+# A run found without a valid result (damaged, or made under other settings or data) is
+# trained by this job before it aggregates, so the same command heals the stage.
 rule aggregate:
     input:
         worker_flags,
     output:
-        summary="results/{stage}/summary.csv",
-        curves="results/{stage}/curves.csv",
+        summary=f"{RESULTS}/{{stage}}/summary.csv",
+        curves=f"{RESULTS}/{{stage}}/curves.csv",
+    params:
+        training=TRAINING,
+    threads: config["threads_per_worker"]
     conda:
         ENV
     log:
-        "logs/{stage}/aggregate.log",
+        f"{LOGS}/{{stage}}/aggregate.log",
     shell:
-        "python -m rnnsweep aggregate --stage {wildcards.stage} --results results 2> {log}"
+        "python -m rnnsweep aggregate --stage {wildcards.stage} --results {RESULTS} {params.training}"
+        " --threads {threads} 2> {log}"
 
 
 rule regression_table:
     input:
-        "results/stage1/summary.csv",
+        f"{RESULTS}/stage1/summary.csv",
     output:
-        "results/stage1/regression.csv",
+        f"{RESULTS}/stage1/regression.csv",
     conda:
         ENV
     log:
-        "logs/stage1/regression.log",
+        f"{LOGS}/stage1/regression.log",
     shell:
-        "python -m rnnsweep table regression --stage stage1 --results results --out {output} 2> {log}"
+        "python -m rnnsweep table regression --stage stage1 --results {RESULTS} --out {output} 2> {log}"
 
 
 rule group_table:
     input:
-        "results/stage3/summary.csv",
+        f"{RESULTS}/stage3/summary.csv",
     output:
-        "results/stage3/groups.csv",
+        f"{RESULTS}/stage3/groups.csv",
     conda:
         ENV
     log:
-        "logs/stage3/groups.log",
+        f"{LOGS}/stage3/groups.log",
     shell:
-        "python -m rnnsweep table groups --stage stage3 --results results --out {output} 2> {log}"
+        "python -m rnnsweep table groups --stage stage3 --results {RESULTS} --out {output} 2> {log}"

@@ -11,7 +11,7 @@ from rnnsweep import config as study_config
 from rnnsweep.grid import SETTINGS
 
 try:
-    study_config.validate(config)
+    study_config.validate(study_config.coerce(config))
 except study_config.ConfigError as err:
     raise ValueError(str(err)) from None
 
@@ -25,7 +25,12 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 shell.prefix(_prefix)
 ENV = "../../envs/rnnsweep.yaml"
 
-DATA = "results/data"
+# Each configuration (`study`) has its own folders, so no profile ever reads, deletes or
+# overwrites another's files.
+RESULTS = f"results/{config['study']}"
+FIGURES_DIR = f"figures/{config['study']}"
+LOGS = f"{RESULTS}/logs"
+DATA = f"{RESULTS}/data"
 STAGES = study_config.STAGES
 WORKERS = list(range(config["workers"]))
 
@@ -59,12 +64,23 @@ def corpus_input(wildcards):
     return [] if corpus in ("enwik8", "generated") else [os.path.expanduser(corpus)]
 
 
+if config["corpus"] not in ("enwik8", "generated") and not os.path.isfile(os.path.expanduser(config["corpus"])):
+    raise ValueError(f"corpus: {config['corpus']} is not a file; give 'enwik8', 'generated' or the path of a byte file")
+
+
 def worker_flags(wildcards):
-    return expand("results/{stage}/workers/{worker}.done", stage=wildcards.stage, worker=WORKERS)
+    return expand(f"{RESULTS}/{{stage}}/workers/{{worker}}.done", stage=wildcards.stage, worker=WORKERS)
 
 
 def all_targets():
-    targets = [f"results/{stage}/summary.csv" for stage in STAGES]
-    targets += [f"results/{stage}/{table}.csv" for stage, table in TABLES.items()]
-    targets += [f"figures/{stage}/{name}.png" for stage, names in FIGURES.items() for name in names]
+    targets = [f"{RESULTS}/{stage}/summary.csv" for stage in STAGES]
+    targets += [f"{RESULTS}/{stage}/{table}.csv" for stage, table in TABLES.items()]
+    targets += [f"{FIGURES_DIR}/{stage}/{name}.png" for stage, names in FIGURES.items() for name in names]
     return targets
+
+
+# How a run is trained: by the workers, and by aggregation for a run it finds without a valid result.
+TRAINING = (
+    f"--data {DATA} --device {config['device']} --lock {config['lock']} --lease-s {config['lock_lease_s']}"
+    f" --checkpoint-every {config['checkpoint_every']}"
+)

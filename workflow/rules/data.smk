@@ -19,8 +19,8 @@ rule corpus:
     conda:
         ENV
     log:
-        "logs/corpus.log",
+        f"{LOGS}/corpus.log",
     shell:
-        "python -m rnnsweep data --corpus {params.source:q} --out results/data --cache-dir {params.cache:q}"
+        "python -m rnnsweep data --corpus {params.source:q} --out {DATA} --cache-dir {params.cache:q}"
         " --url {params.url:q} {params.sha} --generated-bytes {params.generated}"
         " --seed {params.seed} --min-bytes {params.min_bytes} 2> {log}"

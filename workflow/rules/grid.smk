@@ -3,14 +3,14 @@
 
 rule grid:
     output:
-        "results/stage1/manifest.csv",
+        f"{RESULTS}/stage1/manifest.csv",
     params:
         grid=flags(config["stage1"], ["n_layers", "state_sizes"]),
-        settings=flags(config["stage1"], SETTINGS),
+        settings=flags(config["stage1"], SETTINGS) + f" --precision {config['precision']}",
         seed=config["seed"],
     conda:
         ENV
     log:
-        "logs/stage1/grid.log",
+        f"{LOGS}/stage1/grid.log",
     shell:
-        "python -m rnnsweep grid --results results {params.grid} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep grid --results {RESULTS} {params.grid} {params.settings} --seed {params.seed} 2> {log}"

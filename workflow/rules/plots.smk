@@ -7,10 +7,10 @@ for _stage, _names in FIGURES.items():
             name:
                 f"plot_{_stage}_{_name}"
             input:
-                summary=f"results/{_stage}/summary.csv",
-                curves=f"results/{_stage}/curves.csv",
+                summary=f"{RESULTS}/{_stage}/summary.csv",
+                curves=f"{RESULTS}/{_stage}/curves.csv",
             output:
-                f"figures/{_stage}/{_name}.png",
+                f"{FIGURES_DIR}/{_stage}/{_name}.png",
             params:
                 figure=_name,
                 stage=_stage,
@@ -19,7 +19,7 @@ for _stage, _names in FIGURES.items():
             conda:
                 ENV
             log:
-                f"logs/{_stage}/plot_{_name}.log",
+                f"{LOGS}/{_stage}/plot_{_name}.log",
             shell:
-                "python -m rnnsweep plot {params.figure} --stage {params.stage} --results results"
+                "python -m rnnsweep plot {params.figure} --stage {params.stage} --results {RESULTS}"
                 " --out {output} {params.options} 2> {log}"

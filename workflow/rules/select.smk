@@ -3,33 +3,33 @@
 
 rule select_stage2:
     input:
-        "results/stage1/summary.csv",
+        f"{RESULTS}/stage1/summary.csv",
     output:
-        "results/stage2/manifest.csv",
+        f"{RESULTS}/stage2/manifest.csv",
     params:
         rule=flags(config["stage2"], ["keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes"]),
-        settings=flags(config["stage2"], SETTINGS),
+        settings=flags(config["stage2"], SETTINGS) + f" --precision {config['precision']}",
         seed=config["seed"],
     conda:
         ENV
     log:
-        "logs/stage2/select.log",
+        f"{LOGS}/stage2/select.log",
     shell:
-        "python -m rnnsweep select --stage stage2 --results results {params.rule} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep select --stage stage2 --results {RESULTS} {params.rule} {params.settings} --seed {params.seed} 2> {log}"
 
 
 rule select_stage3:
     input:
-        "results/stage2/summary.csv",
+        f"{RESULTS}/stage2/summary.csv",
     output:
-        "results/stage3/manifest.csv",
+        f"{RESULTS}/stage3/manifest.csv",
     params:
         rule=flags(config["stage3"], ["top_k", "replicates"]),
-        settings=flags(config["stage3"], SETTINGS),
+        settings=flags(config["stage3"], SETTINGS) + f" --precision {config['precision']}",
         seed=config["seed"],
     conda:
         ENV
     log:
-        "logs/stage3/select.log",
+        f"{LOGS}/stage3/select.log",
     shell:
-        "python -m rnnsweep select --stage stage3 --results results {params.rule} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep select --stage stage3 --results {RESULTS} {params.rule} {params.settings} --seed {params.seed} 2> {log}"

@@ -5,17 +5,13 @@
 
 rule train:
     input:
-        manifest="results/{stage}/manifest.csv",
+        manifest=f"{RESULTS}/{{stage}}/manifest.csv",
         corpus=f"{DATA}/corpus.json",
     output:
-        touch("results/{stage}/workers/{worker}.done"),
+        touch(f"{RESULTS}/{{stage}}/workers/{{worker}}.done"),
     params:
         workers=len(WORKERS),
-        device=config["device"],
-        precision=config["precision"],
-        lock=config["lock"],
-        lease_s=config["lock_lease_s"],
-        checkpoint_every=config["checkpoint_every"],
+        training=TRAINING,
     threads: config["threads_per_worker"]
     resources:
         # On SLURM: profiles/slurm sets runtime, memory and GPUs of this rule.
@@ -23,10 +19,7 @@ rule train:
     conda:
         ENV
     log:
-        "logs/{stage}/worker-{worker}.log",
+        f"{LOGS}/{{stage}}/worker-{{worker}}.log",
     shell:
-        "python -m rnnsweep worker --stage {wildcards.stage} --results results --data results/data"
-        " --index {wildcards.worker} --count {params.workers} --device {params.device}"
-        " --precision {params.precision}"
-        " --threads {threads} --lock {params.lock} --lease-s {params.lease_s} --checkpoint-every {params.checkpoint_every}"
-        " 2> {log}"
+        "python -m rnnsweep worker --stage {wildcards.stage} --results {RESULTS} {params.training}"
+        " --index {wildcards.worker} --count {params.workers} --threads {threads} 2> {log}"

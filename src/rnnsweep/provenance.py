@@ -1,0 +1,40 @@
+"""What a run's numbers depend on, as one fingerprint that its result and checkpoint carry.
+
+A run's curve, weights and losses are determined by its manifest row (design,
+replicate, seed, training settings, precision), by the bytes it trains and is
+evaluated on, and by the engine's arithmetic. The fingerprint hashes all
+three. A result or checkpoint is used only where its fingerprint equals the
+one its manifest row and the data folder give now; anything else belongs to
+other settings or other bytes and is set aside, never reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from rnnsweep.grid import Run
+
+#: The engine's arithmetic. Bump it with any change to model.py, optim.py or the
+#: training loop that can change a single number a run produces: every result
+#: made before then is retrained rather than reused.
+ENGINE = "engine-1"
+
+
+def split_sha256(data: np.ndarray) -> str:
+    """SHA-256 of a split's bytes."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data))).hexdigest()
+
+
+def data_id(train: np.ndarray, valid: np.ndarray) -> str:
+    """The identity of the bytes a run reads: training split and evaluation split, by content."""
+    both = f"train:{split_sha256(train)}\nvalid:{split_sha256(valid)}\n"
+    return hashlib.sha256(both.encode()).hexdigest()[:16]
+
+
+def fingerprint(run: Run, data: str) -> str:
+    """16 hex digits that change whenever anything that determines the run's numbers changes."""
+    canonical = json.dumps({"run": run.row(), "data": data, "engine": ENGINE}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
