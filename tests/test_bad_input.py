@@ -10,6 +10,7 @@ trains the run again.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -211,6 +212,19 @@ def _empty(text: str) -> bytes:
     return b""
 
 
+def _id_as(new_id: str):
+    """A manifest whose first run id was edited into a path (absolute, or climbing out of the stage)."""
+
+    def mutate(text: str) -> bytes:
+        rows = _rows(text)
+        cells = rows[1].rstrip("\n").split(",")
+        cells[0] = new_id
+        rows[1] = ",".join(cells) + "\n"
+        return "".join(rows).encode()
+
+    return mutate
+
+
 BROKEN = {
     "binary": (_binary, "not a text"),
     "nul-filled": (_nul_filled, "missing columns"),
@@ -224,6 +238,8 @@ BROKEN = {
     "design-changed": (_design_changed, "does not match"),
     "renamed-column": (_renamed_column, "lr"),
     "empty": (_empty, "missing columns"),
+    "absolute-id": (_id_as("/tmp/rnnsweep-escape"), "is not"),
+    "climbing-id": (_id_as("../../../../tmp/rnnsweep-escape"), "is not"),
 }
 
 
@@ -463,3 +479,131 @@ def test_bad_profiles_stop_snakemake(checkout):
         assert key in output, f"{name}: the output does not name {key}\n{output[-2000:]}"
     assert not (checkout / "results").exists()
     assert not (checkout / "logs").exists()
+
+
+# --------------------------------------------------------------------------- writes stay inside the results folder
+
+
+@pytest.mark.parametrize("link", ["attempts.jsonl", "run folder"])
+def test_a_symbolic_link_inside_results_is_not_written_through(tmp_path, data_dir, call, link):
+    results = tmp_path / "results"
+    (run,) = _small_stage(results, 1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = run_dir(results / "stage1", run.id)
+    if link == "run folder":
+        folder.parent.mkdir(parents=True)
+        folder.symlink_to(outside, target_is_directory=True)
+    else:
+        folder.mkdir(parents=True)
+        (folder / "attempts.jsonl").symlink_to(outside / "log")
+    code, err = call(*_worker_args(results, data_dir))
+    assert code == 2
+    assert "symbolic link" in error_line(err, "worker")
+    assert not any(outside.iterdir()), "a worker wrote outside the results folder"
+
+
+# --------------------------------------------------------------------------- one line, exit 2, nothing overwritten
+
+
+def _finished(tmp_path: Path, finished_stage: Path) -> Path:
+    results = tmp_path / "results"
+    shutil.copytree(finished_stage, results)
+    return results
+
+
+def test_select_on_a_summary_without_status_or_rows(tmp_path, finished_stage, data_dir, call):
+    results = _finished(tmp_path, finished_stage)
+    assert call("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir))[0] == 0
+    summary = results / "stage1" / "summary.csv"
+    good = pd.read_csv(summary)
+    argv = ["select", "--stage", "stage2", "--results", str(results), "--keep-fraction", "0.5", "--wide-state-size", "8",
+            "--deep-layers", "3", "--deep-state-sizes", "8", *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    for broken, expected in ((good.drop(columns="status"), "status"), (good.head(0), "no rows")):
+        broken.to_csv(summary, index=False)
+        before = snapshot(tmp_path)
+        code, err = call(*argv)
+        assert code == 2 and expected in error_line(err, "select")
+        assert snapshot(tmp_path) == before
+    summary.write_text("")
+    code, err = call(*argv)
+    assert code == 2 and "empty" in error_line(err, "select")
+
+
+@pytest.mark.parametrize("damage", ["empty curve", "folder as result"])
+def test_aggregate_heals_a_damaged_run_of_a_finished_stage(tmp_path, finished_stage, data_dir, call, damage):
+    """Damage that once gave a traceback: the run is set aside, trained again by aggregate itself, and aggregated."""
+    results = _finished(tmp_path, finished_stage)
+    stage = results / "stage1"
+    victim = pd.read_csv(stage / "manifest.csv")["id"].tolist()[0]
+    original = json.loads((run_dir(stage, victim) / RESULT).read_text())
+    if damage == "empty curve":
+        (run_dir(stage, victim) / "curve.csv").write_text("")
+    else:
+        (run_dir(stage, victim) / RESULT).unlink()
+        (run_dir(stage, victim) / RESULT).mkdir()
+    code, err = call("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir),
+                     "--threads", "1", "--device", "cpu")
+    assert code == 0, err
+    summary = pd.read_csv(stage / "summary.csv").set_index("id")
+    assert summary.loc[victim, "min_loss"] == pytest.approx(original["min_loss"], rel=1e-12)
+
+
+def test_plot_of_an_unknown_figure(tmp_path, call):
+    code, err = call("plot", "no_such_figure", "--stage", "stage1", "--results", str(tmp_path), "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "no_such_figure" in error_line(err, "plot")
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("flag", [("--threads", "0"), ("--count", "0"), ("--index", "3")])
+def test_worker_with_impossible_numbers(tmp_path, data_dir, call, flag):
+    results = tmp_path / "results"
+    _small_stage(results, 1)
+    before = snapshot(tmp_path)
+    code, err = call(*_worker_args(results, data_dir), *flag)
+    assert code == 2 and flag[0] in error_line(err, "worker")
+    assert snapshot(tmp_path) == before
+
+
+def test_training_split_shorter_than_one_window(tmp_path, data_dir, call):
+    results = tmp_path / "results"
+    _small_stage(results, 1, history_size=30_000)
+    code, err = call(*_worker_args(results, data_dir))
+    assert code == 2 and "fewer than one window" in error_line(err, "worker")
+
+
+def test_a_ten_byte_corpus_is_refused(tmp_path, call):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_bytes(b"0123456789")
+    code, err = call("data", "--corpus", str(corpus), "--out", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and "too short" in error_line(err, "data")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS, errno.EACCES], ids=["disk-full", "read-only", "denied"])
+def test_the_machine_refusing_a_write_is_one_line(tmp_path, data_dir, call, monkeypatch, error):
+    """A full disk, a read-only or forbidden results folder (simulated: the tests run as root, which no mode stops)."""
+    import rnnsweep.fsutil
+
+    results = tmp_path / "results"
+    _small_stage(results, 1)
+
+    def refuse(*args, **kwargs):
+        raise OSError(error, os.strerror(error), str(results / "stage1"))
+
+    monkeypatch.setattr(rnnsweep.fsutil.os, "replace", refuse)
+    code, err = call(*_worker_args(results, data_dir))
+    assert code == 2 and os.strerror(error) in error_line(err, "worker")
+
+
+def test_unreadable_corpus_is_one_line(tmp_path, call, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(bytes(range(256)) * 100)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr("rnnsweep.data.np.memmap", refuse)
+    code, err = call("data", "--corpus", str(corpus), "--out", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and str(corpus) in error_line(err, "data")
+    assert not (tmp_path / "data").exists()

@@ -323,3 +323,36 @@ def test_prepare_enwik8_from_local_server(tmp_path: Path, server: Server, payloa
     assert meta["splits"] == {"train": 18_000, "valid": 1_000, "test": 1_000}
     assert b"".join((out / f"{s}.bin").read_bytes() for s in SPLITS) == payload
     assert meta["sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+@pytest.mark.parametrize("stage", ["download", "unzip"])
+def test_a_full_disk_leaves_no_part_file(tmp_path: Path, server: Server, payload: bytes, monkeypatch, stage: str) -> None:
+    """ENOSPC half way through a copy: the error goes up as it is (the CLI makes it one line), no `.part` stays."""
+    import errno
+
+    import rnnsweep.data as data_module
+
+    _serve_zip(server, payload)
+    cache = tmp_path / "cache"
+    copy = data_module._copy_stream
+
+    def full_disk(src, dst, what):
+        if stage in what:
+            dst.write(src.read(100))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return copy(src, dst, what)
+
+    monkeypatch.setattr(data_module, "_copy_stream", full_disk)
+    with pytest.raises(OSError) as info:
+        fetch_enwik8(cache, server.zip_url(), timeout=5, expected_bytes=SMALL)
+    assert info.value.errno == errno.ENOSPC
+    assert not [name for name in _leftovers(cache) if name.endswith(".part")]
+    assert _leftovers(cache) == ([] if stage == "download" else ["enwik8.zip"])
+
+
+def test_corpus_json_records_each_split_hash(tmp_path: Path) -> None:
+    source = tmp_path / "corpus.txt"
+    source.write_bytes(generate_corpus(SMALL, seed=3))
+    meta = prepare_corpus(str(source), tmp_path / "data", cache_dir=tmp_path)
+    for split in SPLITS:
+        assert meta["split_sha256"][split] == hashlib.sha256((tmp_path / "data" / f"{split}.bin").read_bytes()).hexdigest()

@@ -108,19 +108,20 @@ def training_pids(folder: Path) -> set[int]:
 def disturb(folder: Path, workers: int, kills: int, checkpoint_every: int, rng: random.Random) -> Fleet:
     """SIGKILL a random mid-run worker `kills` times, spread over the stage, and start a replacement each time.
 
-    Kill k waits until k/(kills+2) of the runs are finished, then a random
-    0-0.5 s more, so the kills land at random moments inside runs however fast
-    the machine trains, and all of them land before the stage ends.
+    Kill k waits until k/(kills+1) of all but `workers` runs are finished, then
+    a random 0-0.2 s more, so the kills land at random moments inside runs, and
+    even the last one finds runs left to interrupt when a run takes a fraction
+    of a second.
     """
     fleet = Fleet(folder, checkpoint_every)
     for i in range(workers):
         fleet.start(i, workers)
     total = unfinished(folder)
     for k in range(1, kills + 1):
-        while total - unfinished(folder) < total * k // (kills + 2) and fleet.live:
+        while total - unfinished(folder) < max(total - workers, 0) * k // (kills + 1) and fleet.live:
             time.sleep(0.05)
             fleet.reap()
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.2))
         busy = _wait_for_busy(folder, fleet)
         if not busy:
             break  # the stage ended (or every worker did)

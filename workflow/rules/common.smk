@@ -81,6 +81,15 @@ def all_targets():
 
 # How a run is trained: by the workers, and by aggregation for a run it finds without a valid result.
 TRAINING = (
-    f"--data {DATA} --device {config['device']} --lock {config['lock']} --lease-s {config['lock_lease_s']}"
+    f"--device {config['device']} --lock {config['lock']} --lease-s {config['lock_lease_s']}"
     f" --checkpoint-every {config['checkpoint_every']}"
 )
+
+
+def results_of(path):
+    """The study folder that holds a stage file: results/<study>/<stage>/<file> gives results/<study>."""
+    return str(Path(path).parent.parent)
+
+
+def folder_of(path):
+    return str(Path(path).parent)

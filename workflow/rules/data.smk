@@ -8,6 +8,7 @@ rule corpus:
         meta=f"{DATA}/corpus.json",
         splits=expand(f"{DATA}/{{split}}.bin", split=["train", "valid", "test"]),
     params:
+        out=lambda wildcards, output: folder_of(output.meta),
         source=config["corpus"],
         cache=config["cache_dir"],
         url=config["enwik8_url"],
@@ -21,6 +22,6 @@ rule corpus:
     log:
         f"{LOGS}/corpus.log",
     shell:
-        "python -m rnnsweep data --corpus {params.source:q} --out {DATA} --cache-dir {params.cache:q}"
+        "python -m rnnsweep data --corpus {params.source:q} --out {params.out} --cache-dir {params.cache:q}"
         " --url {params.url:q} {params.sha} --generated-bytes {params.generated}"
         " --seed {params.seed} --min-bytes {params.min_bytes} 2> {log}"

@@ -5,6 +5,7 @@ rule grid:
     output:
         f"{RESULTS}/stage1/manifest.csv",
     params:
+        results=lambda wildcards, output: results_of(output[0]),
         grid=flags(config["stage1"], ["n_layers", "state_sizes"]),
         settings=flags(config["stage1"], SETTINGS) + f" --precision {config['precision']}",
         seed=config["seed"],
@@ -13,4 +14,4 @@ rule grid:
     log:
         f"{LOGS}/stage1/grid.log",
     shell:
-        "python -m rnnsweep grid --results {RESULTS} {params.grid} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep grid --results {params.results} {params.grid} {params.settings} --seed {params.seed} 2> {log}"

@@ -12,6 +12,7 @@ for _stage, _names in FIGURES.items():
             output:
                 f"{FIGURES_DIR}/{_stage}/{_name}.png",
             params:
+                results=lambda wildcards, input: results_of(input.summary),
                 figure=_name,
                 stage=_stage,
                 options=flags(config["plots"], ["threshold"])
@@ -21,5 +22,5 @@ for _stage, _names in FIGURES.items():
             log:
                 f"{LOGS}/{_stage}/plot_{_name}.log",
             shell:
-                "python -m rnnsweep plot {params.figure} --stage {params.stage} --results {RESULTS}"
+                "python -m rnnsweep plot {params.figure} --stage {params.stage} --results {params.results}"
                 " --out {output} {params.options} 2> {log}"

@@ -7,6 +7,7 @@ rule select_stage2:
     output:
         f"{RESULTS}/stage2/manifest.csv",
     params:
+        results=lambda wildcards, output: results_of(output[0]),
         rule=flags(config["stage2"], ["keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes"]),
         settings=flags(config["stage2"], SETTINGS) + f" --precision {config['precision']}",
         seed=config["seed"],
@@ -15,7 +16,7 @@ rule select_stage2:
     log:
         f"{LOGS}/stage2/select.log",
     shell:
-        "python -m rnnsweep select --stage stage2 --results {RESULTS} {params.rule} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep select --stage stage2 --results {params.results} {params.rule} {params.settings} --seed {params.seed} 2> {log}"
 
 
 rule select_stage3:
@@ -24,6 +25,7 @@ rule select_stage3:
     output:
         f"{RESULTS}/stage3/manifest.csv",
     params:
+        results=lambda wildcards, output: results_of(output[0]),
         rule=flags(config["stage3"], ["top_k", "replicates"]),
         settings=flags(config["stage3"], SETTINGS) + f" --precision {config['precision']}",
         seed=config["seed"],
@@ -32,4 +34,4 @@ rule select_stage3:
     log:
         f"{LOGS}/stage3/select.log",
     shell:
-        "python -m rnnsweep select --stage stage3 --results {RESULTS} {params.rule} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep select --stage stage3 --results {params.results} {params.rule} {params.settings} --seed {params.seed} 2> {log}"

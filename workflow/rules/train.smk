@@ -10,6 +10,8 @@ rule train:
     output:
         touch(f"{RESULTS}/{{stage}}/workers/{{worker}}.done"),
     params:
+        results=lambda wildcards, input: results_of(input.manifest),
+        data=lambda wildcards, input: folder_of(input.corpus),
         workers=len(WORKERS),
         training=TRAINING,
     threads: config["threads_per_worker"]
@@ -21,5 +23,5 @@ rule train:
     log:
         f"{LOGS}/{{stage}}/worker-{{worker}}.log",
     shell:
-        "python -m rnnsweep worker --stage {wildcards.stage} --results {RESULTS} {params.training}"
+        "python -m rnnsweep worker --stage {wildcards.stage} --results {params.results} --data {params.data} {params.training}"
         " --index {wildcards.worker} --count {params.workers} --threads {threads} 2> {log}"

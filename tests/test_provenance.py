@@ -1,0 +1,219 @@
+"""A result always belongs to the settings and bytes it claims (rnnsweep.provenance, claims, train, the workflow).
+
+Changing a setting or the corpus retrains exactly the runs it affects; a
+result or checkpoint of other settings, other bytes or another run is never
+used; a damaged stage is healed by the command that finds it; no command run
+with another configuration touches this one's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from rnnsweep import provenance
+from rnnsweep.claims import Worker
+from rnnsweep.data import generate_corpus, load_split, prepare_corpus
+from rnnsweep.grid import make_runs, stage1_designs, write_manifest
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, SUPERSEDED, manifest_path, run_dir
+from rnnsweep.train import Interrupted, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
+CPU = torch.device("cpu")
+
+
+def _stage(results: Path, settings: dict, n_runs: int = 3) -> list:
+    runs = make_runs(stage1_designs([1, 2], [4])[::50][:n_runs], settings)
+    write_manifest(manifest_path(results / "stage1"), runs)
+    return runs
+
+
+def _train(results: Path, data_dir: Path) -> int:
+    """Runs trained by one worker until the stage is done."""
+    return Worker(results / "stage1", data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
+
+
+def _files(results: Path, run_id: str) -> dict[str, bytes]:
+    folder = run_dir(results / "stage1", run_id)
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ATTEMPTS}
+
+
+# --------------------------------------------------------------------------- the fingerprint
+
+
+def test_fingerprint_changes_with_everything_that_makes_the_numbers(monkeypatch):
+    (run,) = make_runs(stage1_designs([1], [4])[:1], TINY)
+    base = provenance.fingerprint(run, "d" * 16)
+    assert provenance.fingerprint(run, "d" * 16) == base  # stable
+    changed = [
+        dataclasses.replace(run, design=run.design.replace(state_size=5)),
+        dataclasses.replace(run, seed=run.seed + 1),
+        dataclasses.replace(run, replicate=1, id=f"{run.id}-r1"),
+        dataclasses.replace(run, precision="bf16"),
+        *(dataclasses.replace(run, **{k: v * 2}) for k, v in TINY.items()),
+    ]
+    prints = {provenance.fingerprint(other, "d" * 16) for other in changed} | {provenance.fingerprint(run, "e" * 16)}
+    monkeypatch.setattr(provenance, "ENGINE", "engine-next")
+    prints.add(provenance.fingerprint(run, "d" * 16))
+    assert base not in prints and len(prints) == len(changed) + 2
+
+
+def test_data_id_is_the_content_of_both_splits(splits):
+    train, valid = splits
+    base = provenance.data_id(train, valid)
+    flipped = train.copy()
+    flipped[len(flipped) // 2] ^= 1
+    assert provenance.data_id(train.copy(), valid.copy()) == base
+    assert provenance.data_id(flipped, valid) != base
+    assert provenance.data_id(train, valid[:-1]) != base
+    assert provenance.data_id(valid, train) != base
+
+
+# --------------------------------------------------------------------------- the CLI's workers
+
+
+def test_changed_settings_retrain_exactly_the_changed_runs_and_changing_back_restores(tmp_path, data_dir, one_thread):
+    results = tmp_path / "results"
+    runs = _stage(results, TINY)
+    assert _train(results, data_dir) == 3
+    before = {run.id: _files(results, run.id) for run in runs}
+
+    changed = make_runs([runs[1].design], {**TINY, "steps": 25})
+    write_manifest(manifest_path(results / "stage1"), changed)
+    assert _train(results, data_dir) == 1
+    for run in (runs[0], runs[2]):
+        assert _files(results, run.id) == before[run.id], f"{run.id} was touched"
+    record = json.loads((run_dir(results / "stage1", runs[1].id) / RESULT).read_text())
+    assert record["steps"] == 25
+    assert record["fingerprint"] == provenance.fingerprint(changed[0], provenance.data_id(*_splits(data_dir)))
+    old = run_dir(results / "stage1", runs[1].id) / SUPERSEDED / json.loads(before[runs[1].id][RESULT])["fingerprint"]
+    assert (old / RESULT).read_bytes() == before[runs[1].id][RESULT]  # kept, not lost
+
+    write_manifest(manifest_path(results / "stage1"), runs)  # the settings changed back
+    assert _train(results, data_dir) == 0
+    assert _files(results, runs[1].id) == before[runs[1].id]
+
+
+def _splits(data_dir: Path):
+    return load_split(data_dir, "train"), load_split(data_dir, "valid")
+
+
+def test_another_corpus_retrains_every_run(tmp_path, data_dir, one_thread):
+    results = tmp_path / "results"
+    runs = _stage(results, TINY, n_runs=2)
+    assert _train(results, data_dir) == 2
+    other = tmp_path / "other"
+    prepare_corpus("generated", other, cache_dir=tmp_path, generated_bytes=20_000, seed=1)
+    assert _train(results, other) == 2
+    for run in runs:
+        record = json.loads((run_dir(results / "stage1", run.id) / RESULT).read_text())
+        assert record["data"] == provenance.data_id(*_splits(other)) != provenance.data_id(*_splits(data_dir))
+
+
+def test_a_checkpoint_of_another_run_is_moved_aside_not_resumed(tmp_path, splits, one_thread, caplog):
+    """Copying replicate r1's checkpoint into r2's folder must not make r2's result r1's."""
+    _, r1, r2 = make_runs(stage1_designs([1], [4])[:1], {**TINY, "steps": 40}, replicates=3)
+    stop = threading.Event()
+
+    def stop_at_20(step: int, ema: float, rate: float) -> None:
+        if step >= 20:
+            stop.set()
+
+    with pytest.raises(Interrupted):
+        train_run(r1, *splits, tmp_path / r1.id, CPU, report=stop_at_20, stop=stop)
+    (tmp_path / r2.id).mkdir()
+    shutil.copy(tmp_path / r1.id / CHECKPOINT, tmp_path / r2.id / CHECKPOINT)
+    got = train_run(r2, *splits, tmp_path / r2.id, CPU)
+    alone = train_run(r2, *splits, tmp_path / "alone", CPU)
+    assert got["min_loss"] == alone["min_loss"] and got["seed"] == r2.seed
+    assert (tmp_path / r2.id / "curve.csv").read_bytes() == (tmp_path / "alone" / "curve.csv").read_bytes()
+    assert list((tmp_path / r2.id).glob(f"{CHECKPOINT}.corrupt-*"))
+    assert any("fingerprint" in r.getMessage() and r2.id in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- through Snakemake
+
+
+def _snakemake(workdir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, copy_checkout) -> Path:
+    """A finished smoke study in a copy of the checkout; the tests below change it in order."""
+    workdir = copy_checkout(tmp_path_factory.mktemp("provenance"))
+    _snakemake(workdir, "--configfile", "configs/smoke.yaml")
+    return workdir
+
+
+STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
+
+
+def _stage1(workdir: Path) -> pd.DataFrame:
+    return pd.read_csv(workdir / "results" / STUDY / "stage1" / "summary.csv")
+
+
+def test_snakemake_without_the_profile_touches_nothing_of_the_study(smoke):
+    """The figure re-render of the README, typed without its --configfile, and a missing corpus."""
+    before = _snapshot(smoke / "results")
+    done = _snakemake(smoke, "--cores", "1", "-f", f"figures/{STUDY}/stage1/swarm_all.png", ok=False)
+    assert done.returncode != 0
+    missing = _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "corpus=../missing/file", ok=False)
+    assert missing.returncode != 0 and "../missing/file" in missing.stdout + missing.stderr
+    assert _snapshot(smoke / "results") == before
+    assert sorted(p.name for p in (smoke / "results").iterdir()) == [STUDY]
+
+
+def test_snakemake_override_of_a_nested_setting_retrains_stage1(smoke):
+    before = _stage1(smoke)
+    _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}")
+    after = _stage1(smoke)
+    assert (after["steps"] == 35).all() and (after.loc[after["status"] == "ok", "steps_done"] == 35).all()
+    assert (after["fingerprint"] != before["fingerprint"]).all()
+    for run_id in after["id"][:5]:
+        config = json.loads((smoke / "results" / STUDY / "stage1" / "runs" / run_id / "config.json").read_text())
+        assert config["steps"] == 35
+
+
+def test_snakemake_with_another_corpus_retrains_everything(smoke):
+    before = _stage1(smoke)
+    corpus = smoke / "other-corpus.txt"
+    corpus.write_bytes(generate_corpus(200_000, seed=5))
+    _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
+    after = _stage1(smoke)
+    assert len(set(after["data"])) == 1 and set(after["data"]) != set(before["data"])
+    assert (after["min_loss"] != before["min_loss"]).any()
+
+
+def test_snakemake_heals_a_damaged_result_of_a_finished_stage(smoke):
+    stage = smoke / "results" / STUDY / "stage1"
+    victim = _stage1(smoke)["id"][7]
+    result = stage / "runs" / victim / RESULT
+    want = json.loads(result.read_text())["min_loss"]
+    attempts = (stage / "runs" / victim / ATTEMPTS).read_text().count("\n")
+    result.write_text(result.read_text()[:40])
+    (stage / "summary.csv").unlink()
+    corpus = smoke / "other-corpus.txt"
+    _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
+    healed = _stage1(smoke).set_index("id")
+    assert len(healed) == 432 and healed.loc[victim, "min_loss"] == want
+    assert (stage / "runs" / victim / ATTEMPTS).read_text().count("\n") == attempts + 1  # trained once more
