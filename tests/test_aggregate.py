@@ -13,7 +13,7 @@ import torch
 
 from rnnsweep import provenance
 from rnnsweep.aggregate import MissingResults, aggregate
-from rnnsweep.claims import run_dir
+from rnnsweep.claims import run_dir, settle_result
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.train import train_run
 
@@ -149,5 +149,6 @@ def test_a_damaged_curve_sets_its_result_aside(tmp_path, data_dir, splits, curve
     with pytest.raises(MissingResults) as err:
         aggregate(stage_dir, data_dir)
     assert err.value.missing == [runs[0].id]
-    assert not (run_dir(stage_dir, runs[0].id) / "result.json").exists()  # so a worker trains it again
-    assert list(run_dir(stage_dir, runs[0].id).glob("result.json.corrupt-*"))
+    assert (run_dir(stage_dir, runs[0].id) / "result.json").exists()  # aggregation only reads
+    assert settle_result(stage_dir, runs[0].id, json.loads((run_dir(stage_dir, runs[0].id) / "result.json").read_text())["fingerprint"]) is None
+    assert list(run_dir(stage_dir, runs[0].id).glob("result.json.corrupt-*"))  # the lock holder sets it aside

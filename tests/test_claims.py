@@ -169,6 +169,7 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
     fingerprint = provenance.fingerprint(done, provenance.data_id(load_split(data_dir, "train"), load_split(data_dir, "valid")))
     sentinel = _record(done.id, min_loss=123.0, steps=done.steps, fingerprint=fingerprint, sentinel=True)
     done_path.write_text(json.dumps(sentinel))
+    (done_path.parent / "curve.csv").write_text("step,ema_loss\n5,123.0\n")
     before = done_path.read_bytes()
     damaged_path = run_dir(stage_dir, damaged.id) / "result.json"
     damaged_path.parent.mkdir(parents=True)
@@ -178,7 +179,7 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
 
     assert trained == 2
     assert done_path.read_bytes() == before
-    assert sorted(p.name for p in done_path.parent.iterdir()) == ["result.json"]
+    assert sorted(p.name for p in done_path.parent.iterdir()) == ["curve.csv", "result.json"]
     assert read_result(stage_dir, damaged.id)["status"] == "ok"
     assert len([n for n in _result_files(stage_dir, damaged.id) if n.startswith("result.json.corrupt-")]) == 1
     assert read_result(stage_dir, fresh.id)["status"] == "ok"
@@ -195,11 +196,13 @@ def test_damaged_result_is_treated_as_missing_and_moved_aside(tmp_path, content)
     path.parent.mkdir(parents=True)
     path.write_text(content)
     assert read_result(stage_dir, "abc") is None
+    assert path.read_text() == content  # a reader without the lock moves nothing
+    assert settle_result(stage_dir, "abc", "f" * 16) is None  # the lock holder does
     assert not path.exists()
     aside = list(path.parent.glob("result.json.corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_text() == content
-    assert read_result(stage_dir, "abc") is None  # still missing, nothing else moved
+    assert settle_result(stage_dir, "abc", "f" * 16) is None  # still missing, nothing else moved
     assert len(list(path.parent.glob("result.json.corrupt-*"))) == 1
 
 
@@ -216,19 +219,26 @@ def test_read_result_valid_and_missing(tmp_path):
     path = run_dir(stage_dir, "abc") / "result.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(record))
+    assert read_result(stage_dir, "abc") is None  # no curve yet: not a usable result
+    (path.parent / "curve.csv").write_text("step,ema_loss\n5,2.5\n")
     assert read_result(stage_dir, "abc") == record | {"final_loss": read_result(stage_dir, "abc")["final_loss"]}
     assert read_result(stage_dir, "abc", fingerprint="f" * 16)["status"] == "diverged"
     assert read_result(stage_dir, "abc", fingerprint="e" * 16) is None  # finished, but under other settings
     assert path.exists()  # left for settle_result, which holds the run's lock
 
 
-@pytest.mark.parametrize("field, value", [("min_loss", "oops"), ("params", 1.5), ("steps", True), ("fingerprint", 7)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("min_loss", "oops"), ("params", 1.5), ("steps", True), ("fingerprint", 7), ("fingerprint", "../../../../x"), ("data", "/tmp/x")],
+)
 def test_a_result_field_of_the_wrong_type_is_damage(tmp_path, field, value):
     stage_dir = tmp_path / "stage1"
     path = run_dir(stage_dir, "abc") / "result.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(_record("abc", **{field: value})))
+    (path.parent / "curve.csv").write_text("step,ema_loss\n5,2.5\n")
     assert read_result(stage_dir, "abc") is None
+    assert settle_result(stage_dir, "abc", "f" * 16) is None
     assert list(path.parent.glob("result.json.corrupt-*"))
 
 
@@ -239,15 +249,16 @@ def test_settle_result_sets_other_settings_aside_and_restores_them(tmp_path):
     folder.mkdir(parents=True)
     old = _record("abc", fingerprint="a" * 16)
     (folder / "result.json").write_text(json.dumps(old))
-    for name in ("curve.csv", "weights.pt", "config.json"):
+    for name in ("weights.pt", "config.json"):
         (folder / name).write_text(f"{name} of a\n")
+    (folder / "curve.csv").write_text("step,ema_loss\n5,2.5\n")
     assert settle_result(stage_dir, "abc", "b" * 16) is None
     assert not (folder / "result.json").exists() and not (folder / "curve.csv").exists()
     aside = folder / "superseded" / ("a" * 16)
     assert sorted(p.name for p in aside.iterdir()) == ["config.json", "curve.csv", "result.json", "weights.pt"]
     back = settle_result(stage_dir, "abc", "a" * 16)
     assert back["fingerprint"] == "a" * 16
-    assert (folder / "curve.csv").read_text() == "curve.csv of a\n"
+    assert (folder / "weights.pt").read_text() == "weights.pt of a\n"
     assert not any(aside.iterdir())
 
 

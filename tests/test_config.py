@@ -139,3 +139,20 @@ def test_check_stage():
     for bad in ("stage4", "stage0", "Stage1", ""):
         with pytest.raises(ConfigError):
             check_stage(bad)
+
+
+def test_command_line_text_becomes_the_types_the_schema_asks_for():
+    """Snakemake hands nested --config values over as text ('stage1={steps: 35}' gives '35')."""
+    from rnnsweep.config import coerce
+
+    cfg = load(DEFAULT, SMOKE)
+    cli = {"study": 2024, "enwik8_sha256": "null", "plots": {"threshold": "2.5"},
+           "stage1": {"steps": "35", "lr": "1e-3", "state_sizes": ["4", "8"], "n_layers": "[1, 2]"}}
+    merged = validate(coerce(copy.deepcopy(_deep_merge(cfg, cli))))
+    assert merged["study"] == "2024" and merged["enwik8_sha256"] is None and merged["plots"]["threshold"] == 2.5
+    assert merged["stage1"] | {} == cfg["stage1"] | {"steps": 35, "lr": 0.001, "state_sizes": [4, 8], "n_layers": [1, 2]}
+    for bad, key in (({"stage1": {"steps": "oops"}}, "stage1.steps"), ({"stage1": {"n_layers": "[1, 2"}}, "stage1.n_layers"),
+                     ({"plots": {"best_curves": "1:20"}}, "plots.best_curves")):
+        with pytest.raises(ConfigError) as err:
+            validate(coerce(_deep_merge(cfg, bad)))
+        assert key in str(err.value)

@@ -232,8 +232,16 @@ def test_rewriting_same_runs_is_byte_identical(tmp_path, runs):
     assert path.read_bytes() == before
     write_manifest(path, list(reversed(runs)))  # same runs, other order: existing order wins
     assert path.read_bytes() == before
-    write_manifest(path, runs[:3])  # a subset removes nothing
-    assert path.read_bytes() == before
+
+
+
+def test_a_subset_is_written_as_asked_in_the_old_order(tmp_path, runs):
+    """Runs no longer asked for leave the manifest, so no stage mixes runs of two configurations."""
+    path = tmp_path / "manifest.csv"
+    write_manifest(path, runs)
+    subset = [runs[5], runs[1], runs[3]]
+    assert write_manifest(path, subset) == [runs[1], runs[3], runs[5]]
+    assert read_manifest(path) == [runs[1], runs[3], runs[5]]
 
 
 def test_superset_appends_new_rows_at_end(tmp_path, runs):
@@ -255,7 +263,8 @@ def test_same_id_other_settings_takes_the_new_row_in_place(tmp_path, runs):
     """Changed settings rewrite the run's row (its old result then no longer fits its fingerprint)."""
     path = tmp_path / "manifest.csv"
     write_manifest(path, runs)
-    changed = make_runs([runs[4].design], {**SETTINGS_VALUES, "steps": 21})
+    changed = list(runs)
+    changed[4] = make_runs([runs[4].design], {**SETTINGS_VALUES, "steps": 21})[0]
     written = write_manifest(path, changed)
     assert [r.id for r in written] == [r.id for r in runs]  # same order
     assert read_manifest(path)[4].steps == 21

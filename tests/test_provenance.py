@@ -89,14 +89,14 @@ def test_changed_settings_retrain_exactly_the_changed_runs_and_changing_back_res
     assert _train(results, data_dir) == 3
     before = {run.id: _files(results, run.id) for run in runs}
 
-    changed = make_runs([runs[1].design], {**TINY, "steps": 25})
+    changed = [runs[0], *make_runs([runs[1].design], {**TINY, "steps": 25}), runs[2]]
     write_manifest(manifest_path(results / "stage1"), changed)
     assert _train(results, data_dir) == 1
     for run in (runs[0], runs[2]):
         assert _files(results, run.id) == before[run.id], f"{run.id} was touched"
     record = json.loads((run_dir(results / "stage1", runs[1].id) / RESULT).read_text())
     assert record["steps"] == 25
-    assert record["fingerprint"] == provenance.fingerprint(changed[0], provenance.data_id(*_splits(data_dir)))
+    assert record["fingerprint"] == provenance.fingerprint(changed[1], provenance.data_id(*_splits(data_dir)))
     old = run_dir(results / "stage1", runs[1].id) / SUPERSEDED / json.loads(before[runs[1].id][RESULT])["fingerprint"]
     assert (old / RESULT).read_bytes() == before[runs[1].id][RESULT]  # kept, not lost
 

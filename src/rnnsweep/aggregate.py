@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,13 +9,11 @@ import pandas as pd
 from rnnsweep import data, provenance
 from rnnsweep.claims import read_result
 from rnnsweep.fsutil import atomic_open
-from rnnsweep.grid import COLUMNS, read_manifest
-from rnnsweep.layout import CURVE, RESULT, RESULT_FIELDS, manifest_path, run_dir
+from rnnsweep.grid import COLUMNS, ManifestError, read_manifest
+from rnnsweep.layout import CURVE, CURVE_COLUMNS, RESULT_FIELDS, manifest_path, run_dir
 
 # The record's fields that the manifest row does not already hold (its `steps` becomes `steps_done`).
 RESULT_COLUMNS = tuple(k for k in RESULT_FIELDS if k not in ("id", "seed", "steps"))
-
-log = logging.getLogger(__name__)
 
 
 class MissingResults(RuntimeError):
@@ -37,7 +33,7 @@ class SummaryError(ValueError):
 
 #: Columns every reader of a summary relies on, and those of the long-form curves table.
 SUMMARY_COLUMNS = (*COLUMNS, "status", "min_loss", "valid_bpb")
-CURVE_COLUMNS = ("id", "step", "ema_loss")
+CURVES_COLUMNS = ("id", *CURVE_COLUMNS)
 
 
 def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
@@ -48,7 +44,7 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
         raise SummaryError(f"{path} is empty; rerun the stage's aggregation") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path} is not a valid CSV table ({err})") from None
-    needed, numeric = (CURVE_COLUMNS, ("step", "ema_loss")) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb"))
+    needed, numeric = (CURVES_COLUMNS, CURVE_COLUMNS) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb"))
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise SummaryError(f"{path} lacks the columns {', '.join(missing)}; rerun the stage's aggregation")
@@ -60,41 +56,28 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
     return frame
 
 
-def _curve(stage_dir: Path, run_id: str) -> pd.DataFrame | None:
-    """A finished run's curve; None (and its result moved aside, so the run is trained again) if it is damaged."""
-    path = run_dir(stage_dir, run_id) / CURVE
-    try:
-        curve = pd.read_csv(path)
-        if list(curve.columns) != ["step", "ema_loss"] or not pd.api.types.is_numeric_dtype(curve["ema_loss"]):
-            raise ValueError(f"columns {list(curve.columns)}")
-    except (OSError, ValueError, pd.errors.ParserError) as err:  # EmptyDataError is a ValueError
-        result = run_dir(stage_dir, run_id) / RESULT
-        result.replace(result.with_name(f"{RESULT}.corrupt-{time.time_ns()}"))
-        log.warning("curve %s is damaged (%s); its result was moved aside, the run will be trained again", path, err)
-        return None
-    return curve
-
-
 def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, curves) of a stage, in manifest order; refuses if any run lacks a valid result.
 
-    Valid means: the record parses, its fingerprint is the one the manifest row
-    and the data folder's splits give now, and its curve reads.
+    Valid means what claims.read_result checks: record and curve parse, and the
+    record's fingerprint is the one the manifest row and the data's splits give now.
     """
     runs = read_manifest(manifest_path(stage_dir))
     data_id = provenance.data_id(data.load_split(data_dir, "train"), data.load_split(data_dir, "valid"))
+    if not runs:
+        raise ManifestError(f"{manifest_path(stage_dir)} lists no runs")
     records = {run.id: read_result(stage_dir, run.id, provenance.fingerprint(run, data_id)) for run in runs}
-    curves = {run_id: _curve(stage_dir, run_id) for run_id, record in records.items() if record is not None}
-    missing = [run.id for run in runs if records[run.id] is None or curves[run.id] is None]
+    missing = [run.id for run in runs if records[run.id] is None]
     if missing:
         raise MissingResults(stage_dir, missing, len(runs))
+    curves = {run.id: pd.read_csv(run_dir(stage_dir, run.id) / CURVE) for run in runs}
     # The manifest's `steps` is the target; the record's is what was done (less if diverged).
     rows = [
         {**run.row(), **{k: records[run.id][k] for k in RESULT_COLUMNS}, "steps_done": records[run.id]["steps"]}
         for run in runs
     ]
     long = pd.concat([curves[run.id].assign(id=run.id) for run in runs], ignore_index=True)
-    return pd.DataFrame(rows), long[["id", "step", "ema_loss"]]
+    return pd.DataFrame(rows), long[list(CURVES_COLUMNS)]
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -1,6 +1,7 @@
 """Workers that claim runs through file locks, so any number can share one stage.
 
-A run is *finished* when its result record exists and parses. Runs of one
+A run is *finished* when its result record and curve parse and the record's
+fingerprint is the one its manifest row and the data give (rnnsweep.provenance). Runs of one
 design with the same settings (stage 3's replicates) form a group that trains
 as one batched model. A worker takes the locks of a group's pending runs
 without waiting, keeps those it got, re-checks that each is still unfinished
@@ -18,6 +19,8 @@ on any host) may be taken over.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import signal
@@ -31,7 +34,10 @@ from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data, provenance
 from rnnsweep.grid import Run, read_manifest
-from rnnsweep.layout import FINISHED_FILES, RESULT, RESULT_FIELDS, SUPERSEDED, lock_path, manifest_path, run_dir
+from rnnsweep.fsutil import real_dirs
+from rnnsweep.layout import (
+    CURVE, CURVE_COLUMNS, FINISHED_FILES, RESULT, RESULT_FIELDS, SUPERSEDED, lock_path, manifest_path, run_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,60 +47,72 @@ LOCKS = ("filelock", "soft")
 #: Result fields and the types they must have; numbers may be NaN (a diverged run's losses).
 _NUMBERS = ("min_loss", "final_loss", "valid_bpb", "wall_s", "steps_per_s")
 _INTEGERS = ("params", "steps", "seed")
-_TEXTS = ("id", "status", "device", "precision", "fingerprint", "data")
+_TEXTS = ("id", "status", "device", "precision")
+_HASHES = ("fingerprint", "data")  # also path components (superseded/<fingerprint>/): never anything but hex
 
 
-def _check_record(record: object, run_id: str) -> dict:
-    """The record if it is a complete result of run `run_id`; ValueError naming what is wrong otherwise."""
+def _problem(record: object, run_id: str) -> str | None:
+    """What makes `record` not a complete result of run `run_id`, or None."""
     if not isinstance(record, dict) or record.get("status") not in ("ok", "diverged"):
-        raise ValueError("no valid status")
+        return "no valid status"
     missing = [k for k in RESULT_FIELDS if k not in record]
     if missing:
-        raise ValueError(f"missing fields {missing}")
+        return f"missing fields {missing}"
     wrong = [k for k in _NUMBERS if isinstance(record[k], bool) or not isinstance(record[k], (int, float))]
     wrong += [k for k in _INTEGERS if isinstance(record[k], bool) or not isinstance(record[k], int)]
     wrong += [k for k in _TEXTS if not isinstance(record[k], str)]
+    wrong += [k for k in _HASHES if not (isinstance(record[k], str) and provenance.HASH.fullmatch(record[k]))]
     if wrong:
-        raise ValueError(f"fields of the wrong type: {', '.join(wrong)}")
+        return f"fields of the wrong type: {', '.join(wrong)}"
     if record["id"] != run_id:
-        raise ValueError(f"it belongs to run {record['id']}")
-    return record
+        return f"it belongs to run {record['id']}"
+    return None
 
 
-def _parse_record(path: Path, run_id: str) -> dict | None:
-    """A result file's record; None if it is missing. A damaged one is moved aside and reported."""
+def _curve_problem(path: Path) -> str | None:
+    """What makes a run's curve.csv unreadable, or None."""
     try:
-        return _check_record(json.loads(path.read_text()), run_id)
+        rows = list(csv.reader(io.StringIO(path.read_text())))
+        if not rows or tuple(rows[0]) != CURVE_COLUMNS:
+            return f"its curve {path.name} has no header {','.join(CURVE_COLUMNS)}"
+        for step, ema in rows[1:]:
+            int(step), float(ema)
     except FileNotFoundError:
-        return None
+        return f"its curve {path.name} is missing"
     except (ValueError, UnicodeDecodeError, IsADirectoryError) as err:
-        aside = path.with_name(f"{RESULT}.corrupt-{time.time_ns()}")
-        try:
-            path.rename(aside)
-        except FileNotFoundError:
-            return None  # another worker's scan moved it aside first
-        log.warning("result record %s is damaged (%s); moved to %s, the run will be trained again", path, err, aside.name)
-        return None
+        return f"its curve {path.name} is damaged ({err})"
+    return None
+
+
+def _load(folder: Path, run_id: str) -> tuple[dict | None, str | None]:
+    """(record, None) for a usable finished run in `folder`; (None, None) if unfinished; (None, why) if damaged."""
+    path = folder / RESULT
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as err:
+        return None, f"it does not parse ({err})"
+    problem = _problem(record, run_id) or _curve_problem(folder / CURVE)
+    return (None, problem) if problem else (record, None)
 
 
 def read_result(stage_dir: Path, run_id: str, fingerprint: str | None = None) -> dict | None:
-    """The run's result record, or None if the run is unfinished, or finished under other settings or data.
+    """The run's result record if the run is finished, usable and (with `fingerprint`) of these settings and data.
 
-    With `fingerprint`, a record whose fingerprint differs is not the run's
-    result: it is left where it is for `settle_result` (which takes the run's
-    lock first). A record that does not parse is moved aside and reported:
-    it can only come from outside interference (writes are atomic), and the
-    run must be trained again rather than trusted.
+    This only reads: a damaged record, or one of other settings or data, is
+    left where it is for `settle_result`, which moves files only while the
+    run's lock is held.
     """
-    record = _parse_record(run_dir(stage_dir, run_id) / RESULT, run_id)
+    record, _ = _load(run_dir(stage_dir, run_id), run_id)
     if record is None or (fingerprint is not None and record["fingerprint"] != fingerprint):
         return None
     return record
 
 
-def _move_files(source: Path, target: Path, result_last: bool) -> None:
+def _move_files(stage_dir: Path, source: Path, target: Path, result_last: bool) -> None:
     """Move a finished run's files; the result record first when taking them away, last when putting them in place."""
-    target.mkdir(parents=True, exist_ok=True)
+    real_dirs(stage_dir, target)
     order = FINISHED_FILES[1:] + FINISHED_FILES[:1] if result_last else FINISHED_FILES
     for name in order:
         try:
@@ -104,35 +122,43 @@ def _move_files(source: Path, target: Path, result_last: bool) -> None:
 
 
 def settle_result(stage_dir: Path, run_id: str, fingerprint: str) -> dict | None:
-    """Under the run's lock: the run's valid result, after setting aside one of other settings or data.
+    """Under the run's lock: the run's usable result for `fingerprint`, after clearing away any other.
 
-    A finished result whose fingerprint differs moves, with its curve, weights
-    and config, to runs/<id>/superseded/<its fingerprint>/, so nothing finished
-    is lost. If an earlier result with the wanted fingerprint waits there (the
-    settings were changed back), it is put back in place and used.
+    * A damaged record (or one whose curve is damaged) is renamed
+      result.json.corrupt-<ns>, kept for inspection, and reported.
+    * A finished result of another fingerprint moves, with its curve, weights
+      and config, to runs/<id>/superseded/<its fingerprint>/: nothing finished
+      is lost.
+    * If a result with the wanted fingerprint waits there (the settings were
+      changed back), it is put back in place and used.
     """
     folder = run_dir(stage_dir, run_id)
-    record = _parse_record(folder / RESULT, run_id)
+    record, problem = _load(folder, run_id)
+    if problem is not None and (folder / RESULT).exists():
+        aside = folder / f"{RESULT}.corrupt-{time.time_ns()}"
+        (folder / RESULT).replace(aside)
+        log.warning("result record %s is damaged (%s); moved to %s, the run will be trained again", folder / RESULT, problem, aside.name)
     if record is not None and record["fingerprint"] == fingerprint:
         return record
     if record is not None:
         aside = folder / SUPERSEDED / record["fingerprint"]
-        _move_files(folder, aside, result_last=False)
+        _move_files(stage_dir, folder, aside, result_last=False)
         log.warning(
             "result of run %s was made with other settings or data (fingerprint %s, expected %s); moved to %s, "
             "the run will be trained again", run_id, record["fingerprint"], fingerprint, aside.relative_to(stage_dir),
         )
     kept = folder / SUPERSEDED / fingerprint
-    if _parse_record(kept / RESULT, run_id) is None:
+    restorable, _ = _load(kept, run_id)
+    if restorable is None or restorable["fingerprint"] != fingerprint:
         return None
-    _move_files(kept, folder, result_last=True)
+    _move_files(stage_dir, kept, folder, result_last=True)
     log.info("run %s: restored its result for these settings from %s", run_id, kept.relative_to(stage_dir))
     return read_result(stage_dir, run_id, fingerprint)
 
 
 def make_lock(stage_dir: Path, run_id: str, kind: str, lease_s: float = 60.0) -> BaseFileLock:
     path = lock_path(stage_dir, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    real_dirs(stage_dir, path.parent)
     if kind == "soft":
         return SoftFileLease(path, lease_duration=lease_s)
     return FileLock(path)
@@ -189,7 +215,7 @@ class Worker:
         offset = self.index * len(groups) // max(self.count, 1)
         trained, pending = 0, groups[offset:] + groups[:offset]
         while True:
-            # A finished run stays finished, so only the still-pending ones are re-read.
+            # Only the lock holder moves a run's files, so a run seen finished stays so: re-read the pending ones.
             pending = [[r for r in group if self._result(r) is None] for group in pending]
             pending = [group for group in pending if group]
             if not pending:

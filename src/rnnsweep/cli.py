@@ -19,7 +19,7 @@ from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_sum
 from rnnsweep.claims import LOCKS, Worker
 from rnnsweep.fsutil import UnsafePath
 from rnnsweep.grid import PRECISIONS, SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import manifest_path
+from rnnsweep.layout import DATA_DIR, manifest_path
 
 log = logging.getLogger("rnnsweep")
 
@@ -50,7 +50,7 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
 
 def _worker_flags(parser: argparse.ArgumentParser) -> None:
     """How runs are trained: by `worker`, and by `aggregate` for runs it finds without a valid result."""
-    parser.add_argument("--data", default="results/data", help="folder with train.bin and valid.bin")
+    parser.add_argument("--data", help="folder with train.bin and valid.bin (default: RESULTS/data)")
     parser.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
     parser.add_argument("--count", type=_positive, default=1, help="how many workers there are")
     parser.add_argument("--device", default="auto")
@@ -62,6 +62,11 @@ def _worker_flags(parser: argparse.ArgumentParser) -> None:
 
 def _stage_dir(args: argparse.Namespace) -> Path:
     return Path(args.results) / config.check_stage(args.stage)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The corpus splits a study trains on: beside its stages, unless given."""
+    return Path(args.data) if args.data else Path(args.results) / DATA_DIR
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -102,6 +107,8 @@ def cmd_select(args: argparse.Namespace) -> None:
     summary = read_summary(Path(args.results) / previous / "summary.csv")
     cfg = vars(args)
     runs = select.stage2_runs(summary, cfg, args.seed) if stage == "stage2" else select.stage3_runs(summary, cfg, args.seed)
+    if not runs:
+        raise config.ConfigError(f"no run of {previous} qualifies for {stage} (none finished ok, or the share kept rounds to 0)")
     written = write_manifest(manifest_path(_stage_dir(args)), runs)
     log.info("%s manifest: %d runs from %s", stage, len(written), previous)
 
@@ -116,7 +123,7 @@ def _worker(args: argparse.Namespace) -> Worker:
     keep_freed_memory()
     worker = Worker(
         stage_dir=_stage_dir(args),
-        data_dir=Path(args.data),
+        data_dir=_data_dir(args),
         index=args.index,
         count=args.count,
         device=args.device,
@@ -149,11 +156,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     """Aggregate; a run without a valid result (damaged, or made under other settings) is trained here first."""
     try:
-        summary, curves = aggregate(_stage_dir(args), Path(args.data))
+        summary, curves = aggregate(_stage_dir(args), _data_dir(args))
     except MissingResults as err:
         log.warning("%s: %d runs have no valid result; training them before aggregating", args.stage, len(err.missing))
         _train(_worker(args))
-        summary, curves = aggregate(_stage_dir(args), Path(args.data))
+        summary, curves = aggregate(_stage_dir(args), _data_dir(args))
     log.info("%s: %d runs, %d curve points", args.stage, len(summary), len(curves))
 
 
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-bytes", type=int, default=2, help="fail if a split is shorter (one window)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("grid", help="write the stage-1 manifest (adds missing runs, keeps existing order)")
+    p = sub.add_parser("grid", help="write the stage-1 manifest (runs already listed keep their order)")
     p.add_argument("--results", default="results")
     p.add_argument("--n-layers", type=int, nargs="+", required=True)
     p.add_argument("--state-sizes", type=int, nargs="+", required=True)

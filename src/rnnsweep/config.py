@@ -37,9 +37,6 @@ def _items(node: dict) -> dict:
     return node.get("items", {})
 
 
-_PARSED_AS = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
-
-
 def _coerce_value(value: object, node: dict) -> object:
     """A text value turned into the scalar its schema node wants, where it reads as one."""
     kinds = _types(node)
@@ -47,15 +44,33 @@ def _coerce_value(value: object, node: dict) -> object:
         return [_coerce_value(v, _items(node)) for v in value]
     if isinstance(value, str) and "null" in kinds and value in ("null", "~"):
         return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and kinds == {"string"}:
+        return str(value)  # `--config study=2024`: Snakemake made it a number
     if not isinstance(value, str) or "string" in kinds:
         return value
-    parsed = yaml.safe_load(value) if value.strip() else value
-    wanted = tuple(t for kind in kinds for t in (_PARSED_AS.get(kind, ()),) if t)
-    if wanted and isinstance(parsed, wanted) and not (isinstance(parsed, bool) and "boolean" not in kinds):
-        return parsed
+    parsed = _parse_scalar(value, kinds)
     if "array" in kinds and isinstance(parsed, list):
         return _coerce_value(parsed, node)
-    return value  # left as text: the schema names it
+    return value if parsed is None else parsed  # text that reads as nothing wanted stays text: the schema names it
+
+
+def _parse_scalar(text: str, kinds: set[str]) -> object | None:
+    """`text` as the integer, number, boolean or list `kinds` allows, or None if it reads as none of them."""
+    for kind, parse in (("integer", int), ("number", float)):
+        if kind in kinds:
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+    if "boolean" in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "array" in kinds:
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return None
+        return parsed if isinstance(parsed, list) else None
+    return None
 
 
 def coerce(config: dict, node: dict | None = None) -> dict:

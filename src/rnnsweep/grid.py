@@ -215,15 +215,17 @@ def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
 
 
 def write_manifest(path: Path, runs: list[Run]) -> list[Run]:
-    """Write runs, keeping an existing manifest's order and appending only new ids; return the manifest as written.
+    """Write exactly `runs`, those already listed in their old order first; return the manifest as written.
 
-    A run already listed takes its new row: if its settings changed, its result
-    no longer fits its fingerprint, so workers set it aside and train it again.
+    The order is kept so that workers' slices and a user's reading stay put
+    when a profile grows. A run whose settings changed takes its new row (its
+    old result no longer fits its fingerprint and is set aside); a run no
+    longer asked for leaves the manifest, its files stay where they are.
     """
     path = Path(path)
     existing = read_manifest(path) if path.exists() else []
     new = {run.id: run for run in runs}
-    merged = [new.pop(run.id, run) for run in existing] + list(new.values())
+    merged = [new.pop(run.id) for run in existing if run.id in new] + list(new.values())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

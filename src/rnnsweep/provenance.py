@@ -5,13 +5,14 @@ replicate, seed, training settings, precision), by the bytes it trains and is
 evaluated on, and by the engine's arithmetic. The fingerprint hashes all
 three. A result or checkpoint is used only where its fingerprint equals the
 one its manifest row and the data folder give now; anything else belongs to
-other settings or other bytes and is set aside, never reported.
+other settings or other bytes and is set aside, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from rnnsweep.grid import Run
 #: training loop that can change a single number a run produces: every result
 #: made before then is retrained rather than reused.
 ENGINE = "engine-1"
+#: What a fingerprint and a data id look like: 16 lower-case hex digits.
+HASH = re.compile(r"[0-9a-f]{16}")
 
 
 def split_sha256(data: np.ndarray) -> str:

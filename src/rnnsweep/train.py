@@ -38,7 +38,7 @@ from rnnsweep import provenance
 from rnnsweep.data import DataError
 from rnnsweep.fsutil import append_line, atomic_open, atomic_write_json, atomic_write_text, real_dirs
 from rnnsweep.grid import Run
-from rnnsweep.layout import ATTEMPTS, CHECKPOINT, CURVE, RESULT, RUN_CONFIG, WEIGHTS
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, CURVE, CURVE_COLUMNS, RESULT, RUN_CONFIG, WEIGHTS
 from rnnsweep.model import ByteModel, count_params, plan
 from rnnsweep.optim import Adam
 
@@ -193,7 +193,7 @@ def _remove_stale_temps(run_dir: Path) -> None:
 def _write_curve(path: Path, curve: list[tuple[int, float]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("step", "ema_loss"))
+    writer.writerow(CURVE_COLUMNS)
     writer.writerows((step, repr(ema)) for step, ema in curve)
     atomic_write_text(path, buf.getvalue())
 

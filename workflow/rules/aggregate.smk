@@ -14,6 +14,7 @@ rule aggregate:
         results=lambda wildcards, output: results_of(output.summary),
         data=lambda wildcards, input: folder_of(input.corpus),
         training=TRAINING,
+        engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     threads: config["threads_per_worker"]
     conda:
         ENV

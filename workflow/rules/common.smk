@@ -8,6 +8,8 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 
 from rnnsweep import config as study_config
+from rnnsweep.layout import DATA_DIR
+from rnnsweep.provenance import ENGINE
 from rnnsweep.grid import SETTINGS
 
 try:
@@ -30,7 +32,7 @@ ENV = "../../envs/rnnsweep.yaml"
 RESULTS = f"results/{config['study']}"
 FIGURES_DIR = f"figures/{config['study']}"
 LOGS = f"{RESULTS}/logs"
-DATA = f"{RESULTS}/data"
+DATA = f"{RESULTS}/{DATA_DIR}"
 STAGES = study_config.STAGES
 WORKERS = list(range(config["workers"]))
 

@@ -14,6 +14,7 @@ rule train:
         data=lambda wildcards, input: folder_of(input.corpus),
         workers=len(WORKERS),
         training=TRAINING,
+        engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     threads: config["threads_per_worker"]
     resources:
         # On SLURM: profiles/slurm sets runtime, memory and GPUs of this rule.
