@@ -105,6 +105,19 @@ def test_changed_settings_retrain_exactly_the_changed_runs_and_changing_back_res
     assert _files(results, runs[1].id) == before[runs[1].id]
 
 
+def test_a_worker_started_before_the_manifest_changed_stops_instead_of_undoing_it(tmp_path, data_dir, one_thread):
+    """Its fingerprints are of the old rows: acting on them would set aside the results the new rows need."""
+    from rnnsweep.grid import ManifestError
+
+    results = tmp_path / "results"
+    runs = _stage(results, TINY)
+    stale = Worker(results / "stage1", data_dir, device="cpu", poll_s=0.05, progress_s=1e9)
+    stale.inputs = stale._stamp()
+    write_manifest(manifest_path(results / "stage1"), make_runs([r.design for r in runs], {**TINY, "steps": 25}))
+    with pytest.raises(ManifestError, match="changed since this worker started"):
+        stale._check_inputs()
+
+
 def _splits(data_dir: Path):
     return load_split(data_dir, "train"), load_split(data_dir, "valid")
 

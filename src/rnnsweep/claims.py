@@ -33,7 +33,7 @@ from pathlib import Path
 from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data, provenance
-from rnnsweep.grid import Run, read_manifest
+from rnnsweep.grid import ManifestError, Run, read_manifest
 from rnnsweep.fsutil import real_dirs
 from rnnsweep.layout import (
     CURVE, CURVE_COLUMNS, FINISHED_FILES, RESULT, RESULT_FIELDS, SUPERSEDED, lock_path, manifest_path, run_dir,
@@ -185,6 +185,7 @@ class Worker:
     locks: dict[str, BaseFileLock] = field(default_factory=dict)
     data_id: str = ""  # of the splits this worker trains on, set by run()
     fingerprints: dict[str, str] = field(default_factory=dict)  # run id -> what its result must carry
+    inputs: tuple = ()  # _stamp() when run() started
 
     def stop_on_signals(self) -> None:
         """SIGTERM (scheduler preemption, time limit) and SIGINT (Ctrl-C) ask the worker to stop cleanly."""
@@ -204,6 +205,7 @@ class Worker:
         """
         from rnnsweep.train import resolve_device  # torch loads only where training happens
 
+        self.inputs = self._stamp()
         runs = read_manifest(manifest_path(self.stage_dir))
         device = resolve_device(self.device)
         train = data.load_split(self.data_dir, "train")
@@ -226,6 +228,20 @@ class Worker:
             if not claimed and self.stop.wait(self.poll_s):  # all pending runs are held by other workers
                 log.info("worker %d: stopped while waiting", self.index)
                 return trained
+
+    def _stamp(self) -> tuple:
+        """When and how large the manifest and the two splits are: what this worker's fingerprints were made from."""
+        files = [manifest_path(self.stage_dir), self.data_dir / "train.bin", self.data_dir / "valid.bin"]
+        return tuple((st.st_mtime_ns, st.st_size) for st in (f.stat() for f in files))
+
+    def _check_inputs(self) -> None:
+        """Refuse to act on a manifest or data that changed since this worker started (a worker left running
+        from before an edit would otherwise set aside, one by one, the results the current settings need)."""
+        if self._stamp() != self.inputs:
+            raise ManifestError(
+                f"{manifest_path(self.stage_dir)} or the splits in {self.data_dir} changed since this worker started; "
+                "start it again to train the current settings"
+            )
 
     def _result(self, run: Run) -> dict | None:
         """The run's result for its current settings and data, without touching its files."""
@@ -254,6 +270,8 @@ class Worker:
                 for run in group:
                     if self._try_lock(run):
                         held.append(run)
+                if held:
+                    self._check_inputs()
                 # Another worker may have finished some since the scan; results of other settings move aside.
                 claimed = [run for run in held if settle_result(self.stage_dir, run.id, self.fingerprints[run.id]) is None]
                 if not claimed:
