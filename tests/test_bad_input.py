@@ -303,6 +303,13 @@ def finished_stage(tmp_path_factory, data_dir) -> Path:
     return results
 
 
+def _finished(tmp_path: Path, finished_stage: Path) -> Path:
+    """A copy of the finished stage for one test to damage."""
+    results = tmp_path / "results"
+    shutil.copytree(finished_stage, results)
+    return results
+
+
 def _damaged_records(original: bytes, run_id: str) -> dict[str, bytes]:
     return {
         "truncated": original[: len(original) // 2],
@@ -316,8 +323,7 @@ def _damaged_records(original: bytes, run_id: str) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "nul-filled", "binary", "not-a-dict", "fields-lost"])
 def test_damaged_result_is_retrained_and_aggregate_succeeds(finished_stage, damage, tmp_path, data_dir, call, caplog):
-    results = tmp_path / "results"
-    shutil.copytree(finished_stage, results)
+    results = _finished(tmp_path, finished_stage)
     stage = results / "stage1"
     ids = pd.read_csv(stage / "manifest.csv")["id"].tolist()
     victim = ids[1]
@@ -504,12 +510,6 @@ def test_a_symbolic_link_inside_results_is_not_written_through(tmp_path, data_di
 
 
 # --------------------------------------------------------------------------- one line, exit 2, nothing overwritten
-
-
-def _finished(tmp_path: Path, finished_stage: Path) -> Path:
-    results = tmp_path / "results"
-    shutil.copytree(finished_stage, results)
-    return results
 
 
 def test_select_on_a_summary_without_status_or_rows(tmp_path, finished_stage, data_dir, call):

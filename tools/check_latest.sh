@@ -16,10 +16,12 @@ trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade --upgrade-strategy eager -e '.[test]' 2>&1 | grep -v 'is ignored' || true
 "$venv/bin/python" - <<'PY'
-import importlib.metadata as md, re
+import importlib.metadata as md, sys
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-lock = dict(re.findall(r"^([A-Za-z0-9][\w.-]*)==(\S+)$", open("envs/requirements.lock").read(), re.M))
+sys.path.insert(0, "tools")
+from lock import LOCK, pins
+lock = dict(pin.split("==") for pin in pins(LOCK.read_text()))
 lock = {canonicalize_name(k): v for k, v in lock.items()}
 newest = {canonicalize_name(d.metadata["Name"]): d.version for d in md.distributions()}
 diff = [(n, lock.get(n, "-"), newest.get(n, "-")) for n in sorted((set(lock) | set(newest)) - {"pip", "rnnsweep"})

@@ -231,7 +231,7 @@ class Worker:
 
     def _stamp(self) -> tuple:
         """When and how large the manifest and the two splits are: what this worker's fingerprints were made from."""
-        files = [manifest_path(self.stage_dir), self.data_dir / "train.bin", self.data_dir / "valid.bin"]
+        files = [manifest_path(self.stage_dir), *(data.split_path(self.data_dir, split) for split in ("train", "valid"))]
         return tuple((st.st_mtime_ns, st.st_size) for st in (f.stat() for f in files))
 
     def _check_inputs(self) -> None:

@@ -21,10 +21,14 @@ def schema() -> dict:
     return yaml.safe_load(resources.files("rnnsweep").joinpath("config.schema.yaml").read_text())
 
 
+def _resolved(node: dict) -> dict:
+    """The schema node itself, or the $defs entry its $ref names."""
+    return schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else node
+
+
 def _types(node: dict) -> set[str]:
-    """The JSON types a schema node allows (following $ref into $defs)."""
-    if "$ref" in node:
-        node = schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    """The JSON types a schema node allows."""
+    node = _resolved(node)
     if "enum" in node:
         return {"string"} if any(isinstance(v, str) for v in node["enum"]) else {"number"}
     kinds = node.get("type", [])
@@ -32,9 +36,7 @@ def _types(node: dict) -> set[str]:
 
 
 def _items(node: dict) -> dict:
-    if "$ref" in node:
-        node = schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-    return node.get("items", {})
+    return _resolved(node).get("items", {})
 
 
 def _coerce_value(value: object, node: dict) -> object:

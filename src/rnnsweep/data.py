@@ -398,7 +398,7 @@ def prepare_corpus(
     meta_path.unlink(missing_ok=True)
     bounds = split_bounds(len(corpus))
     for split, (start, stop) in zip(SPLITS, bounds):
-        with atomic_open(out_dir / f"{split}.bin", "wb") as handle:
+        with atomic_open(split_path(out_dir, split), "wb") as handle:
             handle.write(corpus[start:stop])
     meta = {
         "source": name,
@@ -411,6 +411,11 @@ def prepare_corpus(
     return meta
 
 
+def split_path(data_dir: Path, split: str) -> Path:
+    """Where a split's bytes live in a data folder."""
+    return Path(data_dir).expanduser() / f"{split}.bin"
+
+
 def load_split(data_dir: Path, split: str) -> np.ndarray:
     """The split as a read-only uint8 numpy memmap (no decoding, no copy).
 
@@ -419,7 +424,7 @@ def load_split(data_dir: Path, split: str) -> np.ndarray:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    path = Path(data_dir).expanduser() / f"{split}.bin"
+    path = split_path(data_dir, split)
     if not path.is_file():
         raise DataError(f"{path} does not exist; run prepare_corpus (the prepare step) first")
     if path.stat().st_size == 0:  # mmap refuses empty files

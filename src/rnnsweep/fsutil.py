@@ -68,9 +68,9 @@ def append_line(path: Path, line: str) -> None:
     """Append one line to a log file, never through a symbolic link."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    except OSError as err:
+    except OSError:
         if Path(path).is_symlink():
             raise UnsafePath(f"{path} is a symbolic link; refusing to write through it") from None
-        raise err
+        raise
     with os.fdopen(fd, "a") as handle:
         handle.write(line + "\n")

@@ -209,11 +209,11 @@ class _Group:
         samplers: list[Sampler],
         device: torch.device,
         data_id: str,
+        fingerprints: list[str],
     ) -> None:
         self.runs, self.run_dirs, self.progress, self.samplers, self.device = runs, run_dirs, progress, samplers, device
         self.settings = runs[0]  # every run of a group has the same design and settings
-        self.data_id = data_id
-        self.fingerprints = [provenance.fingerprint(run, data_id) for run in runs]
+        self.data_id, self.fingerprints = data_id, fingerprints
         seeds = [run.seed for run in runs]
         self.model = ByteModel(self.settings.design, seeds, device, compute_dtype=COMPUTE_DTYPES[self.settings.precision])
         self.opt = Adam(self.model.theta, self.model.grad, self.settings.lr)
@@ -354,11 +354,11 @@ def train_runs(
     if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
         raise ValueError("train_runs needs one folder per run and runs of one design with the same settings")
     data_id = data_id or provenance.data_id(train_data, valid_data)
+    fingerprints = [provenance.fingerprint(run, data_id) for run in runs]
     progress, samplers = [], []
-    for run, run_dir in zip(runs, run_dirs):
+    for run, run_dir, fingerprint in zip(runs, run_dirs, fingerprints):
         real_dirs(run_dir.parent.parent, run_dir)  # the stage folder's runs/<id>, through no symbolic link
         _remove_stale_temps(run_dir)
-        fingerprint = provenance.fingerprint(run, data_id)
         atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": data_id})
         samplers.append(Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1))
         progress.append(_resume(run, fingerprint, run_dir, samplers[-1]))
@@ -367,7 +367,7 @@ def train_runs(
     for step in sorted({p.step for p in progress}, reverse=True):  # the runs closest to done first
         part = [i for i, p in enumerate(progress) if p.step == step]
         pick = lambda seq: [seq[i] for i in part]  # noqa: E731
-        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, data_id)
+        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, data_id, pick(fingerprints))
         results.update(zip(part, group.train(valid_data, checkpoint_every, report, stop)))
     return [results[i] for i in range(len(runs))]
 
