@@ -25,24 +25,39 @@ def test_all_96_combinations_enumerated():
     assert len(ALL_SWITCHES) == 96
 
 
-@pytest.mark.parametrize("n_layers", [1, 2])
+def _companion(design: Design) -> Design:
+    """Another design of the same shape: every switch flipped, with the new/old-state rule kept."""
+    flipped = {k: not getattr(design, k) for k in SWITCHES}
+    if not (flipped["use_new_state"] or flipped["use_old_state"]):
+        flipped["use_new_state"] = True
+    return design.replace(**flipped)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
 @pytest.mark.parametrize("switches", ALL_SWITCHES, ids=SWITCH_IDS)
-def test_engine_matches_reference(switches, n_layers):
+@pytest.mark.parametrize("superset", [False, True], ids=["design-path", "superset-path"])
+def test_engine_matches_reference(switches, n_layers, superset):
+    check_against_reference(Design(**switches, n_layers=n_layers, state_size=5), superset, torch.device("cpu"))
+
+
+def check_against_reference(design: Design, superset: bool, device: torch.device) -> None:
     """Logits, loss, next state and every parameter's gradient, over steps with the state carried, in float64.
 
     The reference sits in replicate 1 of two, so the replicate offsets are
-    exercised too; replicate 0 gets other weights and other bytes.
+    exercised too; replicate 0 gets other weights and other bytes and, on the
+    superset path, the design with every switch the other way.
     """
-    design = Design(**switches, n_layers=n_layers, state_size=5)
     torch.manual_seed(0)
-    ref = ReferenceModel(design).double()
-    engine = ByteModel(design, seeds=[7, 1], dtype=torch.float64)
+    ref = ReferenceModel(design).double().to(device)
+    designs = [_companion(design) if superset else design, design]
+    engine = ByteModel(designs, seeds=[7, 1], device=device, dtype=torch.float64, superset=superset)
     engine.load_replicate(1, engine_state(ref))
     assert count_params(design) == sum(p.numel() for p in ref.parameters())
-    assert engine.theta.numel() == 2 * count_params(design)
+    if not superset:
+        assert engine.theta.numel() == 2 * count_params(design)
 
-    data = torch.randint(0, 256, (2, 4, 5), generator=torch.Generator().manual_seed(4))
-    states_r = [s.double() for s in ref.initial_state(4, torch.device("cpu"))]
+    data = torch.randint(0, 256, (2, 4, 5), generator=torch.Generator().manual_seed(4)).to(device)
+    states_r = [s.double() for s in ref.initial_state(4, device)]
     states_e = engine.initial_state(4)
     for j in range(data.shape[2] - 1):
         ref.zero_grad(set_to_none=True)
@@ -93,9 +108,9 @@ def test_initial_distribution_matches_linear():
     weights = engine.replicate(engine.theta, 0)
     assert weights.keys() == reference.keys() == {p.name for p in plan(design)}
     for param in plan(design):
-        assert sum(rows for rows, _ in param.blocks) == param.shape[0], param.name
+        assert sum(rows for _, rows, _ in param.blocks) == param.shape[0], param.name
         row = 0
-        for rows, fan_in in param.blocks:
+        for _, rows, fan_in in param.blocks:
             bound = 1 / math.sqrt(fan_in)
             block, ref_block = weights[param.name][row : row + rows], reference[param.name][row : row + rows]
             where = f"{param.name} rows {row}:{row + rows}"
@@ -108,6 +123,45 @@ def test_initial_distribution_matches_linear():
             else:
                 assert block.abs().max() > 0.8 * bound, where
             row += rows
+
+
+def test_superset_starts_each_design_where_its_own_model_starts():
+    """A design's initial weights are the same on both paths, so the two paths differ only by rounding."""
+    designs = [Design(**switches, n_layers=2, state_size=4) for switches in ALL_SWITCHES[::7]]
+    group = ByteModel(designs, seeds=list(range(len(designs))), superset=True)
+    for r, design in enumerate(designs):
+        alone = ByteModel(design, seeds=[r])
+        got, want = group.replicate(group.theta, r), alone.replicate(alone.theta, 0)
+        assert got.keys() == want.keys() == {p.name for p in plan(design)}
+        assert all(torch.equal(got[k], want[k]) for k in want), design
+
+
+def test_switched_off_parameters_never_move_and_are_not_the_designs():
+    """Parts a design lacks hold 0, get a gradient of exactly 0 and stay 0 under Adam; weights and
+    `params` are the design's own. Counted from the buffers, not through the placement code: each
+    replicate's slice of `theta` holds exactly count_params(design) nonzero values, always the same ones."""
+    designs = [Design(**switches, n_layers=2, state_size=4) for switches in ALL_SWITCHES[::5]]
+    model = ByteModel(designs, seeds=list(range(len(designs))), superset=True)
+    opt = Adam(model.theta, model.grad, lr=1e-2)
+    owned = model.theta.ne(0)
+    counts = [int(part.sum()) for part in _replicate_slices(model, owned)]
+    assert counts == [count_params(d) for d in designs]
+    data = torch.randint(0, 256, (len(designs), 8, 12), generator=torch.Generator().manual_seed(1))
+    states = model.initial_state(8)
+    for j in range(data.shape[2] - 1):
+        _, states = model.train_step(data[:, :, j], data[:, :, j + 1], states)
+        assert not model.grad[~owned].any(), f"step {j}: a switched-off part got a gradient"
+        opt.step()
+    assert torch.equal(model.theta.ne(0), owned) and not opt.exp_avg[~owned].any()
+    for r, design in enumerate(designs):
+        weights = model.replicate(model.theta, r)
+        assert sum(t.numel() for t in weights.values()) == count_params(design)
+
+
+def _replicate_slices(model: ByteModel, flat: torch.Tensor) -> list[torch.Tensor]:
+    """Replicate r's entries of a buffer laid out like `theta` (the replicate axis sits inside each parameter)."""
+    views = model.views(flat)
+    return [torch.cat([view[r].reshape(-1) for view in views.values()]) for r in range(model.replicates)]
 
 
 def _grads(steps: int, size: int) -> list[torch.Tensor]:
