@@ -13,6 +13,16 @@ import torch
 
 from rnnsweep.data import load_split, prepare_corpus
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CUDA tests run where a CUDA device is present and are skipped elsewhere, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device here; benchmarks/gpu.sh runs these on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/valid/test splits of a 20 kB generated corpus, made once per session."""

@@ -40,7 +40,7 @@ def _fake_result(stage_dir: Path, run, k: int, splits) -> dict:
     record = {
         "id": run.id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
         "valid_bpb": 4.0 + k, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
-        "device": "cpu", "precision": "fp32", "seed": run.seed,
+        "device": "cpu", "precision": "fp32", "seed": run.seed, "engine": run.engine,
         "fingerprint": provenance.fingerprint(run, data), "data": data,
     }
     (folder / "result.json").write_text(json.dumps(record))

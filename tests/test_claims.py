@@ -208,7 +208,7 @@ def test_damaged_result_is_treated_as_missing_and_moved_aside(tmp_path, content)
 
 def _record(run_id: str, **changes) -> dict:
     """A complete result record of the right types."""
-    texts = {"id": run_id, "status": "ok", "device": "cpu", "precision": "fp32", "fingerprint": "f" * 16, "data": "d" * 16}
+    texts = {"id": run_id, "status": "ok", "device": "cpu", "precision": "fp32", "engine": "design", "fingerprint": "f" * 16, "data": "d" * 16}
     return {k: 0 for k in RESULT_FIELDS} | {"min_loss": 2.5, "valid_bpb": 3.5, "final_loss": float("nan")} | texts | changes
 
 

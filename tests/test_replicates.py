@@ -21,10 +21,11 @@ import pytest
 import torch
 
 import rnnsweep.train as train_mod
-from rnnsweep.claims import Worker, _groups, read_result
+from rnnsweep.claims import Worker, read_result
 from rnnsweep.grid import Design, make_runs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 from rnnsweep.model import ByteModel
+from rnnsweep.policy import run_groups
 from rnnsweep.train import Interrupted, Reporter, train_run, train_runs
 from conftest import run_worker_processes
 from test_claims import HOLDER
@@ -242,8 +243,9 @@ def _stage3(tmp_path: Path) -> tuple[Path, list]:
 def test_groups_are_one_config_with_one_set_of_settings():
     runs = make_runs([DESIGN, OTHER], TINY, replicates=2)
     odd = dataclasses.replace(runs[1], id="odd", steps=40)  # same config, other settings
-    groups = _groups([runs[0], runs[2], odd, runs[1], runs[3]])
-    assert [[r.id for r in g] for g in groups] == [[runs[0].id, runs[1].id], [runs[2].id, runs[3].id], ["odd"]]
+    groups = run_groups([runs[0], runs[2], odd, runs[1], runs[3]], workers=1, kind="cpu")
+    # The longest first (40 steps), then the two configs in manifest order.
+    assert [[r.id for r in g] for g in groups] == [["odd"], [runs[0].id, runs[1].id], [runs[2].id, runs[3].id]]
 
 
 def test_worker_trains_each_config_as_one_group(tmp_path, data_dir, one_thread, capsys, group_sizes):

@@ -37,6 +37,7 @@ from rnnsweep import config, data
 from rnnsweep.aggregate import collect
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, manifest_path, run_dir
+from rnnsweep.policy import engine_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 DETERMINISTIC = ["id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps_done", "seed"]
@@ -45,7 +46,9 @@ DETERMINISTIC = ["id", "status", "min_loss", "final_loss", "valid_bpb", "params"
 def setup(folder: Path, profile: dict, runs: int | None) -> None:
     """A stage1 manifest (the smoke grid, optionally cut to `runs`) and a generated corpus."""
     s1 = profile["stage1"]
-    manifest = make_runs(stage1_designs(s1["n_layers"], s1["state_sizes"]), s1, base_seed=profile["seed"])
+    designs = stage1_designs(s1["n_layers"], s1["state_sizes"])
+    paths = engine_paths(designs, {**s1, "batch_designs": profile["batch_designs"], "device": "cpu"})
+    manifest = make_runs(designs, s1, base_seed=profile["seed"], engine=paths)
     write_manifest(manifest_path(folder / "stage1"), manifest[:runs])
     data.prepare_corpus("generated", folder / "data", cache_dir=folder, generated_bytes=profile["generated_bytes"], seed=profile["seed"])
 

@@ -1,9 +1,9 @@
 """Workers that claim runs through file locks, so any number can share one stage.
 
 A run is *finished* when its result record and curve parse and the record's
-fingerprint is the one its manifest row and the data give (rnnsweep.provenance). Runs of one
-design with the same settings (stage 3's replicates) form a group that trains
-as one batched model. A worker takes the locks of a group's pending runs
+fingerprint is the one its manifest row and the data give (rnnsweep.provenance). Runs that
+can share a batched model (one design, or on the superset path one shape, with the same
+settings) form groups, sized and ordered by rnnsweep.policy. A worker takes the locks of a group's pending runs
 without waiting, keeps those it got, re-checks that each is still unfinished
 (another worker may have finished it between the scan and the lock), trains
 them together and releases the locks. An OS-level lock (`filelock.FileLock`, flock) dies
@@ -47,7 +47,7 @@ LOCKS = ("filelock", "soft")
 #: Result fields and the types they must have; numbers may be NaN (a diverged run's losses).
 _NUMBERS = ("min_loss", "final_loss", "valid_bpb", "wall_s", "steps_per_s")
 _INTEGERS = ("params", "steps", "seed")
-_TEXTS = ("id", "status", "device", "precision")
+_TEXTS = ("id", "status", "device", "precision", "engine")
 _HASHES = ("fingerprint", "data")  # also path components (superseded/<fingerprint>/): never anything but hex
 
 
@@ -93,6 +93,8 @@ def _load(folder: Path, run_id: str) -> tuple[dict | None, str | None]:
         return None, None
     except (ValueError, UnicodeDecodeError, IsADirectoryError) as err:
         return None, f"it does not parse ({err})"
+    if isinstance(record, dict):
+        record.setdefault("engine", "design")  # written before paths existed: the design path trained it
     problem = _problem(record, run_id) or _curve_problem(folder / CURVE)
     return (None, problem) if problem else (record, None)
 
@@ -203,7 +205,8 @@ class Worker:
 
         Raises train.Interrupted when `stop` is set during training (after checkpointing its runs).
         """
-        from rnnsweep.train import resolve_device  # torch loads only where training happens
+        from rnnsweep import policy  # torch loads only where training happens
+        from rnnsweep.train import resolve_device
 
         self.inputs = self._stamp()
         runs = read_manifest(manifest_path(self.stage_dir))
@@ -212,9 +215,9 @@ class Worker:
         valid = data.load_split(self.data_dir, "valid")
         self.data_id = provenance.data_id(train, valid)
         self.fingerprints = {run.id: provenance.fingerprint(run, self.data_id) for run in runs}
-        groups = _groups(runs)
-        # Start each worker at its own slice of the groups so they rarely contend.
-        offset = self.index * len(groups) // max(self.count, 1)
+        groups = policy.run_groups(runs, self.count, policy.device_kind(self.device))
+        # Longest first; worker i starts at the i-th longest, so the workers begin on different groups.
+        offset = self.index % len(groups) if groups else 0
         trained, pending = 0, groups[offset:] + groups[:offset]
         while True:
             # Only the lock holder moves a run's files, so a run seen finished stays so: re-read the pending ones.
@@ -277,7 +280,9 @@ class Worker:
                 if not claimed:
                     continue
                 done = total - left + len(claimed)
-                label = f"{self.stage_dir.name} {done}/{total} {claimed[0].config_id} x{len(claimed)}"
+                first = claimed[0]
+                what = first.config_id if first.engine == "design" else "{}x{} superset".format(*first.shape)
+                label = f"{self.stage_dir.name} {done}/{total} {what} x{len(claimed)}"
                 bar = ProgressBar(label, claimed[0].steps, self.progress_s)
                 dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
                 results = train_runs(
@@ -293,14 +298,6 @@ class Worker:
                 for run in held:
                     self.locks[run.id].release()
         return 0
-
-
-def _groups(runs: list[Run]) -> list[list[Run]]:
-    """Runs that can train as one batched model: one design, the same settings; in manifest order."""
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.batch_key, []).append(run)
-    return list(groups.values())
 
 
 class ProgressBar:

@@ -18,7 +18,7 @@ from rnnsweep import config, data
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import LOCKS, Worker
 from rnnsweep.fsutil import UnsafePath
-from rnnsweep.grid import PRECISIONS, SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
+from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import DATA_DIR, manifest_path
 
 log = logging.getLogger("rnnsweep")
@@ -46,6 +46,11 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
     for key in SETTINGS:
         group.add_argument(f"--{key.replace('_', '-')}", type=float if key == "lr" else int, required=True)
     group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic of each training step")
+    group.add_argument(
+        "--batch-designs", choices=BATCH_DESIGNS, default="auto",
+        help="auto: train designs of one shape as one superset model where the cost model says it is faster; off: never",
+    )
+    group.add_argument("--device", default="auto", help="where the workers will train: picks the cost model's device")
 
 
 def _worker_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,10 +74,6 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data) if args.data else Path(args.results) / DATA_DIR
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in (*SETTINGS, "precision")}
-
-
 def cmd_data(args: argparse.Namespace) -> None:
     meta = data.prepare_corpus(
         args.corpus,
@@ -88,7 +89,10 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
-    runs = make_runs(stage1_designs(args.n_layers, args.state_sizes), _settings(args), base_seed=args.seed)
+    from rnnsweep.policy import engine_paths  # the cost model needs torch's view of the device
+
+    designs = stage1_designs(args.n_layers, args.state_sizes)
+    runs = make_runs(designs, vars(args), base_seed=args.seed, engine=engine_paths(designs, vars(args)))
     written = write_manifest(manifest_path(Path(args.results) / "stage1"), runs)
     log.info("stage1 manifest: %d runs", len(written))
 

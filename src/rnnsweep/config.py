@@ -39,9 +39,17 @@ def _items(node: dict) -> dict:
     return _resolved(node).get("items", {})
 
 
+#: How YAML 1.1 spells a boolean: an unquoted `off` in a profile arrives as False.
+_BOOLEAN_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+
+
 def _coerce_value(value: object, node: dict) -> object:
     """A text value turned into the scalar its schema node wants, where it reads as one."""
     kinds = _types(node)
+    if isinstance(value, bool) and kinds == {"string"}:
+        # `batch_designs: off` unquoted: the word the schema's choices spell for that boolean.
+        words = [w for w in _BOOLEAN_WORDS[value] if w in _resolved(node).get("enum", ())]
+        return words[0] if words else value
     if isinstance(value, list):
         return [_coerce_value(v, _items(node)) for v in value]
     if isinstance(value, str) and "null" in kinds and value in ("null", "~"):
@@ -122,7 +130,7 @@ def load(*paths: Path, overrides: dict | None = None) -> dict:
             raise ConfigError(f"{path}: a profile must be a mapping of keys to values")
         merge(merged, loaded)
     merge(merged, overrides or {})
-    return validate(merged, " + ".join(map(str, paths)) or "config")
+    return validate(coerce(merged), " + ".join(map(str, paths)) or "config")
 
 
 def merge(base: dict, update: dict) -> dict:

@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rnnsweep.fsutil import atomic_write_text
 
@@ -34,6 +34,12 @@ SWITCHES: tuple[str, ...] = (
 SETTINGS: tuple[str, ...] = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_windows")
 #: The arithmetic of a training step; `precision` is a manifest column beside the settings.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: How a run is trained, the manifest's `engine` column: `design` builds the model of its design alone
+#: (replicates of that design batched with it); `superset` trains it in a batched model of every part,
+#: beside other designs of its shape, its own parts switched on by masks (rnnsweep.model).
+ENGINE_PATHS: tuple[str, ...] = ("design", "superset")
+#: How a manifest picks each design's path (`batch_designs`): by the cost model (rnnsweep.policy), or always `design`.
+BATCH_DESIGNS: tuple[str, ...] = ("auto", "off")
 #: A run id: the design id, then `-r<replicate>` for replicates after the first. Nothing else is ever a
 #: path component under a stage folder.
 RUN_ID = re.compile(r"[0-9a-f]{10}(-r[1-9][0-9]*)?")
@@ -95,21 +101,29 @@ class Run:
     lr: float
     eval_windows: int
     precision: str = "fp32"
+    engine: str = "design"
 
     def row(self) -> dict[str, object]:
         design = asdict(self.design)
         head = {"id": self.id, "config_id": self.config_id}
-        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS, "precision")}
+        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS, "precision", "engine")}
         return {**head, **design, **tail}
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """(n_layers, state_size): designs of one shape can share a superset model."""
+        return self.design.n_layers, self.design.state_size
+
+    @property
     def batch_key(self) -> tuple:
-        """Runs with equal keys (one design, the same settings: stage 3's seeds) can train as one batched model."""
-        return (self.design, *(getattr(self, k) for k in SETTINGS), self.precision)
+        """Runs with equal keys can train as one batched model: the same settings and path, and one design
+        (stage 3's seeds) on the design path, or one shape on the superset path."""
+        model = self.design if self.engine == "design" else self.shape
+        return (self.engine, model, *(getattr(self, k) for k in SETTINGS), self.precision)
 
 
 DESIGN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Design))
-COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS, "precision")
+COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS, "precision", "engine")
 
 
 def stage1_designs(n_layers: Iterable[int], state_sizes: Iterable[int]) -> list[Design]:
@@ -143,15 +157,19 @@ def run_id(config_id: str, replicate: int) -> str:
     return config_id if replicate == 0 else f"{config_id}-r{replicate}"
 
 
-def make_runs(designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0) -> list[Run]:
-    """Runs for each design × replicate, with `settings` (SETTINGS, and `precision`, fp32 unless given)."""
+def make_runs(
+    designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0, engine: Callable[[Design], str] | None = None
+) -> list[Run]:
+    """Runs for each design × replicate, with `settings` (SETTINGS, and `precision`, fp32 unless given);
+    `engine` picks each design's path (rnnsweep.policy), `design` unless given."""
     picked = {k: settings[k] for k in SETTINGS}
     precision = settings.get("precision") or "fp32"
     runs = []
     for design in designs:
+        path = engine(design) if engine else "design"
         for rep in range(replicates):
             seed = run_seed(design.id, rep, base_seed)
-            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, **picked, precision=precision))
+            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, **picked, precision=precision, engine=path))
     return runs
 
 
@@ -168,7 +186,8 @@ def _parse_row(row: dict[str, str], where: str) -> Run:
         design = Design.from_mapping(row)
         ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_windows")}
         run = Run(
-            id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), precision=row["precision"], **ints
+            id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), precision=row["precision"],
+            engine=row.get("engine", "design"), **ints,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ManifestError(f"{where}: {err}") from None
@@ -178,6 +197,8 @@ def _parse_row(row: dict[str, str], where: str) -> Run:
         raise ManifestError(f"{where}: id {run.id!r} is not {run_id(run.config_id, run.replicate)}, the id of its design and replicate")
     if run.precision not in PRECISIONS:
         raise ManifestError(f"{where}: precision {run.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if run.engine not in ENGINE_PATHS:
+        raise ManifestError(f"{where}: engine {run.engine!r} is not one of {', '.join(ENGINE_PATHS)}")
     return run
 
 
@@ -198,7 +219,8 @@ def read_manifest(path: Path) -> list[Run]:
 
 
 def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    # A manifest written before the `engine` column existed was trained on the design path.
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c != "engine"]
     if missing:
         raise ManifestError(f"{path}: not a manifest, missing columns {', '.join(missing)}")
     runs, seen = [], set()

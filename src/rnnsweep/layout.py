@@ -8,7 +8,7 @@ DATA_DIR = "data"  # results/<study>/data/: the corpus splits beside the stages
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 RESULT_FIELDS = (
     "id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
-    "fingerprint", "data",
+    "engine", "fingerprint", "data",
 )
 CURVE = "curve.csv"
 CURVE_COLUMNS = ("step", "ema_loss")  # a run's curve: the EMA loss every log_every steps

@@ -2,8 +2,9 @@
 
 A run's curve, weights and losses are determined by its manifest row (design,
 replicate, seed, training settings, precision), by the bytes it trains and is
-evaluated on, and by the engine's arithmetic. The fingerprint hashes all
-three. A result or checkpoint is used only where its fingerprint equals the
+evaluated on, and by the engine's arithmetic: its version and the path that
+trains the run (the row's `engine`: its design's own model, or a superset
+model of its shape). The fingerprint hashes all three. A result or checkpoint is used only where its fingerprint equals the
 one its manifest row and the data folder give now; anything else belongs to
 other settings or other bytes and is set aside, never used.
 """
@@ -38,6 +39,14 @@ def data_id(train: np.ndarray, valid: np.ndarray) -> str:
 
 
 def fingerprint(run: Run, data: str) -> str:
-    """16 hex digits that change whenever anything that determines the run's numbers changes."""
-    canonical = json.dumps({"run": run.row(), "data": data, "engine": ENGINE}, sort_keys=True, separators=(",", ":"))
+    """16 hex digits that change whenever anything that determines the run's numbers changes.
+
+    The engine is the version and the path together. The design path is the
+    arithmetic `ENGINE` always named, so its runs keep the fingerprints they
+    had before paths existed, and their results stay valid.
+    """
+    row = run.row()
+    path = row.pop("engine")
+    engine = ENGINE if path == "design" else f"{ENGINE}/{path}"
+    canonical = json.dumps({"run": row, "data": data, "engine": engine}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

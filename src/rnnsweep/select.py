@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Callable
 
 import pandas as pd
 
@@ -45,9 +46,20 @@ def stage3_designs(summary: pd.DataFrame, top_k: int) -> list[Design]:
 
 
 def stage2_runs(summary: pd.DataFrame, cfg: dict, base_seed: int) -> list[Run]:
+    """Stage 2's runs; with `batch_designs` and `device` in `cfg`, each on the path the cost model picks."""
     designs = stage2_designs(summary, cfg["keep_fraction"], cfg["wide_state_size"], cfg["deep_layers"], cfg["deep_state_sizes"])
-    return make_runs(designs, cfg, base_seed=base_seed)
+    return make_runs(designs, cfg, base_seed=base_seed, engine=_paths(designs, cfg, 1))
 
 
 def stage3_runs(summary: pd.DataFrame, cfg: dict, base_seed: int) -> list[Run]:
-    return make_runs(stage3_designs(summary, cfg["top_k"]), cfg, replicates=cfg["replicates"], base_seed=base_seed)
+    designs = stage3_designs(summary, cfg["top_k"])
+    paths = _paths(designs, cfg, cfg["replicates"])
+    return make_runs(designs, cfg, replicates=cfg["replicates"], base_seed=base_seed, engine=paths)
+
+
+def _paths(designs: list[Design], cfg: dict, copies: int) -> Callable[[Design], str] | None:
+    if "batch_designs" not in cfg:
+        return None  # every design on the design path
+    from rnnsweep.policy import engine_paths  # torch, only to write a manifest that may use the superset path
+
+    return engine_paths(designs, cfg, copies)

@@ -6,11 +6,13 @@ optimiser step: feed byte j, predict byte j+1, step Adam. A window of
 and the state reset. The loop is flat (one iteration = one step) so that a
 checkpoint taken at any step — mid-window included — resumes exactly.
 
-Runs of one design with the same settings (stage 3's replicates) train as one
-batched model, one replicate per run. Each replicate keeps its own initial
-weights, sampler and Adam moments, and nothing couples replicates, so a run's
-curve is the one it has when trained alone. Files, checkpoints and result
-records stay per run.
+Runs with the same settings train as one batched model, one replicate per
+run: on the design path, runs of one design (stage 3's seeds); on the
+superset path, runs of any designs of one shape (rnnsweep.model). Each
+replicate keeps its own initial weights, sampler and Adam moments, and
+nothing couples replicates, so a run's curve is the one it has when trained
+alone. Files, checkpoints and result records stay per run, in the run's own
+design's layout, so a run resumes in any grouping.
 """
 
 from __future__ import annotations
@@ -212,10 +214,12 @@ class _Group:
         fingerprints: list[str],
     ) -> None:
         self.runs, self.run_dirs, self.progress, self.samplers, self.device = runs, run_dirs, progress, samplers, device
-        self.settings = runs[0]  # every run of a group has the same design and settings
+        self.settings = runs[0]  # every run of a group has the same settings and path
         self.data_id, self.fingerprints = data_id, fingerprints
-        seeds = [run.seed for run in runs]
-        self.model = ByteModel(self.settings.design, seeds, device, compute_dtype=COMPUTE_DTYPES[self.settings.precision])
+        self.model = ByteModel(
+            [run.design for run in runs], [run.seed for run in runs], device,
+            compute_dtype=COMPUTE_DTYPES[self.settings.precision], superset=self.settings.engine == "superset",
+        )
         self.opt = Adam(self.model.theta, self.model.grad, self.settings.lr)
         self.buffers = dict(zip(BUFFERS, (self.model.theta, self.opt.exp_avg, self.opt.exp_avg_sq)))
         for r, p in enumerate(progress):
@@ -319,6 +323,7 @@ class _Group:
             "device": str(self.device),
             "precision": run.precision,
             "seed": run.seed,
+            "engine": run.engine,
             "fingerprint": self.fingerprints[r],
             "data": self.data_id,
         }
@@ -341,7 +346,7 @@ def train_runs(
     stop: threading.Event | None = None,
     data_id: str | None = None,
 ) -> list[dict]:
-    """Train runs of one design and one set of settings to exactly `steps` steps; return their result records.
+    """Train runs of one batch key (grid.Run.batch_key) to exactly `steps` steps; return their result records.
 
     Each run resumes from its own checkpoint. Runs whose checkpoints are at
     different steps (trained in different groupings before) are trained in
@@ -352,7 +357,9 @@ def train_runs(
     `data_id` is provenance.data_id of the two splits, when the caller has it already.
     """
     if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
-        raise ValueError("train_runs needs one folder per run and runs of one design with the same settings")
+        raise ValueError(
+            "train_runs needs one folder per run, and runs of one design (on the superset path: one shape) with the same settings"
+        )
     data_id = data_id or provenance.data_id(train_data, valid_data)
     fingerprints = [provenance.fingerprint(run, data_id) for run in runs]
     progress, samplers = [], []

@@ -88,6 +88,12 @@ TRAINING = (
 )
 
 
+def manifest_flags(stage):
+    """What a manifest row records beside the design: the stage's training settings, precision and path policy."""
+    policy = {key: config[key] for key in ("precision", "batch_designs", "device")}
+    return flags(config[stage], SETTINGS) + " " + flags(policy, policy)
+
+
 def results_of(path):
     """The study folder that holds a stage file: results/<study>/<stage>/<file> gives results/<study>."""
     return str(Path(path).parent.parent)

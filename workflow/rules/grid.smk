@@ -7,7 +7,7 @@ rule grid:
     params:
         results=lambda wildcards, output: results_of(output[0]),
         grid=flags(config["stage1"], ["n_layers", "state_sizes"]),
-        settings=flags(config["stage1"], SETTINGS) + f" --precision {config['precision']}",
+        settings=manifest_flags("stage1"),
         seed=config["seed"],
     conda:
         ENV

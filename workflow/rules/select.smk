@@ -9,7 +9,7 @@ rule select_stage2:
     params:
         results=lambda wildcards, output: results_of(output[0]),
         rule=flags(config["stage2"], ["keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes"]),
-        settings=flags(config["stage2"], SETTINGS) + f" --precision {config['precision']}",
+        settings=manifest_flags("stage2"),
         seed=config["seed"],
     conda:
         ENV
@@ -27,7 +27,7 @@ rule select_stage3:
     params:
         results=lambda wildcards, output: results_of(output[0]),
         rule=flags(config["stage3"], ["top_k", "replicates"]),
-        settings=flags(config["stage3"], SETTINGS) + f" --precision {config['precision']}",
+        settings=manifest_flags("stage3"),
         seed=config["seed"],
     conda:
         ENV
