@@ -11,8 +11,7 @@ import torch
 from rnnsweep.grid import Design
 from rnnsweep.train import Interrupted, train_runs
 from test_model import ALL_SWITCHES, SWITCH_IDS, check_against_reference
-from test_replicates import _stop_at
-from test_superset import DESIGNS, _superset
+from grouping import DESIGNS, stop_at, superset_runs
 from test_train import read_curve, weights
 
 pytestmark = pytest.mark.cuda
@@ -34,7 +33,7 @@ def _assert_close_runs(got, want) -> None:
 
 
 def test_superset_group_on_cuda_matches_the_cpu_and_each_run_alone(tmp_path, splits):
-    runs = _superset(DESIGNS)
+    runs = superset_runs(DESIGNS)
     on_gpu = train_runs(runs, *splits, [tmp_path / "gpu" / r.id for r in runs], CUDA)
     on_cpu = train_runs(runs, *splits, [tmp_path / "cpu" / r.id for r in runs], torch.device("cpu"))
     alone = [train_runs([r], *splits, [tmp_path / "alone" / r.id], CUDA)[0] for r in runs]
@@ -47,10 +46,10 @@ def test_superset_group_on_cuda_matches_the_cpu_and_each_run_alone(tmp_path, spl
 
 
 def test_superset_group_resumes_on_cuda(tmp_path, splits):
-    runs = _superset(DESIGNS, steps=30)
+    runs = superset_runs(DESIGNS, steps=30)
     train_runs(runs, *splits, [tmp_path / "calm" / r.id for r in runs], CUDA)
     dirs = [tmp_path / "stopped" / r.id for r in runs]
-    stop, report = _stop_at(10)
+    stop, report = stop_at(10)
     with pytest.raises(Interrupted):
         train_runs(runs, *splits, dirs, CUDA, report=report, stop=stop)
     train_runs(runs[:2], *splits, dirs[:2], CUDA)

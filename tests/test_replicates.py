@@ -26,8 +26,9 @@ from rnnsweep.grid import Design, make_runs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.policy import run_groups
-from rnnsweep.train import Interrupted, Reporter, train_run, train_runs
+from rnnsweep.train import Interrupted, train_run, train_runs
 from conftest import run_worker_processes
+from grouping import TINY, stop_at
 from test_claims import HOLDER
 from test_train import read_curve, sabotage, weights
 
@@ -35,7 +36,6 @@ CPU = torch.device("cpu")
 DESIGN = Design(True, True, True, True, True, True, True, n_layers=2, state_size=8)
 UNALIGNED = DESIGN.replace(state_size=6)
 OTHER = Design(False, True, False, True, True, False, True, n_layers=1, state_size=4)
-TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=4)
 SAME = ("status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "seed")
 
 
@@ -61,17 +61,6 @@ def assert_same_run(got: Path, want: Path) -> None:
 
 def _start_steps(folder: Path) -> list[int]:
     return [json.loads(line)["start_step"] for line in (folder / ATTEMPTS).read_text().splitlines()]
-
-
-def _stop_at(step: int) -> tuple[threading.Event, Reporter]:
-    """A stop event and a reporter that sets it once training has logged `step`."""
-    stop = threading.Event()
-
-    def report(at: int, ema: float, rate: float) -> None:
-        if at >= step:
-            stop.set()
-
-    return stop, report
 
 
 @pytest.fixture
@@ -172,7 +161,7 @@ def test_interrupted_group_resumes_to_the_uninterrupted_files(tmp_path, splits, 
     train_runs(runs, *splits, _dirs(tmp_path / "calm", runs), CPU)
 
     dirs = _dirs(tmp_path / "stopped", runs)
-    stop, report = _stop_at(10)  # checked before step 11: position 3 of a 7-step window
+    stop, report = stop_at(10)  # checked before step 11: position 3 of a 7-step window
     with pytest.raises(Interrupted, match="interrupted; checkpoint at step 10") as caught:
         train_runs(runs, *splits, dirs, CPU, checkpoint_every=0, report=report, stop=stop)
     assert caught.value.step == 10
@@ -197,10 +186,10 @@ def test_runs_checkpointed_at_different_steps_train_in_batches_of_equal_step(tmp
     a, b, c, d = runs
     train_runs(runs, *splits, _dirs(tmp_path / "calm", runs), CPU)
     dirs = _dirs(tmp_path / "mixed", runs)
-    stop, report = _stop_at(10)
+    stop, report = stop_at(10)
     with pytest.raises(Interrupted):
         train_runs([a, b], *splits, dirs[:2], CPU, report=report, stop=stop)
-    stop, report = _stop_at(15)
+    stop, report = stop_at(15)
     with pytest.raises(Interrupted):
         train_run(c, *splits, dirs[2], CPU, report=report, stop=stop)
     del group_sizes[:]
@@ -216,7 +205,7 @@ def test_runs_checkpointed_at_different_steps_train_in_batches_of_equal_step(tmp
 
 def test_checkpoint_of_another_design_is_set_aside(tmp_path, splits, one_thread):
     (mine,), (foreign,) = _runs(1), _runs(1, OTHER)
-    stop, report = _stop_at(10)
+    stop, report = stop_at(10)
     with pytest.raises(Interrupted):
         train_run(foreign, *splits, tmp_path / "foreign", CPU, report=report, stop=stop)
     target = tmp_path / "mine"

@@ -24,22 +24,12 @@ from rnnsweep.grid import COLUMNS, SWITCHES, Design, ManifestError, make_runs, r
 from rnnsweep.layout import CHECKPOINT, manifest_path
 from rnnsweep.model import ByteModel, initial_weights, superset_layout
 from rnnsweep.train import Interrupted, train_runs
-from test_replicates import _start_steps, _stop_at, assert_same_run
+from grouping import DESIGNS, SHAPE, TINY, stop_at, superset_runs as _superset
+from test_replicates import _start_steps, assert_same_run
 from test_train import read_curve, weights
 
 CPU = torch.device("cpu")
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
-# Batch 4 × state 8 and 4 evaluation windows × 8: each replicate's block of every activation is whole
-# 32-float SIMD steps, where batched kernels compute a replicate exactly as alone (see test_replicates).
-TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=4)
-SHAPE = [d for d in stage1_designs([2], [8]) if d.state_size == 8]
-DESIGNS = [SHAPE[0], SHAPE[37], SHAPE[95], SHAPE[60]]  # four different switch settings of one shape
-
-
-def _superset(designs: list[Design], **changes) -> list:
-    return make_runs(designs, TINY | changes, engine=lambda d: "superset")
-
-
 def _train(root, runs, splits, **kwargs) -> list[dict]:
     return train_runs(runs, *splits, [root / run.id for run in runs], CPU, **kwargs)
 
@@ -110,7 +100,7 @@ def test_a_run_resumes_bit_exactly_in_any_grouping(tmp_path, splits, one_thread,
     runs = _superset(DESIGNS, steps=30)
     _train(tmp_path / "calm", runs, splits)
     root = tmp_path / "stopped"
-    stop, report = _stop_at(10)
+    stop, report = stop_at(10)
     with pytest.raises(Interrupted, match="checkpoint at step 10"):
         _train(root, runs, splits, report=report, stop=stop)
     for run in runs:
@@ -130,7 +120,7 @@ def test_a_run_resumes_bit_exactly_in_any_grouping(tmp_path, splits, one_thread,
 def test_a_checkpoint_of_the_other_path_is_not_resumed(tmp_path, splits, one_thread):
     """The path is in the fingerprint: a run whose manifest moved it to the other path starts afresh."""
     (run,) = _superset(DESIGNS[:1], steps=30)
-    stop, report = _stop_at(10)
+    stop, report = stop_at(10)
     with pytest.raises(Interrupted):
         _train(tmp_path, [run], splits, report=report, stop=stop)
     moved = dataclasses.replace(run, engine="design")

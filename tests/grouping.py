@@ -1,0 +1,33 @@
+"""Small runs and helpers shared by the tests of batched training: replicates, superset groups, CUDA.
+
+Kept free of the config and policy modules (and so of jsonschema), so that the CUDA tests import on a
+GPU machine that has little more than PyTorch.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rnnsweep.grid import Design, Run, make_runs, stage1_designs
+
+# Batch 4 × state 8 and 4 evaluation windows × 8: each run's block of every activation is whole
+# 32-float SIMD steps, where batched kernels compute a run exactly as alone (see test_replicates).
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=4)
+SHAPE = [d for d in stage1_designs([2], [8]) if d.state_size == 8]  # the 96 designs of one shape
+DESIGNS = [SHAPE[0], SHAPE[37], SHAPE[95], SHAPE[60]]  # four different switch settings of it
+
+
+def superset_runs(designs: list[Design], **changes) -> list[Run]:
+    """Runs of `designs` with TINY settings (and `changes`) on the superset path."""
+    return make_runs(designs, TINY | changes, engine=lambda d: "superset")
+
+
+def stop_at(step: int) -> tuple[threading.Event, object]:
+    """A stop event and a reporter that sets it once training has logged `step`."""
+    stop = threading.Event()
+
+    def report(at: int, ema: float, rate: float) -> None:
+        if at >= step:
+            stop.set()
+
+    return stop, report
