@@ -15,7 +15,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # 1. The CUDA tests: the engine against the reference, both paths; superset groups against the CPU; resume.
 timeout 240 python3 -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -x 2>&1 | tail -n 30 | tee "$out/tests.txt"
 # 2. The cost model's constants on this GPU, fitted and written into this checkout's copy.
-timeout 150 python3 benchmarks/cost_model.py --device cuda --budget-s 0.05 --write 2>&1 | tail -n 3 | tee "$out/cost_model.txt"
+timeout 150 python3 benchmarks/cost_model.py --device cuda --budget-s 0.03 --write 2>&1 | tail -n 3 | tee "$out/cost_model.txt"
 cp src/rnnsweep/cost_model.yaml "$out/cost_model.yaml"
 # 3. Paper-scale groups (batch 256), superset against one by one, with GPU memory per group.
 timeout 150 python3 benchmarks/batched.py groups --device cuda --rounds 3 --steps 5 \

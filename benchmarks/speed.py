@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from rnnsweep.grid import SWITCHES, Design
-from rnnsweep.model import ByteModel, plan
+from rnnsweep.model import ByteModel
 from rnnsweep.optim import Adam
+from rnnsweep.policy import step_flops
 from rnnsweep.reference import ReferenceModel
 from rnnsweep.train import keep_freed_memory
 
@@ -51,12 +52,6 @@ CONFIGS = {
     "3x256 all": Design(**ALL_ON, n_layers=3, state_size=256),
     "2x512 F+SG+res": Design(**FSR, n_layers=2, state_size=512),
 }
-
-
-def step_flops(design: Design, batch: int) -> float:
-    """Forward + backward FLOPs of one step: 3 × 2·batch·(entries of every matrix a step multiplies by)."""
-    weights = sum(p.numel for p in plan(design) if len(p.shape) == 2 and p.name != "embed_w")
-    return 3 * 2 * batch * weights
 
 
 def matmul_rate(threads: int, n: int = 512, batch: int = 256, repeats: int = 200) -> float:
