@@ -91,7 +91,7 @@ TRAINING = (
 def manifest_flags(stage):
     """What a manifest row records beside the design: the stage's training settings, precision and path policy."""
     policy = {key: config[key] for key in ("precision", "batch_designs", "device")}
-    return flags(config[stage], SETTINGS) + " " + flags(policy, policy)
+    return f"{flags(config[stage], SETTINGS)} {flags(policy, policy)}"
 
 
 def results_of(path):
