@@ -42,12 +42,9 @@ from pathlib import Path
 
 import torch
 
+from cost_model import sync  # benchmarks/cost_model.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_s(designs: list, superset: bool, batch: int, device: torch.device, steps: int) -> float:
@@ -61,11 +58,11 @@ def step_s(designs: list, superset: bool, batch: int, device: torch.device, step
     states = model.initial_state(batch)
     for j in range(steps + 1):
         if j == 1:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
         _, states = model.train_step(data[j], data[j + 1], states)
         opt.step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -101,11 +98,11 @@ def graphed_step_s(designs: list, batch: int, device: torch.device, steps: int) 
             state.copy_(new)
 
     step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 

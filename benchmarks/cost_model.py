@@ -41,7 +41,8 @@ ALL_DESIGNS = [  # the 96 switch settings of a stage-1 shape
 ]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it times the work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -55,12 +56,12 @@ def step_seconds(designs: list[Design], superset: bool, batch: int, device: torc
 
     def block(steps: int) -> float:
         nonlocal states
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             _, states = model.train_step(data, data, states)
             opt.step()
-        _sync(device)
+        sync(device)
         return (time.perf_counter() - start) / steps
 
     once = block(3)  # warm-up, and a first guess of a step's time
