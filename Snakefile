@@ -1,6 +1,6 @@
-# rnnsweep: the whole study of ../shared/study-spec.md as one DAG.
+# rnnsweep: the whole study (docs/study.md) as one DAG.
 #   snakemake --cores all                               # the published study (enwik8)
-#   snakemake --cores 2 --configfile configs/quick.yaml # a 20-minute version
+#   snakemake --cores 2 --configfile configs/quick.yaml # a shorter version
 # Each stage lives in its own file under workflow/rules/.
 
 from snakemake.utils import min_version
@@ -20,7 +20,18 @@ include: "workflow/rules/select.smk"
 include: "workflow/rules/plots.smk"
 
 
+# Small jobs run where Snakemake runs, never as cluster jobs; only training and
+# aggregation (which may train) are submitted.
+localrules:
+    all,
+    corpus,
+    grid,
+    select,
+    table,
+    plot,
+
+
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

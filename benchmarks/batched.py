@@ -178,29 +178,27 @@ def _stage_once(args: argparse.Namespace, mode: str, folder: Path) -> tuple[floa
     import pandas as pd
 
     from rnnsweep import config
-    from rnnsweep.grid import SETTINGS
+    from rnnsweep.cli import manifest_options, worker_command, worker_options
+    from rnnsweep.layout import manifest_path, summary_path
 
-    cfg = config.load(ROOT / "configs" / "default.yaml", args.profile)
-    stage = cfg["stage1"]
+    overrides = {"batch_designs": mode, "device": "cpu", "threads_per_worker": 1, "checkpoint_every": 0}
+    cfg = config.load(ROOT / "configs" / "default.yaml", args.profile, overrides=overrides)
     py = [sys.executable, "-m", "rnnsweep"]
-    data = folder / "data"
+    data, manifest = folder / "data", manifest_path(folder / "stage1")
     subprocess.run([*py, "data", "--corpus", str(args.corpus), "--out", str(data)], check=True, capture_output=True)
-    grid = [*py, "grid", "--results", str(folder), "--n-layers", *map(str, stage["n_layers"]),
-            "--state-sizes", *map(str, stage["state_sizes"]), "--batch-designs", mode, "--device", "cpu"]
-    grid += [f"--{k.replace('_', '-')}={stage[k]}" for k in SETTINGS]
+    grid = [*py, "grid", "--out", str(manifest), *manifest_options(cfg, "stage1")]
     subprocess.run(grid, check=True, capture_output=True)
     start = time.perf_counter()
     workers = [
-        subprocess.Popen([*py, "worker", "--stage", "stage1", "--results", str(folder), "--index", str(i),
-                          "--count", str(args.workers), "--threads", "1", "--device", "cpu"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(worker_command(manifest, data, cfg, i, args.workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for i in range(args.workers)
     ]
     if any(w.wait() for w in workers):
         raise SystemExit(f"a worker failed in {folder}")
     wall = time.perf_counter() - start
-    subprocess.run([*py, "aggregate", "--stage", "stage1", "--results", str(folder)], check=True, capture_output=True)
-    summary = pd.read_csv(folder / "stage1" / "summary.csv")
+    aggregate = [*py, "aggregate", "--manifest", str(manifest), "--data", str(data), *worker_options(cfg)]
+    subprocess.run(aggregate, check=True, capture_output=True)
+    summary = pd.read_csv(summary_path(manifest.parent))
     return wall, dict(zip(summary["id"], summary["min_loss"])), dict(zip(summary["id"], summary["engine"]))
 
 

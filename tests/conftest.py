@@ -12,6 +12,9 @@ import pytest
 import torch
 
 from rnnsweep.data import load_split, prepare_corpus
+from rnnsweep.layout import manifest_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/valid/test splits of a 20 kB generated corpus, made once per session."""
     root = tmp_path_factory.mktemp("corpus")
-    prepare_corpus("generated", root / "data", cache_dir=root / "cache", generated_bytes=20_000)
+    prepare_corpus("generated", root / "data", cache_dir=root / "cache", generated_bytes=20_000, seed=0)
     return root / "data"
 
 
@@ -62,15 +65,31 @@ def copy_checkout():
     return copy
 
 
+def worker_profile(**overrides: object) -> dict:
+    """The smoke profile as the tests' workers train: on the CPU, one thread, no checkpoints unless asked.
+
+    `overrides` are set after validation, so a test may use a value the schema keeps users from,
+    such as a lease of 2 s that lets a takeover happen within the test.
+    """
+    from rnnsweep import config  # here, not at the top: the CUDA tests load this file with little more than PyTorch
+
+    tests = {"device": "cpu", "threads_per_worker": 1, "checkpoint_every": 0}
+    return {**config.load(ROOT / "configs/default.yaml", ROOT / "configs/smoke.yaml", overrides=tests), **overrides}
+
+
+def worker_args(stage_dir: Path, data_dir: Path, index: int = 0, count: int = 1, **overrides: object) -> list[str]:
+    """The arguments of `rnnsweep worker` on a stage folder with the tests' profile (and `overrides`)."""
+    from rnnsweep.cli import worker_args
+
+    return worker_args(manifest_path(stage_dir), data_dir, worker_profile(**overrides), index, count)
+
+
 def run_worker_processes(stage_dir: Path, data_dir: Path, count: int, logs_dir: Path) -> tuple[list[int], list[str]]:
     """Run `count` real `rnnsweep worker` processes on one stage; return their exit codes and stderr texts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs, logs = [], [logs_dir / f"worker{i}.err" for i in range(count)]
     for i, log in enumerate(logs):
-        cmd = [
-            sys.executable, "-m", "rnnsweep", "worker", "--stage", stage_dir.name, "--results", str(stage_dir.parent),
-            "--data", str(data_dir), "--index", str(i), "--count", str(count), "--threads", "1", "--device", "cpu",
-        ]
+        cmd = [sys.executable, "-m", "rnnsweep", *worker_args(stage_dir, data_dir, i, count)]
         with log.open("w") as fh:
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, cwd=logs_dir))
     try:

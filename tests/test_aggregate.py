@@ -13,7 +13,8 @@ import torch
 
 from rnnsweep import provenance
 from rnnsweep.aggregate import MissingResults, aggregate
-from rnnsweep.claims import run_dir, settle_result
+from rnnsweep.layout import run_dir
+from rnnsweep.results import settle_result
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.train import train_run
 

@@ -27,9 +27,10 @@ import pytest
 import torch
 import yaml
 
+from conftest import worker_args
 from rnnsweep import cli
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import CHECKPOINT, RESULT, run_dir
+from rnnsweep.layout import CHECKPOINT, CURVE, RESULT, run_dir
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -109,30 +110,29 @@ def _small_stage(results: Path, n_runs: int, **settings) -> list:
     return runs
 
 
-def _worker_args(results: Path, data_dir: Path, *extra: str) -> list[str]:
-    return ["worker", "--stage", "stage1", "--results", str(results), "--data", str(data_dir),
-            "--threads", "1", "--device", "cpu", *extra]
+def _stage_args(command: str, results: Path, data_dir: Path, stage: str = "stage1", **overrides: object) -> list[str]:
+    """`worker` or `aggregate` on a stage of `results`, with the tests' training options."""
+    args = worker_args(results / stage, data_dir, **overrides)
+    return [command, *args[1:]]
 
 
-# --------------------------------------------------------------------------- unknown stage
+# --------------------------------------------------------------------------- a stage without a manifest
 
 
-def test_unknown_stage_worker_subprocess(tmp_path, data_dir):
-    done = run_module("worker", "--stage", "stage4", "--results", str(tmp_path / "results"), "--data", str(data_dir))
+def test_missing_manifest_worker_subprocess(tmp_path, data_dir):
+    done = run_module(*_stage_args("worker", tmp_path / "results", data_dir, stage="stage4"))
     assert done.returncode == 2, done.stderr
     line = error_line(done.stderr, "worker")
-    assert "stage4" in line and "stage1" in line  # names the bad stage and the good ones
+    assert str(tmp_path / "results" / "stage4" / "manifest.csv") in line and "not found" in line
     assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("command", ["worker", "aggregate"])
-def test_unknown_stage_touches_nothing(tmp_path, data_dir, call, command):
+def test_missing_manifest_touches_nothing(tmp_path, data_dir, call, command):
     results = tmp_path / "results"
     _small_stage(results, 2)
     before = snapshot(tmp_path)
-    argv = _worker_args(results, data_dir) if command == "worker" else ["aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir)]
-    argv[argv.index("stage1")] = "stage4"
-    code, err = call(*argv)
+    code, err = call(*_stage_args(command, results, data_dir, stage="stage4"))
     assert code == 2
     assert "stage4" in error_line(err, command)
     assert snapshot(tmp_path) == before
@@ -262,8 +262,7 @@ def broken_stage(tmp_path, request):
 def test_broken_manifest_is_refused_and_nothing_written(broken_stage, command, call, data_dir, tmp_path):
     results, manifest, expected, runs = broken_stage
     before = snapshot(tmp_path)
-    argv = _worker_args(results, data_dir) if command == "worker" else ["aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir)]
-    code, err = call(*argv)
+    code, err = call(*_stage_args(command, results, data_dir))
     assert code == 2, err
     line = error_line(err, command)
     assert str(manifest) in line
@@ -277,7 +276,7 @@ def test_broken_manifest_is_refused_and_nothing_written(broken_stage, command, c
 def test_broken_manifest_subprocess(broken_stage, tmp_path, data_dir):
     results, manifest, expected, _ = broken_stage
     before = snapshot(tmp_path)
-    done = run_module("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir))
+    done = run_module(*_stage_args("aggregate", results, data_dir))
     assert done.returncode == 2, done.stderr
     line = error_line(done.stderr, "aggregate")
     assert str(manifest) in line and expected in line
@@ -335,7 +334,7 @@ def test_damaged_result_is_retrained_and_aggregate_succeeds(finished_stage, dama
     others = {i: snapshot(run_dir(stage, i)) for i in ids if i != victim}
 
     with caplog.at_level(logging.INFO):
-        code, err = call(*_worker_args(results, data_dir))
+        code, err = call(*_stage_args("worker", results, data_dir))
     assert code == 0, err
     aside = sorted(path.parent.glob(f"{RESULT}.corrupt-*"))
     assert len(aside) == 1, "the damaged record was not moved aside"
@@ -348,7 +347,7 @@ def test_damaged_result_is_retrained_and_aggregate_succeeds(finished_stage, dama
     for run_id, before in others.items():  # the intact runs were not retrained
         assert snapshot(run_dir(stage, run_id)) == before, run_id
 
-    code, err = call("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir))
+    code, err = call(*_stage_args("aggregate", results, data_dir))
     assert code == 0, err
     summary = pd.read_csv(stage / "summary.csv")
     assert summary["id"].tolist() == ids
@@ -391,7 +390,7 @@ def test_damaged_checkpoint_is_set_aside_and_run_restarts(tmp_path, splits, data
     reference = train_run(run, *splits, tmp_path / "reference", torch.device("cpu"))  # from step 0, no checkpoint
 
     with caplog.at_level(logging.INFO):
-        code, err = call(*_worker_args(results, data_dir, "--checkpoint-every", "10"))
+        code, err = call(*_stage_args("worker", results, data_dir, checkpoint_every=10))
     assert code == 0, err
     aside = sorted(target.glob(f"{CHECKPOINT}.corrupt-*"))
     assert len(aside) == 1, "the damaged checkpoint was not moved aside"
@@ -503,7 +502,7 @@ def test_a_symbolic_link_inside_results_is_not_written_through(tmp_path, data_di
     else:
         folder.mkdir(parents=True)
         (folder / "attempts.jsonl").symlink_to(outside / "log")
-    code, err = call(*_worker_args(results, data_dir))
+    code, err = call(*_stage_args("worker", results, data_dir))
     assert code == 2
     assert "symbolic link" in error_line(err, "worker")
     assert not any(outside.iterdir()), "a worker wrote outside the results folder"
@@ -514,11 +513,13 @@ def test_a_symbolic_link_inside_results_is_not_written_through(tmp_path, data_di
 
 def test_select_on_a_summary_without_status_or_rows(tmp_path, finished_stage, data_dir, call):
     results = _finished(tmp_path, finished_stage)
-    assert call("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir))[0] == 0
+    assert call(*_stage_args("aggregate", results, data_dir))[0] == 0
     summary = results / "stage1" / "summary.csv"
     good = pd.read_csv(summary)
-    argv = ["select", "--stage", "stage2", "--results", str(results), "--keep-fraction", "0.5", "--wide-state-size", "8",
-            "--deep-layers", "3", "--deep-state-sizes", "8", *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]]
+    argv = ["select", "--stage", "stage2", "--summary", str(summary), "--out", str(results / "stage2" / "manifest.csv"),
+            "--keep-fraction", "0.5", "--wide-state-size", "8", "--deep-layers", "3", "--deep-state-sizes", "8",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
+            "--precision", "fp32", "--batch-designs", "off", "--device", "cpu", "--seed", "0"]
     for broken, expected in ((good.drop(columns="status"), "status"), (good.head(0), "no rows")):
         broken.to_csv(summary, index=False)
         before = snapshot(tmp_path)
@@ -538,29 +539,29 @@ def test_aggregate_heals_a_damaged_run_of_a_finished_stage(tmp_path, finished_st
     victim = pd.read_csv(stage / "manifest.csv")["id"].tolist()[0]
     original = json.loads((run_dir(stage, victim) / RESULT).read_text())
     if damage == "empty curve":
-        (run_dir(stage, victim) / "curve.csv").write_text("")
+        (run_dir(stage, victim) / CURVE).write_text("")
     else:
         (run_dir(stage, victim) / RESULT).unlink()
         (run_dir(stage, victim) / RESULT).mkdir()
-    code, err = call("aggregate", "--stage", "stage1", "--results", str(results), "--data", str(data_dir),
-                     "--threads", "1", "--device", "cpu")
+    code, err = call(*_stage_args("aggregate", results, data_dir))
     assert code == 0, err
     summary = pd.read_csv(stage / "summary.csv").set_index("id")
     assert summary.loc[victim, "min_loss"] == pytest.approx(original["min_loss"], rel=1e-12)
 
 
 def test_plot_of_an_unknown_figure(tmp_path, call):
-    code, err = call("plot", "no_such_figure", "--stage", "stage1", "--results", str(tmp_path), "--out", str(tmp_path / "x.png"))
+    code, err = call("plot", "no_such_figure", "--summary", str(tmp_path / "summary.csv"), "--curves", str(tmp_path / "curves.csv"),
+                     "--out", str(tmp_path / "x.png"), "--threshold", "1.9", "--best-curves", "5", "--smooth", "10")
     assert code == 2 and "no_such_figure" in error_line(err, "plot")
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("flag", [("--threads", "0"), ("--count", "0"), ("--index", "3")])
+@pytest.mark.parametrize("flag", [("--threads-per-worker", "0"), ("--count", "0"), ("--index", "3")])
 def test_worker_with_impossible_numbers(tmp_path, data_dir, call, flag):
     results = tmp_path / "results"
     _small_stage(results, 1)
     before = snapshot(tmp_path)
-    code, err = call(*_worker_args(results, data_dir), *flag)
+    code, err = call(*_stage_args("worker", results, data_dir), *flag)
     assert code == 2 and flag[0] in error_line(err, "worker")
     assert snapshot(tmp_path) == before
 
@@ -568,7 +569,7 @@ def test_worker_with_impossible_numbers(tmp_path, data_dir, call, flag):
 def test_training_split_shorter_than_one_window(tmp_path, data_dir, call):
     results = tmp_path / "results"
     _small_stage(results, 1, history_size=30_000)
-    code, err = call(*_worker_args(results, data_dir))
+    code, err = call(*_stage_args("worker", results, data_dir))
     assert code == 2 and "fewer than one window" in error_line(err, "worker")
 
 
@@ -592,7 +593,7 @@ def test_the_machine_refusing_a_write_is_one_line(tmp_path, data_dir, call, monk
         raise OSError(error, os.strerror(error), str(results / "stage1"))
 
     monkeypatch.setattr(rnnsweep.fsutil.os, "replace", refuse)
-    code, err = call(*_worker_args(results, data_dir))
+    code, err = call(*_stage_args("worker", results, data_dir))
     assert code == 2 and os.strerror(error) in error_line(err, "worker")
 
 

@@ -16,7 +16,8 @@ from filelock import Timeout
 
 from conftest import run_worker_processes, start_lease_holder
 from rnnsweep import provenance
-from rnnsweep.claims import Worker, make_lock, read_result, settle_result
+from rnnsweep.claims import Worker, make_lock
+from rnnsweep.results import read_result, settle_result
 from rnnsweep.data import load_split
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest

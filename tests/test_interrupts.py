@@ -10,34 +10,44 @@ Each worker process pays a fixed ~6 s (importing torch, the torch._dynamo
 import that the first torch.optim.Adam triggers, interpreter teardown), so the
 independent scenarios run in the background, two at a time, as soon as the
 module starts; each test waits for its own scenario and checks what it saw.
+The scenarios follow the tests; the process harness they use is tests/scheduling.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
-from filelock import FileLock, SoftFileLease, Timeout
+from filelock import FileLock, SoftFileLease
 
 from conftest import start_lease_holder
+from designs import design
 from rnnsweep.grid import Design, make_runs, write_manifest
-from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
+from rnnsweep.layout import CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
+from scheduling import (
+    Countdown,
+    assert_same_run,
+    can_take,
+    checkpoint_step,
+    finish,
+    kill,
+    run_to_end,
+    start_steps,
+    start_worker,
+    uses,
+    wait_for,
+    wait_for_checkpoint_step,
+    wanted_scenarios,
+)
 
 #: A run of about 2 s on one idle CPU thread (plus ~6 s of process overhead), so there is time to interrupt it.
-DESIGN = Design(
-    use_input_gate=False, use_forget_gate=True, use_output_gate=False, use_state_gate=True,
-    use_new_state=True, use_old_state=False, use_residual=True, n_layers=2, state_size=32,
-)
+DESIGN = design("forget_gate", "state_gate", "new_state", "residual", n_layers=2, state_size=32)
 LONG = dict(steps=1000, batch_size=8, history_size=16, log_every=10, lr=1e-3, eval_windows=4)
 #: The lease scenario only needs runs that finish; keep them short.
 SHORT = dict(LONG, steps=200)
@@ -46,385 +56,26 @@ LEASE_S = 2.0
 KILL_SEEDS = (2, 5)  # kills soon after step 200 and a quarter of the way from step 600 to 700
 SCENARIO_TIMEOUT_S = 240
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _stage(root: Path, settings: dict, designs: tuple[Design, ...] = (DESIGN,)) -> tuple[Path, list[str]]:
-    """A results folder whose stage1 manifest holds one run per design; returns (results, run ids)."""
-    results = root / "results"
-    runs = make_runs(designs, settings)
-    write_manifest(manifest_path(results / "stage1"), runs)
-    return results, [run.id for run in runs]
-
-
-def _worker(results: Path, data_dir: Path, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable, "-m", "rnnsweep", "worker", "--stage", "stage1",
-        "--results", str(results), "--data", str(data_dir), "--index", "0", "--count", "1",
-        "--threads", "1", "--device", "cpu", "--checkpoint-every", str(CHECKPOINT_EVERY), *extra,
-    ]
-    with log.open("a") as fh:
-        return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=results.parent
-        )
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 90) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        pytest.fail(f"worker still running after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def _run_to_end(results: Path, data_dir: Path, log: Path, *extra: str) -> None:
-    code = _finish(_worker(results, data_dir, log, *extra), log)
-    assert code == 0, log.read_text()[-3000:]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    """Block until `path` exists while `proc` keeps running."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"worker exited ({proc.returncode}) before {path.name} appeared:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            _kill(proc)
-            pytest.fail(f"no {path.name} after {timeout}s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.01)
-
-
-def _wait_for_checkpoint_step(
-    path: Path, target: int, proc: subprocess.Popen, log: Path, timeout: float = 60
-) -> tuple[int, float]:
-    """Block until the checkpoint at `path` reaches `target` steps; return its step and seconds since the one before."""
-    deadline = time.monotonic() + timeout
-    seen_key, seen_at, gap = None, None, None
-    while True:
-        try:
-            key = path.stat().st_ino, path.stat().st_mtime_ns  # each checkpoint is a new file renamed over the old
-        except FileNotFoundError:
-            key = None
-        if key is not None and key != seen_key:
-            now = time.monotonic()
-            gap = now - seen_at if seen_at is not None else None
-            seen_key, seen_at = key, now
-            step = _checkpoint_step(path) or 0
-            if step >= target and gap is not None:
-                return step, gap
-        if proc.poll() is not None:
-            text = log.read_text()[-3000:]
-            pytest.fail(f"worker exited ({proc.returncode}) before step {target} was checkpointed:\n{text}")
-        if time.monotonic() > deadline:
-            _kill(proc)
-            pytest.fail(f"no checkpoint of step {target} after {timeout}s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.005)
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    if not path.exists():
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
-
-
-def _start_steps(rdir: Path) -> list[int]:
-    """The step each claim of the run started from, in order."""
-    return [json.loads(line)["start_step"] for line in (rdir / ATTEMPTS).read_text().splitlines()]
-
-
-def _can_take(lock) -> bool:
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return False
-    lock.release()
-    return True
-
-
-def _assert_same_run(got: Path, want: Path) -> None:
-    """Curve and weights bit for bit."""
-    assert (got / "curve.csv").read_bytes() == (want / "curve.csv").read_bytes()
-    a = torch.load(got / "weights.pt", map_location="cpu", weights_only=True)
-    b = torch.load(want / "weights.pt", map_location="cpu", weights_only=True)
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ from the undisturbed run: {different}"
-
-
-class Reference:
-    """LONG trained in one go by the same command, in its own results folder, in the background."""
-
-    def __init__(self, root: Path, data_dir: Path) -> None:
-        self.results, (run_id,) = _stage(root, LONG)
-        self.data_dir, self.log = data_dir, root / "worker.log"
-        self.dir = run_dir(self.results / "stage1", run_id)
-        self.proc: subprocess.Popen | None = None
-        self._started = threading.Event()
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        self.proc = _worker(self.results, self.data_dir, self.log)
-        self._started.set()
-
-    def run_dir(self) -> Path:
-        assert self._started.wait(SCENARIO_TIMEOUT_S), "the undisturbed run never started"
-        with self._lock:
-            code = _finish(self.proc, self.log)
-        assert code == 0, self.log.read_text()[-3000:]
-        assert (self.dir / RESULT).exists() and not (self.dir / CHECKPOINT).exists()
-        return self.dir
-
-
-# --------------------------------------------------------------------------- scenarios (run in the background)
-
-
-class Countdown:
-    """`event` is set once `n` parties have each said done (at most once each; a party that fails says it too)."""
-
-    def __init__(self, n: int) -> None:
-        self.left, self.event, self._lock = n, threading.Event(), threading.Lock()
-        if n <= 0:
-            self.event.set()
-
-    def party(self):
-        said = threading.Event()
-
-        def done() -> None:
-            with self._lock:
-                if not said.is_set():
-                    said.set()
-                    self.left -= 1
-                    if self.left <= 0:
-                        self.event.set()
-
-        return done
-
-
-def signal_scenario(root: Path, data_dir: Path, signum: int, soft: bool, timed: Countdown) -> dict:
-    """Signal a worker just past its first checkpoint, look at what it left, then rerun the same command.
-
-    `timed` is told once the exit has been timed, so other workers can start without slowing that exit down.
-    """
-    done = timed.party()
-    try:
-        return _signal_scenario(root, data_dir, signum, soft, done)
-    finally:
-        done()  # if it failed before the exit was timed
-
-
-def _signal_scenario(root: Path, data_dir: Path, signum: int, soft: bool, timed) -> dict:
-    extra = ("--lock", "soft", "--lease-s", str(LEASE_S)) if soft else ()
-    results, (run_id,) = _stage(root, LONG)
-    stage_dir = results / "stage1"
-    rdir, path, log = run_dir(stage_dir, run_id), lock_path(stage_dir, run_id), root / "worker.log"
-    seen: dict = {"run_id": run_id, "rdir": rdir}
-
-    proc = _worker(results, data_dir, log, *extra)
-    try:
-        _wait_for(rdir / CHECKPOINT, proc, log)
-        time.sleep(0.2)  # inside the run, past the first checkpoint
-        seen["alive_when_signalled"] = proc.poll() is None
-        sent = time.monotonic()
-        proc.send_signal(signum)
-        seen["exit"] = proc.wait(timeout=30)
-        seen["signal_to_exit_s"] = time.monotonic() - sent
-    finally:
-        _kill(proc)
-        timed()
-    seen["stop_log"] = log.read_text()
-    seen["result_after_stop"] = (rdir / RESULT).exists()
-    seen["step"] = _checkpoint_step(rdir / CHECKPOINT)
-    seen["marker_left"] = path.exists()  # a released soft lease removes its marker
-    seen["lock_free"] = _can_take(SoftFileLease(path, lease_duration=LEASE_S) if soft else FileLock(path))
-
-    _run_to_end(results, data_dir, log, *extra)
-    seen["log"] = log.read_text()
-    seen["checkpoint_left"] = (rdir / CHECKPOINT).exists()
-    seen["start_steps"] = _start_steps(rdir)
-    return seen
-
-
-def kill_scenario(root: Path, data_dir: Path, seed: int) -> dict:
-    """SIGKILL a worker at a seeded random moment, then rerun the same command until the run is finished.
-
-    The moment is a random checkpoint from the 2nd to the 7th, plus a random
-    fraction of the time between checkpoints (timed there), so it falls
-    inside the run, between two checkpoints, on a slow machine or a fast one.
-    """
-    results, (run_id,) = _stage(root, LONG)
-    rdir, log = run_dir(results / "stage1", run_id), root / "worker.log"
-    rng = random.Random(seed)
-    seen: dict = {"run_id": run_id, "rdir": rdir}
-    seen["target"], seen["fraction"] = CHECKPOINT_EVERY * rng.randint(2, 7), rng.random()
-
-    proc = _worker(results, data_dir, log)
-    try:
-        seen["after_step"], gap = _wait_for_checkpoint_step(rdir / CHECKPOINT, seen["target"], proc, log)
-        seen["delay"] = seen["fraction"] * gap
-        time.sleep(seen["delay"])
-        seen["alive_when_killed"] = proc.poll() is None
-        proc.kill()
-        proc.wait(timeout=30)
-    finally:
-        _kill(proc)
-    seen["result_after_kill"] = (rdir / RESULT).exists()
-    seen["step"] = _checkpoint_step(rdir / CHECKPOINT)
-
-    seen["reruns"] = 0
-    while not (rdir / RESULT).exists() and seen["reruns"] < 3:  # the same command, until the run is finished
-        _run_to_end(results, data_dir, log)
-        seen["reruns"] += 1
-    seen["log"] = log.read_text()
-    seen["checkpoint_left"] = (rdir / CHECKPOINT).exists()
-    seen["temps_left"] = sorted(p.name for p in rdir.glob(".*.tmp"))
-    seen["start_steps"] = _start_steps(rdir)
-    return seen
-
-
-def lease_scenario(root: Path, data_dir: Path) -> dict:
-    """One soft-lock worker against three runs whose leases are already taken.
-
-    - `local`: its holder was killed on this host (the marker names a dead pid);
-    - `remote`: its holder was killed on "another host" (a pid nobody here can
-      probe), so only the lease going unrefreshed for LEASE_S frees it;
-    - `live`: its holder runs on, its heartbeat refreshing the lease.
-
-    The worker must train the first two and keep waiting on the third; once
-    it has watched the live lease for well over LEASE_S it is sent SIGTERM.
-    """
-    names = ("local", "remote", "live")
-    results, ids = _stage(root, SHORT, (DESIGN, DESIGN.replace(state_size=16), DESIGN.replace(state_size=8)))
-    stage_dir = results / "stage1"
-    paths = {n: lock_path(stage_dir, i) for n, i in zip(names, ids)}
-    done = {n: run_dir(stage_dir, i) / RESULT for n, i in zip(names, ids)}
-    seen: dict = {}
-
-    live = start_lease_holder(paths["live"], LEASE_S)
-    try:
-        seen["live_claim"] = paths["live"].read_bytes()  # a takeover would write a claim of its own
-        dead_local = start_lease_holder(paths["local"], LEASE_S)
-        dead_remote = start_lease_holder(paths["remote"], LEASE_S, host="node-elsewhere")
-        _kill(dead_local)  # each dies holding its lease: the lease file stays, never refreshed again
-        _kill(dead_remote)
-        seen["markers_left"] = paths["local"].exists() and paths["remote"].exists()
-
-        log = root / "worker.log"
-        proc = _worker(results, data_dir, log, "--lock", "soft", "--lease-s", str(LEASE_S))
-        started = time.monotonic()
-        try:
-            finished: dict[str, float | None] = {"local": None, "remote": None}
-            while None in finished.values() and proc.poll() is None and time.monotonic() < started + 45:
-                for name in finished:
-                    if finished[name] is None and done[name].exists():
-                        finished[name] = round(time.monotonic() - started, 2)
-                time.sleep(0.05)
-            seen["finished_s"] = finished
-            # The worker has watched the live lease since its first scan, at least LEASE_S before it could take
-            # the remote one; it rescans every 2 s: give it at least one more look (> 2.5 * LEASE_S in all).
-            time.sleep(1.5 * LEASE_S)
-            seen["worker_running"] = proc.poll() is None
-            seen["live_finished"] = done["live"].exists()
-            proc.send_signal(signal.SIGTERM)
-            seen["exit"] = proc.wait(timeout=30)
-            seen["live_finished_after_exit"] = done["live"].exists()
-        finally:
-            _kill(proc)
-        seen["log"] = log.read_text()[-3000:]
-        seen["holder_alive"] = live.poll() is None
-        seen["live_claim_after"] = paths["live"].read_bytes() if paths["live"].exists() else b""
-    finally:
-        _kill(live)
-    return seen
-
-
-# --------------------------------------------------------------------------- starting them
-
-
-def uses(key: str):
-    """Mark a test as checking scenario `key` ("sigkill" tests add their seed), so only needed ones are started."""
-
-    def mark(test):
-        test.scenario = key
-        return test
-
-    return mark
-
-
-def _wanted(request: pytest.FixtureRequest) -> set[str]:
-    """The scenarios the selected tests of this module need (all of them unless -k deselected some)."""
-    keys = set()
-    for item in request.session.items:
-        key = getattr(getattr(item, "function", None), "scenario", None)
-        if item.module is request.module and key is not None:
-            seed = getattr(item, "callspec", None) and item.callspec.params.get("seed")
-            keys.add(f"{key}-{seed}" if seed is not None else key)
-    return keys
-
-
-@pytest.fixture(scope="module")
-def scenarios(request, tmp_path_factory, data_dir):
-    """Futures of every needed scenario, all started now, the signal and kill ones two at a time.
-
-    The undisturbed run and the lease scenario start once the SIGTERM and
-    SIGINT exits have been timed, so those two exits share the two cores with
-    nothing but each other.
-    """
-    wanted = _wanted(request)
-    ref = Reference(tmp_path_factory.mktemp("undisturbed"), data_dir) if wanted - {"leases"} else None
-    timed = Countdown(len(wanted & {"sigterm", "sigint"}))
-    jobs = {
-        "sigterm": (signal_scenario, signal.SIGTERM, False, timed),
-        "sigint": (signal_scenario, signal.SIGINT, True, timed),
-        **{f"sigkill-{seed}": (kill_scenario, seed) for seed in KILL_SEEDS},
-    }
-    lease_root = tmp_path_factory.mktemp("leases")
-
-    def side_job() -> dict | None:
-        timed.event.wait(120)
-        if ref is not None:
-            ref.start()
-        return lease_scenario(lease_root, data_dir) if "leases" in wanted else None
-
-    lanes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scenario")
-    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
-    futures: dict[str, Future | Reference | None] = {"reference": ref}
-    try:
-        for key, (fn, *args) in jobs.items():
-            if key in wanted:
-                futures[key] = lanes.submit(fn, tmp_path_factory.mktemp(key), data_dir, *args)
-        futures["leases"] = side.submit(side_job)
-        yield futures
-    finally:
-        lanes.shutdown(wait=True, cancel_futures=True)
-        side.shutdown(wait=True, cancel_futures=True)
-        if ref is not None and ref.proc is not None:
-            _kill(ref.proc)
-
-
-def _seen(scenarios: dict, key: str) -> dict:
-    return scenarios[key].result(timeout=SCENARIO_TIMEOUT_S)
-
 
 # --------------------------------------------------------------------------- signals the worker handles
 
 
+def _signalled(scenarios: dict, signum: signal.Signals, exit_code: int) -> dict:
+    """What the scenario of `signum` saw, once checked that the worker it signalled mid-run exited with
+    `exit_code` (128 + the signal) and wrote no result."""
+    seen = _seen(scenarios, signum.name.lower())
+    print(f"\n{signum.name} -> exit: {seen['signal_to_exit_s']:.3f}s (checkpoint at step {seen['step']})")
+    assert seen["alive_when_signalled"], seen["stop_log"][-3000:]
+    assert seen["exit"] == 128 + signum == exit_code, seen["stop_log"][-3000:]
+    assert not seen["result_after_stop"]
+    return seen
+
+
 @uses("sigterm")
 def test_sigterm_checkpoints_releases_the_lock_exits_143_and_resumes_exactly(scenarios):
-    seen = _seen(scenarios, "sigterm")
-    print(f"\nSIGTERM -> exit: {seen['signal_to_exit_s']:.3f}s (checkpoint at step {seen['step']})")
-    assert seen["alive_when_signalled"], seen["stop_log"][-3000:]
-    assert seen["exit"] == 128 + signal.SIGTERM == 143, seen["stop_log"][-3000:]
+    seen = _signalled(scenarios, signal.SIGTERM, 143)
     assert seen["signal_to_exit_s"] < 5.0
     assert "received SIGTERM" in seen["stop_log"]
-    assert not seen["result_after_stop"]
     step = seen["step"]
     assert step is not None and CHECKPOINT_EVERY <= step < LONG["steps"]
     assert f"interrupted; checkpoint at step {step}" in seen["stop_log"]
@@ -433,23 +84,19 @@ def test_sigterm_checkpoints_releases_the_lock_exits_143_and_resumes_exactly(sce
     assert f"resuming {seen['run_id']} from step {step}" in seen["log"]
     assert seen["start_steps"] == [0, step]
     assert (seen["rdir"] / RESULT).exists() and not seen["checkpoint_left"]
-    _assert_same_run(seen["rdir"], scenarios["reference"].run_dir())
+    assert_same_run(seen["rdir"], scenarios["reference"].run_dir())
 
 
 @uses("sigint")
 def test_sigint_exits_130_releases_the_soft_lease_and_resumes(scenarios):
-    seen = _seen(scenarios, "sigint")
-    print(f"\nSIGINT -> exit: {seen['signal_to_exit_s']:.3f}s (checkpoint at step {seen['step']})")
-    assert seen["alive_when_signalled"], seen["stop_log"][-3000:]
-    assert seen["exit"] == 128 + signal.SIGINT == 130, seen["stop_log"][-3000:]
-    assert not seen["result_after_stop"]
+    seen = _signalled(scenarios, signal.SIGINT, 130)
     assert seen["step"] is not None and seen["step"] >= CHECKPOINT_EVERY
     # The lease was released, not left to expire: its marker is gone and a new claim succeeds at once.
     assert not seen["marker_left"]
     assert seen["lock_free"]
     assert f"resuming {seen['run_id']} from step {seen['step']}" in seen["log"]
     assert (seen["rdir"] / RESULT).exists()
-    _assert_same_run(seen["rdir"], scenarios["reference"].run_dir())
+    assert_same_run(seen["rdir"], scenarios["reference"].run_dir())
 
 
 # --------------------------------------------------------------------------- a crash nobody handles
@@ -472,7 +119,7 @@ def test_sigkill_at_a_random_moment_resumes_bit_for_bit(scenarios, seed):
     assert seen["start_steps"] == [0, step]
     assert not seen["checkpoint_left"]
     assert not seen["temps_left"], "temp files of the killed writer are left"
-    _assert_same_run(seen["rdir"], scenarios["reference"].run_dir())
+    assert_same_run(seen["rdir"], scenarios["reference"].run_dir())
 
 
 # --------------------------------------------------------------------------- soft leases
@@ -501,3 +148,227 @@ def test_soft_lease_of_a_live_holder_is_not_taken_over(scenarios):
     assert seen["exit"] == 143, seen["log"]
     assert seen["holder_alive"]
     assert seen["live_claim_after"] == seen["live_claim"]  # still the holder's claim, byte for byte
+
+
+# --------------------------------------------------------------------------- the scenarios, started in the background
+
+
+@pytest.fixture(scope="module")
+def scenarios(request, tmp_path_factory, data_dir):
+    """Futures of every needed scenario, all started now, the signal and kill ones two at a time.
+
+    The undisturbed run and the lease scenario start once the SIGTERM and
+    SIGINT exits have been timed, so those two exits share the two cores with
+    nothing but each other.
+    """
+    wanted = wanted_scenarios(request)
+    ref = Reference(tmp_path_factory.mktemp("undisturbed"), data_dir) if wanted - {"leases"} else None
+    timed = Countdown(len(wanted & {"sigterm", "sigint"}))
+    jobs = {
+        "sigterm": (signal_scenario, signal.SIGTERM, False, timed),
+        "sigint": (signal_scenario, signal.SIGINT, True, timed),
+        **{f"sigkill-{seed}": (kill_scenario, seed) for seed in KILL_SEEDS},
+    }
+    lease_root = tmp_path_factory.mktemp("leases")
+
+    def side_job() -> dict | None:
+        timed.event.wait(120)
+        if ref is not None:
+            ref.start()
+        return lease_scenario(lease_root, data_dir) if "leases" in wanted else None
+
+    lanes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scenario")
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
+    futures: dict[str, Future | Reference | None] = {"reference": ref}
+    try:
+        for key, (fn, *args) in jobs.items():
+            if key in wanted:
+                futures[key] = lanes.submit(fn, tmp_path_factory.mktemp(key), data_dir, *args)
+        futures["leases"] = side.submit(side_job)
+        yield futures
+    finally:
+        lanes.shutdown(wait=True, cancel_futures=True)
+        side.shutdown(wait=True, cancel_futures=True)
+        if ref is not None and ref.proc is not None:
+            kill(ref.proc)
+
+
+def _seen(scenarios: dict, key: str) -> dict:
+    return scenarios[key].result(timeout=SCENARIO_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------- what each scenario does and records
+
+
+def _stage(root: Path, settings: dict, designs: tuple[Design, ...] = (DESIGN,)) -> tuple[Path, list[str]]:
+    """A results folder whose stage1 manifest holds one run per design; returns (results, run ids)."""
+    results = root / "results"
+    runs = make_runs(designs, settings)
+    write_manifest(manifest_path(results / "stage1"), runs)
+    return results, [run.id for run in runs]
+
+
+def _worker(results: Path, data_dir: Path, log: Path, **overrides: object) -> subprocess.Popen:
+    """One real worker process on the stage1 of `results`, checkpointing every CHECKPOINT_EVERY steps."""
+    return start_worker(results, data_dir, log, checkpoint_every=CHECKPOINT_EVERY, **overrides)
+
+
+class Reference:
+    """LONG trained in one go by the same command, in its own results folder, in the background."""
+
+    def __init__(self, root: Path, data_dir: Path) -> None:
+        self.results, (run_id,) = _stage(root, LONG)
+        self.data_dir, self.log = data_dir, root / "worker.log"
+        self.dir = run_dir(self.results / "stage1", run_id)
+        self.proc: subprocess.Popen | None = None
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.proc = _worker(self.results, self.data_dir, self.log)
+        self._started.set()
+
+    def run_dir(self) -> Path:
+        assert self._started.wait(SCENARIO_TIMEOUT_S), "the undisturbed run never started"
+        with self._lock:
+            code = finish(self.proc, self.log)
+        assert code == 0, self.log.read_text()[-3000:]
+        assert (self.dir / RESULT).exists() and not (self.dir / CHECKPOINT).exists()
+        return self.dir
+
+
+def signal_scenario(root: Path, data_dir: Path, signum: int, soft: bool, timed: Countdown) -> dict:
+    """Signal a worker just past its first checkpoint, look at what it left, then rerun the same command.
+
+    `timed` is told once the exit has been timed, so other workers can start without slowing that exit down.
+    """
+    done = timed.party()
+    try:
+        return _signal_scenario(root, data_dir, signum, soft, done)
+    finally:
+        done()  # if it failed before the exit was timed
+
+
+def _signal_scenario(root: Path, data_dir: Path, signum: int, soft: bool, timed) -> dict:
+    extra = {"lock": "soft", "lock_lease_s": LEASE_S} if soft else {}
+    results, (run_id,) = _stage(root, LONG)
+    stage_dir = results / "stage1"
+    rdir, path, log = run_dir(stage_dir, run_id), lock_path(stage_dir, run_id), root / "worker.log"
+    seen: dict = {"run_id": run_id, "rdir": rdir}
+
+    proc = _worker(results, data_dir, log, **extra)
+    try:
+        wait_for(rdir / CHECKPOINT, proc, log)
+        time.sleep(0.2)  # inside the run, past the first checkpoint
+        seen["alive_when_signalled"] = proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        seen["exit"] = proc.wait(timeout=30)
+        seen["signal_to_exit_s"] = time.monotonic() - sent
+    finally:
+        kill(proc)
+        timed()
+    seen["stop_log"] = log.read_text()
+    seen["result_after_stop"] = (rdir / RESULT).exists()
+    seen["step"] = checkpoint_step(rdir / CHECKPOINT)
+    seen["marker_left"] = path.exists()  # a released soft lease removes its marker
+    seen["lock_free"] = can_take(SoftFileLease(path, lease_duration=LEASE_S) if soft else FileLock(path))
+
+    run_to_end(_worker(results, data_dir, log, **extra), log)
+    seen["log"] = log.read_text()
+    seen["checkpoint_left"] = (rdir / CHECKPOINT).exists()
+    seen["start_steps"] = start_steps(rdir)
+    return seen
+
+
+def kill_scenario(root: Path, data_dir: Path, seed: int) -> dict:
+    """SIGKILL a worker at a seeded random moment, then rerun the same command until the run is finished.
+
+    The moment is a random checkpoint from the 2nd to the 7th, plus a random
+    fraction of the time between checkpoints (timed there), so it falls
+    inside the run, between two checkpoints, on a slow machine or a fast one.
+    """
+    results, (run_id,) = _stage(root, LONG)
+    rdir, log = run_dir(results / "stage1", run_id), root / "worker.log"
+    rng = random.Random(seed)
+    seen: dict = {"run_id": run_id, "rdir": rdir}
+    seen["target"], seen["fraction"] = CHECKPOINT_EVERY * rng.randint(2, 7), rng.random()
+
+    proc = _worker(results, data_dir, log)
+    try:
+        seen["after_step"], gap = wait_for_checkpoint_step(rdir / CHECKPOINT, seen["target"], proc, log)
+        seen["delay"] = seen["fraction"] * gap
+        time.sleep(seen["delay"])
+        seen["alive_when_killed"] = proc.poll() is None
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        kill(proc)
+    seen["result_after_kill"] = (rdir / RESULT).exists()
+    seen["step"] = checkpoint_step(rdir / CHECKPOINT)
+
+    seen["reruns"] = 0
+    while not (rdir / RESULT).exists() and seen["reruns"] < 3:  # the same command, until the run is finished
+        run_to_end(_worker(results, data_dir, log), log)
+        seen["reruns"] += 1
+    seen["log"] = log.read_text()
+    seen["checkpoint_left"] = (rdir / CHECKPOINT).exists()
+    seen["temps_left"] = sorted(p.name for p in rdir.glob(".*.tmp"))
+    seen["start_steps"] = start_steps(rdir)
+    return seen
+
+
+def lease_scenario(root: Path, data_dir: Path) -> dict:
+    """One soft-lock worker against three runs whose leases are already taken.
+
+    - `local`: its holder was killed on this host (the marker names a dead pid);
+    - `remote`: its holder was killed on "another host" (a pid nobody here can
+      probe), so only the lease going unrefreshed for LEASE_S frees it;
+    - `live`: its holder runs on, its heartbeat refreshing the lease.
+
+    The worker must train the first two and keep waiting on the third; once
+    it has watched the live lease for well over LEASE_S it is sent SIGTERM.
+    """
+    names = ("local", "remote", "live")
+    results, ids = _stage(root, SHORT, (DESIGN, DESIGN.replace(state_size=16), DESIGN.replace(state_size=8)))
+    stage_dir = results / "stage1"
+    paths = {n: lock_path(stage_dir, i) for n, i in zip(names, ids)}
+    done = {n: run_dir(stage_dir, i) / RESULT for n, i in zip(names, ids)}
+    seen: dict = {}
+
+    live = start_lease_holder(paths["live"], LEASE_S)
+    try:
+        seen["live_claim"] = paths["live"].read_bytes()  # a takeover would write a claim of its own
+        dead_local = start_lease_holder(paths["local"], LEASE_S)
+        dead_remote = start_lease_holder(paths["remote"], LEASE_S, host="node-elsewhere")
+        kill(dead_local)  # each dies holding its lease: the lease file stays, never refreshed again
+        kill(dead_remote)
+        seen["markers_left"] = paths["local"].exists() and paths["remote"].exists()
+
+        log = root / "worker.log"
+        proc = _worker(results, data_dir, log, lock="soft", lock_lease_s=LEASE_S)
+        started = time.monotonic()
+        try:
+            finished: dict[str, float | None] = {"local": None, "remote": None}
+            while None in finished.values() and proc.poll() is None and time.monotonic() < started + 45:
+                for name in finished:
+                    if finished[name] is None and done[name].exists():
+                        finished[name] = round(time.monotonic() - started, 2)
+                time.sleep(0.05)
+            seen["finished_s"] = finished
+            # The worker has watched the live lease since its first scan, at least LEASE_S before it could take
+            # the remote one; it rescans every 2 s: give it at least one more look (> 2.5 * LEASE_S in all).
+            time.sleep(1.5 * LEASE_S)
+            seen["worker_running"] = proc.poll() is None
+            seen["live_finished"] = done["live"].exists()
+            proc.send_signal(signal.SIGTERM)
+            seen["exit"] = proc.wait(timeout=30)
+            seen["live_finished_after_exit"] = done["live"].exists()
+        finally:
+            kill(proc)
+        seen["log"] = log.read_text()[-3000:]
+        seen["holder_alive"] = live.poll() is None
+        seen["live_claim_after"] = paths["live"].read_bytes() if paths["live"].exists() else b""
+    finally:
+        kill(live)
+    return seen

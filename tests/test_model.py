@@ -7,16 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from designs import all_on
 from rnnsweep.grid import SWITCHES, Design
 from rnnsweep.model import ByteModel, count_params, plan
 from rnnsweep.optim import Adam
 from rnnsweep.reference import ReferenceModel, engine_state
 
-ALL_SWITCHES = [
-    dict(zip(SWITCHES, bits))
-    for bits in itertools.product((False, True), repeat=len(SWITCHES))
-    if bits[4] or bits[5]  # use_new_state or use_old_state
-]
+_EVERY_SETTING = (dict(zip(SWITCHES, bits)) for bits in itertools.product((False, True), repeat=len(SWITCHES)))
+ALL_SWITCHES = [s for s in _EVERY_SETTING if s["use_new_state"] or s["use_old_state"]]
 SWITCH_IDS = lambda s: "".join(str(int(v)) for v in s.values())  # noqa: E731
 TOL = dict(rtol=1e-12, atol=1e-12)
 
@@ -82,7 +80,7 @@ def check_against_reference(design: Design, superset: bool, device: torch.device
 
 def test_replicate_initialisation_depends_only_on_its_seed():
     """What makes a run's curve the same alone and in a group: replicate r starts from seed r's weights."""
-    design = Design(*([True] * 7), n_layers=2, state_size=6)
+    design = all_on(n_layers=2, state_size=6)
     group = ByteModel(design, seeds=[3, 5, 3])
     alone = ByteModel(design, seeds=[5])
     first, second, third = (group.replicate(group.theta, r) for r in range(3))
@@ -101,7 +99,7 @@ def test_initial_distribution_matches_linear():
     really comes from.
     """
     n = 64
-    design = Design(*([True] * 7), n_layers=1, state_size=n)
+    design = all_on(n_layers=1, state_size=n)
     engine = ByteModel(design, seeds=[0])
     torch.manual_seed(0)
     reference = engine_state(ReferenceModel(design))

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from rnnsweep import plots, stats
+from rnnsweep.layout import STAGE_FIGURES
 from rnnsweep.stats import FACTORS, SWITCHES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-STAGE3_FIGURES = {"group_swarm", "group_curves", "group_means", "group_table"}
+STAGE3_FIGURES = set(STAGE_FIGURES["stage3"])
 LOG_EVERY = 50
 N_POINTS = 40
 
@@ -172,10 +173,8 @@ def test_design_labels_are_short_and_distinct(stage1: tuple[pd.DataFrame, pd.Dat
         == "L2 S256 F+SG+res new"
 
 
-def test_registry_names() -> None:
-    assert set(plots.FIGURES) == {"loss_curves", "swarm_all", "swarm_below", "regression",
-                                  "best_curves", "swarm", "group_swarm", "group_curves",
-                                  "group_means", "group_table"}
+def test_every_figure_of_every_stage_has_a_function() -> None:
+    assert set(plots.FIGURES) == {name for names in STAGE_FIGURES.values() for name in names}
 
 
 @pytest.mark.parametrize("name", sorted(plots.FIGURES))
@@ -184,7 +183,7 @@ def test_every_figure_writes_png(name: str, tmp_path: Path,
                                  stage3: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     summary, curves = stage3 if name in STAGE3_FIGURES else stage1
     out = tmp_path / "nested" / f"{name}.png"
-    plots.FIGURES[name](summary, curves, out, threshold=1.9, top=5, smooth=10)
+    plots.FIGURES[name](summary, curves, out, threshold=1.9, best_curves=5, smooth=10)
     _assert_png(out)
 
 

@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from grouping import stop_at
 from rnnsweep import provenance
 from rnnsweep.claims import Worker
 from rnnsweep.data import generate_corpus, load_split, prepare_corpus
@@ -112,7 +112,7 @@ def test_a_worker_started_before_the_manifest_changed_stops_instead_of_undoing_i
     results = tmp_path / "results"
     runs = _stage(results, TINY)
     stale = Worker(results / "stage1", data_dir, device="cpu", poll_s=0.05, progress_s=1e9)
-    stale.inputs = stale._stamp()
+    stale.inputs = stale._input_stamp()
     write_manifest(manifest_path(results / "stage1"), make_runs([r.design for r in runs], {**TINY, "steps": 25}))
     with pytest.raises(ManifestError, match="changed since this worker started"):
         stale._check_inputs()
@@ -137,14 +137,9 @@ def test_another_corpus_retrains_every_run(tmp_path, data_dir, one_thread):
 def test_a_checkpoint_of_another_run_is_moved_aside_not_resumed(tmp_path, splits, one_thread, caplog):
     """Copying replicate r1's checkpoint into r2's folder must not make r2's result r1's."""
     _, r1, r2 = make_runs(stage1_designs([1], [4])[:1], {**TINY, "steps": 40}, replicates=3)
-    stop = threading.Event()
-
-    def stop_at_20(step: int, ema: float, rate: float) -> None:
-        if step >= 20:
-            stop.set()
-
+    stop, report = stop_at(20)
     with pytest.raises(Interrupted):
-        train_run(r1, *splits, tmp_path / r1.id, CPU, report=stop_at_20, stop=stop)
+        train_run(r1, *splits, tmp_path / r1.id, CPU, report=report, stop=stop)
     (tmp_path / r2.id).mkdir()
     shutil.copy(tmp_path / r1.id / CHECKPOINT, tmp_path / r2.id / CHECKPOINT)
     got = train_run(r2, *splits, tmp_path / r2.id, CPU)

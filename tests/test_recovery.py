@@ -20,11 +20,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-FIGURES = {
-    "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
-    "stage2": ["best_curves", "swarm"],
-    "stage3": ["group_swarm", "group_curves", "group_means", "group_table"],
-}
+from rnnsweep.config import STAGES
+from rnnsweep.layout import FIGURE_SUFFIX, STAGE_FIGURES, STAGE_TABLES, TABLE_SUFFIX, curves_path, summary_path
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"]
 STUDY = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/smoke.yaml").read_text())["study"]
 KILL_AFTER = 100  # stage-1 results on disk before Snakemake is killed (of 432)
@@ -128,14 +126,15 @@ def test_snakemake_killed_then_unlock_and_rerun_incomplete(tmp_path, copy_checko
 
     # ---- everything is finished
     results = workdir / "results" / STUDY
-    for stage in FIGURES:
-        assert (results / stage / "summary.csv").exists(), stage
-        assert (results / stage / "curves.csv").exists(), stage
-    assert (results / "stage1/regression.csv").exists()
-    assert (results / "stage3/groups.csv").exists()
-    for stage, names in FIGURES.items():
+    for stage in STAGES:
+        assert summary_path(results / stage).exists(), stage
+        assert curves_path(results / stage).exists(), stage
+    for stage, names in STAGE_TABLES.items():
         for name in names:
-            png = workdir / "figures" / STUDY / stage / f"{name}.png"
+            assert (results / stage / f"{name}{TABLE_SUFFIX}").exists()
+    for stage, names in STAGE_FIGURES.items():
+        for name in names:
+            png = workdir / "figures" / STUDY / stage / f"{name}{FIGURE_SUFFIX}"
             assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
     # ---- the runs finished before the kill were neither lost nor trained again

@@ -21,21 +21,23 @@ import pytest
 import torch
 
 import rnnsweep.train as train_mod
-from rnnsweep.claims import Worker, read_result
+from rnnsweep.claims import Worker
+from rnnsweep.results import read_result
 from rnnsweep.grid import Design, make_runs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.policy import run_groups
 from rnnsweep.train import Interrupted, train_run, train_runs
 from conftest import run_worker_processes
+from designs import all_on, design
 from grouping import TINY, stop_at
 from test_claims import HOLDER
 from test_train import read_curve, sabotage, weights
 
 CPU = torch.device("cpu")
-DESIGN = Design(True, True, True, True, True, True, True, n_layers=2, state_size=8)
+DESIGN = all_on(n_layers=2, state_size=8)
 UNALIGNED = DESIGN.replace(state_size=6)
-OTHER = Design(False, True, False, True, True, False, True, n_layers=1, state_size=4)
+OTHER = design("forget_gate", "state_gate", "new_state", "residual", n_layers=1, state_size=4)
 SAME = ("status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "seed")
 
 

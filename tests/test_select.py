@@ -1,6 +1,6 @@
 """Stage-2 and stage-3 selection from a previous stage's summary (rnnsweep.select).
 
-Expected designs are recomputed here from the spec's rule, with plain sorting
+Expected designs are recomputed here from the rule of docs/study.md §5–6, with plain sorting
 and set arithmetic, and compared with what the module builds.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from designs import design
 from rnnsweep.grid import SWITCHES, Design, make_runs, stage1_designs
 from rnnsweep.select import stage2_designs, stage2_runs, stage3_designs, stage3_runs
 
@@ -40,8 +41,10 @@ def _summary(designs: list[Design], seed: int, n_diverged: int = 30) -> pd.DataF
     return frame
 
 
-def _key(d: Design) -> tuple:
-    return tuple(dataclasses.astuple(d))
+def _design_of(row) -> Design:
+    """The design of a summary row, read with plain bool() and int()."""
+    switches = {k: bool(row[k]) for k in SWITCHES}
+    return Design(**switches, n_layers=int(row["n_layers"]), state_size=int(row["state_size"]))
 
 
 def _ranked_ok(frame: pd.DataFrame) -> list[tuple[float, str, Design]]:
@@ -50,12 +53,7 @@ def _ranked_ok(frame: pd.DataFrame) -> list[tuple[float, str, Design]]:
     for record in frame.to_dict("records"):
         if record["status"] != "ok":
             continue
-        design = Design(
-            **{k: bool(record[k]) for k in SWITCHES},
-            n_layers=int(record["n_layers"]),
-            state_size=int(record["state_size"]),
-        )
-        out.append((float(record["min_loss"]), str(record["id"]), design))
+        out.append((float(record["min_loss"]), str(record["id"]), _design_of(record)))
     return sorted(out, key=lambda t: (t[0], t[1]))
 
 
@@ -108,7 +106,7 @@ def test_stage2_never_selects_diverged(stage1):
     diverged = stage1[stage1["status"] == "diverged"]
     ok_keys = {d for _, _, d in _ranked_ok(stage1)}
     for _, row in diverged.iterrows():
-        d = Design(**{k: bool(row[k]) for k in SWITCHES}, n_layers=int(row["n_layers"]), state_size=int(row["state_size"]))
+        d = _design_of(row)
         if d in got:  # only allowed as a variant of a kept finished design
             assert d in _expected_stage2(stage1, 0.1, 512, 3, [256, 512])
             assert d not in {x for _, _, x in _ranked_ok(stage1)[:43]}
@@ -125,11 +123,9 @@ def test_stage2_does_not_depend_on_row_order_or_csv_round_trip(stage1, tmp_path)
 
 
 def test_stage2_variants_and_duplicates_kept_once():
-    sw = dict(zip(SWITCHES, (True, False, True, False, True, True, True)))
-    a = Design(**sw, n_layers=1, state_size=256)
-    b = Design(**sw, n_layers=2, state_size=256)
-    c = Design(**sw, n_layers=3, state_size=256)
-    filler = [d for d in stage1_designs([1], [64]) if d.use_input_gate != sw["use_input_gate"]][:7]
+    a = design("input_gate", "output_gate", "new_state", "old_state", "residual", n_layers=1, state_size=256)
+    b, c = a.replace(n_layers=2), a.replace(n_layers=3)
+    filler = [d for d in stage1_designs([1], [64]) if d.use_input_gate != a.use_input_gate][:7]
     designs = [a, b, c, *filler]
     frame = pd.DataFrame([r.row() for r in make_runs(designs, SETTINGS)])
     frame["status"] = "ok"
@@ -169,7 +165,7 @@ def test_stage2_keeps_floor_of_fraction_times_n(fraction, kept):
 
 
 def test_stage2_runs(stage1):
-    runs = stage2_runs(stage1, STAGE2, base_seed=3)
+    runs = stage2_runs(stage1, {**STAGE2, "seed": 3})
     designs = stage2_designs(stage1, 0.1, 512, 3, [256, 512])
     assert [r.design for r in runs] == designs
     assert [r.id for r in runs] == [d.id for d in designs]
@@ -195,7 +191,7 @@ def test_stage3_best_top_k(stage2):
 
 def test_stage3_runs_replicates_ids_and_seeds(stage2, tmp_path):
     cfg = dict(top_k=10, replicates=10, **SETTINGS)
-    runs = stage3_runs(stage2, cfg, base_seed=0)
+    runs = stage3_runs(stage2, {**cfg, "seed": 0})
     best = [d for _, _, d in _ranked_ok(stage2)][:10]
     assert len(runs) == 100
     for d in best:
@@ -209,7 +205,7 @@ def test_stage3_runs_replicates_ids_and_seeds(stage2, tmp_path):
     assert len({r.seed for r in runs}) == 100
     # the same from the summary as written to disk and read back
     stage2.to_csv(tmp_path / "summary.csv", index=False)
-    again = stage3_runs(pd.read_csv(tmp_path / "summary.csv"), cfg, base_seed=0)
+    again = stage3_runs(pd.read_csv(tmp_path / "summary.csv"), {**cfg, "seed": 0})
     assert again == runs
 
 

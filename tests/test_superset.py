@@ -19,7 +19,8 @@ import yaml
 
 import rnnsweep.train as train_mod
 from rnnsweep import config, policy, provenance
-from rnnsweep.claims import Worker, read_result
+from rnnsweep.claims import Worker
+from rnnsweep.results import read_result
 from rnnsweep.grid import COLUMNS, SWITCHES, Design, ManifestError, make_runs, read_manifest, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, manifest_path
 from rnnsweep.model import ByteModel, initial_weights, superset_layout
@@ -268,11 +269,13 @@ def test_grid_command_writes_the_chosen_paths(tmp_path):
     from rnnsweep.cli import main
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    args = ["grid", "--results", str(tmp_path), "--n-layers", "1", "--state-sizes", "8", "512", *flags, "--device", "cpu"]
+    manifest = manifest_path(tmp_path / "stage1")
+    args = ["grid", "--out", str(manifest), "--n-layers", "1", "--state-sizes", "8", "512", *flags, "--device", "cpu",
+            "--precision", "fp32", "--seed", "0"]
     assert main(args + ["--batch-designs", "off"]) == 0
-    assert {r.engine for r in read_manifest(manifest_path(tmp_path / "stage1"))} == {"design"}
+    assert {r.engine for r in read_manifest(manifest)} == {"design"}
     assert main(args + ["--batch-designs", "auto"]) == 0
-    runs = read_manifest(manifest_path(tmp_path / "stage1"))
+    runs = read_manifest(manifest)
     want = policy.choose_paths([r.design for r in runs], TINY["batch_size"], 1, "auto", "cpu")
     assert [r.engine for r in runs] == [want[r.design] for r in runs]
     assert "superset" in {r.engine for r in runs}

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import rnnsweep.train as train_mod
+from designs import all_on, design
 from rnnsweep.grid import Design, make_runs
 from rnnsweep.layout import RESULT_FIELDS
 from rnnsweep.model import ByteModel, count_params
@@ -27,14 +28,13 @@ from rnnsweep.train import Sampler, train_run
 
 CPU = torch.device("cpu")
 
-DESIGN = Design(True, True, True, True, True, True, True, n_layers=2, state_size=4)
-PLAIN = Design(False, False, False, False, True, False, False, n_layers=1, state_size=4)
+DESIGN = all_on(n_layers=2, state_size=4)
+PLAIN = design("new_state", n_layers=1, state_size=4)  # no gates, no old state, no residual path
+SETTINGS = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=2)
 
 
 def _run(design: Design = DESIGN, **changes):
-    settings = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=2)
-    settings.update(changes)
-    return make_runs([design], settings)[0]
+    return make_runs([design], SETTINGS | changes)[0]
 
 
 def reference(run, train_data):
@@ -147,7 +147,7 @@ def test_result_record(tmp_path, splits, one_thread):
 def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one_thread):
     """precision bf16: the same run, its arithmetic in bfloat16; weights and Adam stay float32."""
     train, valid = splits
-    run = _run(design=Design(True, True, True, True, True, True, True, n_layers=2, state_size=16), steps=40, lr=3e-3)
+    run = _run(design=all_on(n_layers=2, state_size=16), steps=40, lr=3e-3)
     fp32 = train_run(run, train, valid, tmp_path / "fp32", CPU)
     bf16 = train_run(dataclasses.replace(run, precision="bf16"), train, valid, tmp_path / "bf16", CPU)
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
@@ -173,7 +173,7 @@ def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
 
 def test_other_seed_gives_other_curve(tmp_path, splits, one_thread):
     train, valid = splits
-    a, b = make_runs([DESIGN], dict(steps=10, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=2), replicates=2)
+    a, b = make_runs([DESIGN], SETTINGS | {"steps": 10}, replicates=2)
     train_run(a, train, valid, tmp_path / "a", CPU)
     train_run(b, train, valid, tmp_path / "b", CPU)
     assert read_curve(tmp_path / "a") != read_curve(tmp_path / "b")

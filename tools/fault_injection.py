@@ -25,7 +25,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +34,9 @@ import torch
 
 from rnnsweep import config, data
 from rnnsweep.aggregate import collect
+from rnnsweep.cli import worker_command
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, manifest_path, run_dir
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, CURVE, RESULT, WEIGHTS, manifest_path, run_dir
 from rnnsweep.policy import engine_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +56,14 @@ def setup(folder: Path, profile: dict, runs: int | None) -> None:
 class Fleet:
     """Worker processes of one stage, with the moments each one started and ended."""
 
-    def __init__(self, folder: Path, checkpoint_every: int) -> None:
-        self.folder, self.checkpoint_every = folder, checkpoint_every
+    def __init__(self, folder: Path, profile: dict) -> None:
+        self.folder, self.profile = folder, profile
         self.live: dict[int, subprocess.Popen] = {}
         self.ended: dict[int, float] = {}  # pid -> when it was killed or exited
         self.started = self.kills = 0
 
     def start(self, index: int, count: int) -> None:
-        cmd = [
-            sys.executable, "-m", "rnnsweep", "worker", "--stage", "stage1", "--results", str(self.folder),
-            "--data", str(self.folder / "data"), "--index", str(index), "--count", str(count), "--threads", "1",
-            "--checkpoint-every", str(self.checkpoint_every),
-        ]
+        cmd = worker_command(manifest_path(self.folder / "stage1"), self.folder / "data", self.profile, index, count)
         log = open(self.folder / f"worker-{self.started}.log", "w")
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
@@ -108,7 +104,7 @@ def training_pids(folder: Path) -> set[int]:
     return pids
 
 
-def disturb(folder: Path, workers: int, kills: int, checkpoint_every: int, rng: random.Random) -> Fleet:
+def disturb(folder: Path, workers: int, kills: int, profile: dict, rng: random.Random) -> Fleet:
     """SIGKILL a random mid-run worker `kills` times, spread over the stage, and start a replacement each time.
 
     Kill k waits until k/(kills+1) of all but `workers` runs are finished, then
@@ -116,7 +112,7 @@ def disturb(folder: Path, workers: int, kills: int, checkpoint_every: int, rng: 
     even the last one finds runs left to interrupt when a run takes a fraction
     of a second.
     """
-    fleet = Fleet(folder, checkpoint_every)
+    fleet = Fleet(folder, profile)
     for i in range(workers):
         fleet.start(i, workers)
     total = unfinished(folder)
@@ -154,8 +150,8 @@ def audit(folder: Path, fleet: Fleet) -> dict:
     for run_id in ids:
         folder_r = run_dir(stage, run_id)
         json.loads((folder_r / RESULT).read_text())
-        pd.read_csv(folder_r / "curve.csv")
-        torch.load(folder_r / "weights.pt", weights_only=True)
+        pd.read_csv(folder_r / CURVE)
+        torch.load(folder_r / WEIGHTS, weights_only=True)
         counts["temps_left"] += len(list(folder_r.glob(".*.tmp")))
         counts["checkpoints_left"] += (folder_r / CHECKPOINT).exists()
         attempts = [json.loads(line) for line in (folder_r / ATTEMPTS).read_text().splitlines()]
@@ -190,15 +186,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
-    profile = config.load(*args.profile, overrides={"stage1": {"steps": args.steps}} if args.steps else None)
+    # Workers train on the CPU with one thread each, checkpointing often enough for kills to land between checkpoints.
+    overrides = {"device": "cpu", "threads_per_worker": 1, "checkpoint_every": args.checkpoint_every}
+    profile = config.load(*args.profile, overrides={**overrides, **({"stage1": {"steps": args.steps}} if args.steps else {})})
     base = args.dir or Path(tempfile.mkdtemp(prefix="rnnsweep-faults-"))
     disturbed, reference = base / "disturbed", base / "reference"
     for folder in (disturbed, reference):
         setup(folder, profile, args.runs)
     started = time.time()
-    fleet = disturb(disturbed, args.workers, args.kills, args.checkpoint_every, random.Random(args.seed))
+    fleet = disturb(disturbed, args.workers, args.kills, profile, random.Random(args.seed))
     wall = time.time() - started
-    calm = Fleet(reference, args.checkpoint_every)
+    calm = Fleet(reference, profile)
     calm.start(0, 1)
     calm.wait_all()
     report = {"kills": fleet.kills, "worker_starts": fleet.started, **audit(disturbed, fleet),

@@ -1,4 +1,4 @@
-"""Collect a stage's finished runs into summary.csv and curves.csv."""
+"""Collect a stage's finished runs into its summary and curves tables, and read those tables back."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from rnnsweep import data, provenance
-from rnnsweep.claims import read_result
+from rnnsweep.results import read_result
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import COLUMNS, ManifestError, read_manifest
-from rnnsweep.layout import CURVE, CURVE_COLUMNS, RESULT_FIELDS, manifest_path, run_dir
+from rnnsweep.layout import CURVE, CURVE_COLUMNS, RESULT_FIELDS, curves_path, manifest_path, run_dir, summary_path
 
 # The record's fields that the manifest row does not already hold (its `steps` becomes `steps_done`).
 RESULT_COLUMNS = tuple(k for k in RESULT_FIELDS if k not in ("id", "seed", "steps"))
@@ -37,7 +37,7 @@ CURVES_COLUMNS = ("id", *CURVE_COLUMNS)
 
 
 def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
-    """A stage's summary.csv (or, with `curves`, curves.csv), refused unless it has rows, its columns and numbers."""
+    """A stage's summary table (or, with `curves`, its curves table), refused unless it has rows, its columns and numbers."""
     try:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -59,7 +59,7 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
 def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, curves) of a stage, in manifest order; refuses if any run lacks a valid result.
 
-    Valid means what claims.read_result checks: record and curve parse, and the
+    Valid means what results.read_result checks: record and curve parse, and the
     record's fingerprint is the one the manifest row and the data's splits give now.
     """
     runs = read_manifest(manifest_path(stage_dir))
@@ -81,12 +81,16 @@ def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a table atomically: a reader never sees half of it."""
     with atomic_open(path) as handle:
         frame.to_csv(handle, index=False)
 
 
-def aggregate(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def aggregate(
+    stage_dir: Path, data_dir: Path, summary_out: Path | None = None, curves_out: Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write a stage's summary and curves tables (by default beside its manifest); return them."""
     summary, curves = collect(stage_dir, data_dir)
-    write_csv(summary, stage_dir / "summary.csv")
-    write_csv(curves, stage_dir / "curves.csv")
+    write_csv(summary, summary_out or summary_path(stage_dir))
+    write_csv(curves, curves_out or curves_path(stage_dir))
     return summary, curves

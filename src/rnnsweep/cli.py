@@ -1,30 +1,86 @@
 """`rnnsweep <command>`: every pipeline step as a command, so each runs without Snakemake.
 
-The Snakemake rules call these commands with values from the validated
-profile; a user can call the same commands by hand (for example to add a
-worker from another machine that shares the results folder).
+The Snakemake rules call these commands with the files they read and write
+and with values from the validated profile; a user can call the same commands
+by hand (for example to add a worker from another machine that shares the
+results folder). Options that a profile sets are spelled as its keys
+(`threads_per_worker` is `--threads-per-worker`), and `profile_options` turns a
+profile into them: the one place where the two meet.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-
-import pandas as pd
 
 from rnnsweep import config, data
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import LOCKS, Worker
 from rnnsweep.fsutil import UnsafePath
 from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import DATA_DIR, manifest_path
+from rnnsweep.layout import STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 
 log = logging.getLogger("rnnsweep")
 
 #: Errors that are the user's (or the machine's: a full disk, a read-only folder) to fix: one line, no traceback.
 USER_ERRORS = (config.ConfigError, ManifestError, data.DataError, MissingResults, SummaryError, UnsafePath, OSError)
+
+#: Profile keys that say which corpus a study reads and how it is fetched or made.
+DATA_KEYS = ("corpus", "cache_dir", "enwik8_url", "enwik8_sha256", "generated_bytes", "seed")
+#: Profile keys that say how runs are trained, by `worker` and by `aggregate`; and their threads, which a
+#: Snakemake rule passes as the `threads` Snakemake grants (fewer than the profile's under a small --cores).
+WORKER_KEYS = ("device", "lock", "lock_lease_s", "checkpoint_every")
+THREADS_KEY = "threads_per_worker"
+#: Profile keys, beside a stage's design keys and training settings, that a manifest's rows depend on.
+MANIFEST_KEYS = ("precision", "batch_designs", "device", "seed")
+#: Profile keys (of its `plots` block) that every figure takes.
+PLOT_KEYS = ("threshold", "best_curves", "smooth")
+
+
+def option(key: str) -> str:
+    """The command-line option of a profile key."""
+    return "--" + key.replace("_", "-")
+
+
+def profile_options(block: Mapping[str, object], keys: Iterable[str]) -> list[str]:
+    """The options that pass `keys` of a profile block to a command (a list gives several values, null none)."""
+    argv: list[str] = []
+    for key in keys:
+        value = block[key]
+        if value is not None:
+            argv += [option(key), *map(str, value if isinstance(value, list) else [value])]
+    return argv
+
+
+def manifest_options(profile: Mapping, stage: str) -> list[str]:
+    """What `grid` (stage 1) or `select` (stages 2, 3) needs from a profile besides its files."""
+    block = profile[stage]
+    return profile_options(block, (*config.design_keys(stage), *SETTINGS)) + profile_options(profile, MANIFEST_KEYS)
+
+
+def worker_options(profile: Mapping) -> list[str]:
+    """What `worker` and `aggregate` need from a profile besides their files."""
+    return profile_options(profile, (*WORKER_KEYS, THREADS_KEY))
+
+
+def worker_args(manifest: Path, data_dir: Path, profile: Mapping, index: int = 0, count: int = 1) -> list[str]:
+    """The arguments of worker `index` of `count` on a stage, with a profile's training options."""
+    where = ["--manifest", str(manifest), "--data", str(data_dir), "--index", str(index), "--count", str(count)]
+    return ["worker", *where, *worker_options(profile)]
+
+
+def worker_command(manifest: Path, data_dir: Path, profile: Mapping, index: int = 0, count: int = 1) -> list[str]:
+    """`worker_args` as a process to start, with the Python running this one."""
+    return [sys.executable, "-m", "rnnsweep", *worker_args(manifest, data_dir, profile, index, count)]
+
+
+def shell_words(argv: Iterable[str]) -> str:
+    """Options as one shell-quoted string, for a Snakemake rule's command."""
+    return " ".join(map(shlex.quote, argv))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,37 +97,41 @@ def _positive(text: str) -> int:
     return value
 
 
-def _training_flags(parser: argparse.ArgumentParser) -> None:
+def _design_options(parser: argparse.ArgumentParser, stage: str, required: bool) -> None:
+    """The stage's design keys as options, typed and described by the profile schema."""
+    for key in config.design_keys(stage):
+        kind, listed, text = config.describe(stage, key)
+        parser.add_argument(option(key), type=kind, nargs="+" if listed else None, required=required, help=f"{stage}: {text}")
+
+
+def _manifest_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training settings written into every manifest row")
     for key in SETTINGS:
-        group.add_argument(f"--{key.replace('_', '-')}", type=float if key == "lr" else int, required=True)
-    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic of each training step")
+        group.add_argument(option(key), type=float if key == "lr" else int, required=True)
+    group.add_argument("--precision", choices=PRECISIONS, required=True, help="arithmetic of each training step")
     group.add_argument(
-        "--batch-designs", choices=BATCH_DESIGNS, default="auto",
+        "--batch-designs", choices=BATCH_DESIGNS, required=True,
         help="auto: train designs of one shape as one superset model where the cost model says it is faster; off: never",
     )
-    group.add_argument("--device", default="auto", help="where the workers will train: picks the cost model's device")
+    group.add_argument("--device", required=True, help="where the workers will train: picks the cost model's device")
+    group.add_argument("--seed", type=int, required=True, help="base of every run's seed")
 
 
-def _worker_flags(parser: argparse.ArgumentParser) -> None:
+def _worker_options(parser: argparse.ArgumentParser) -> None:
     """How runs are trained: by `worker`, and by `aggregate` for runs it finds without a valid result."""
-    parser.add_argument("--data", help="folder with train.bin and valid.bin (default: RESULTS/data)")
+    parser.add_argument("--manifest", required=True, help="the stage's manifest.csv; its folder is the stage's")
+    parser.add_argument("--data", help="folder with train.bin and valid.bin (default: data/ beside the stage folders)")
     parser.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
     parser.add_argument("--count", type=_positive, default=1, help="how many workers there are")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=_positive, default=1)
-    parser.add_argument("--lock", choices=LOCKS, default="filelock", help="filelock (flock) or soft (lease, for NFS)")
-    parser.add_argument("--lease-s", type=float, default=60.0, help="soft locks: seconds unrefreshed before a lease may be taken over")
-    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints inside a run (0: none)")
-
-
-def _stage_dir(args: argparse.Namespace) -> Path:
-    return Path(args.results) / config.check_stage(args.stage)
+    parser.add_argument("--device", required=True, help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--threads-per-worker", type=_positive, required=True, help="torch threads")
+    parser.add_argument("--lock", choices=LOCKS, required=True, help="filelock (flock) or soft (lease, for NFS)")
+    parser.add_argument("--lock-lease-s", type=float, help="with --lock soft: seconds unrefreshed before a lease may be taken over")
+    parser.add_argument("--checkpoint-every", type=int, required=True, help="steps between checkpoints inside a run (0: none)")
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    """The corpus splits a study trains on: beside its stages, unless given."""
-    return Path(args.data) if args.data else Path(args.results) / DATA_DIR
+    return Path(args.data) if args.data else data_dir_of(stage_of(args.manifest))
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -93,7 +153,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
     designs = stage1_designs(args.n_layers, args.state_sizes)
     runs = make_runs(designs, vars(args), base_seed=args.seed, engine=engine_paths(designs, vars(args)))
-    written = write_manifest(manifest_path(Path(args.results) / "stage1"), runs)
+    written = write_manifest(Path(args.out), runs)
     log.info("stage1 manifest: %d runs", len(written))
 
 
@@ -101,39 +161,37 @@ def cmd_select(args: argparse.Namespace) -> None:
     from rnnsweep import select  # pandas-heavy; only this command needs it
 
     stage = config.check_stage(args.stage)
-    previous = {"stage2": "stage1", "stage3": "stage2"}.get(stage)
-    if previous is None:
+    if stage == config.STAGES[0]:
         raise config.ConfigError("select builds stage2 or stage3; stage1 comes from `rnnsweep grid`")
-    needed = {"stage2": ("keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes"), "stage3": ("top_k", "replicates")}
-    missing = [f"--{k.replace('_', '-')}" for k in needed[stage] if getattr(args, k) is None]
+    missing = [option(key) for key in config.design_keys(stage) if getattr(args, key) is None]
     if missing:
         raise config.ConfigError(f"select --stage {stage} needs {' '.join(missing)}")
-    summary = read_summary(Path(args.results) / previous / "summary.csv")
-    cfg = vars(args)
-    runs = select.stage2_runs(summary, cfg, args.seed) if stage == "stage2" else select.stage3_runs(summary, cfg, args.seed)
+    runs = select.SELECTIONS[stage](read_summary(Path(args.summary)), vars(args))
     if not runs:
-        raise config.ConfigError(f"no run of {previous} qualifies for {stage} (none finished ok, or the share kept rounds to 0)")
-    written = write_manifest(manifest_path(_stage_dir(args)), runs)
-    log.info("%s manifest: %d runs from %s", stage, len(written), previous)
+        raise config.ConfigError(f"no run of {args.summary} qualifies for {stage} (none finished ok, or the share kept rounds to 0)")
+    written = write_manifest(Path(args.out), runs)
+    log.info("%s manifest: %d runs from %s", stage, len(written), args.summary)
 
 
 def _worker(args: argparse.Namespace) -> Worker:
     """A claiming worker from the command's training options, stopping cleanly on SIGTERM/SIGINT."""
     import torch  # only training needs it; every other command starts faster without
 
-    torch.set_num_threads(args.threads)
-    from rnnsweep.train import keep_freed_memory
+    from rnnsweep.memory import keep_freed_memory
 
+    if args.lock == "soft" and args.lock_lease_s is None:
+        raise config.ConfigError("--lock soft needs --lock-lease-s")
+    torch.set_num_threads(args.threads_per_worker)
     keep_freed_memory()
     worker = Worker(
-        stage_dir=_stage_dir(args),
+        stage_dir=stage_of(args.manifest),
         data_dir=_data_dir(args),
         index=args.index,
         count=args.count,
         device=args.device,
         lock=args.lock,
         checkpoint_every=args.checkpoint_every,
-        lease_s=args.lease_s,
+        lease_s=args.lock_lease_s,
     )
     worker.stop_on_signals()
     return worker
@@ -159,18 +217,15 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     """Aggregate; a run without a valid result (damaged, or made under other settings) is trained here first."""
+    stage_dir = stage_of(args.manifest)
+    outputs = Path(args.summary or summary_path(stage_dir)), Path(args.curves or curves_path(stage_dir))
     try:
-        summary, curves = aggregate(_stage_dir(args), _data_dir(args))
+        summary, curves = aggregate(stage_dir, _data_dir(args), *outputs)
     except MissingResults as err:
-        log.warning("%s: %d runs have no valid result; training them before aggregating", args.stage, len(err.missing))
+        log.warning("%s: %d runs have no valid result; training them before aggregating", stage_dir.name, len(err.missing))
         _train(_worker(args))
-        summary, curves = aggregate(_stage_dir(args), _data_dir(args))
-    log.info("%s: %d runs, %d curve points", args.stage, len(summary), len(curves))
-
-
-def _frames(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
-    stage_dir = _stage_dir(args)
-    return read_summary(stage_dir / "summary.csv"), read_summary(stage_dir / "curves.csv", curves=True)
+        summary, curves = aggregate(stage_dir, _data_dir(args), *outputs)
+    log.info("%s: %d runs, %d curve points", stage_dir.name, len(summary), len(curves))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -178,16 +233,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     if args.figure not in plots.FIGURES:
         raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(plots.FIGURES)}")
-    summary, curves = _frames(args)
-    plots.FIGURES[args.figure](summary, curves, Path(args.out), threshold=args.threshold, top=args.top, smooth=args.smooth)
+    summary, curves = read_summary(Path(args.summary)), read_summary(Path(args.curves), curves=True)
+    options = {key: getattr(args, key) for key in PLOT_KEYS}
+    plots.FIGURES[args.figure](summary, curves, Path(args.out), **options)
 
 
 def cmd_table(args: argparse.Namespace) -> None:
     from rnnsweep import stats
 
-    summary, _ = _frames(args)
-    table = stats.regression(summary) if args.table == "regression" else stats.group_table(summary)
-    write_csv(table, Path(args.out))
+    write_csv(stats.TABLES[args.table](read_summary(Path(args.summary))), Path(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,62 +251,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="download or generate the corpus and split it 90/5/5")
     p.add_argument("--corpus", required=True, help="'enwik8', 'generated' or a path to a byte file")
-    p.add_argument("--out", default="results/data")
-    p.add_argument("--cache-dir", default="~/.cache/rnnsweep")
-    p.add_argument("--url", default=data.ENWIK8_URL)
-    p.add_argument("--sha256", default=None)
-    p.add_argument("--generated-bytes", type=int, default=2_000_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the splits and corpus.json")
+    p.add_argument("--cache-dir", required=True, help="where enwik8 is kept between studies")
+    p.add_argument("--enwik8-url", dest="url", help="corpus 'enwik8': where to download it")
+    p.add_argument("--enwik8-sha256", dest="sha256", help="corpus 'enwik8': its expected SHA-256 (else the size is checked)")
+    p.add_argument("--generated-bytes", type=int, help="corpus 'generated': its size")
+    p.add_argument("--seed", type=int, help="corpus 'generated': its seed")
     p.add_argument("--min-bytes", type=int, default=2, help="fail if a split is shorter (one window)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("grid", help="write the stage-1 manifest (runs already listed keep their order)")
-    p.add_argument("--results", default="results")
-    p.add_argument("--n-layers", type=int, nargs="+", required=True)
-    p.add_argument("--state-sizes", type=int, nargs="+", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    _training_flags(p)
+    p.add_argument("--out", required=True, help="the manifest to write")
+    _design_options(p, "stage1", required=True)
+    _manifest_options(p)
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("select", help="write the stage-2 or stage-3 manifest from the previous summary")
+    p = sub.add_parser("select", help="write the stage-2 or stage-3 manifest from the previous stage's summary")
     p.add_argument("--stage", required=True)
-    p.add_argument("--results", default="results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-fraction", type=float, help="stage2: share of stage 1 kept")
-    p.add_argument("--wide-state-size", type=int, help="stage2: extra width for each kept design")
-    p.add_argument("--deep-layers", type=int, help="stage2: depth of the deeper variants")
-    p.add_argument("--deep-state-sizes", type=int, nargs="+", help="stage2: widths of the deeper variants")
-    p.add_argument("--top-k", type=int, help="stage3: designs repeated")
-    p.add_argument("--replicates", type=int, help="stage3: seeds per design")
-    _training_flags(p)
+    p.add_argument("--summary", required=True, help="the previous stage's summary.csv")
+    p.add_argument("--out", required=True, help="the manifest to write")
+    for stage in config.STAGES[1:]:
+        _design_options(p, stage, required=False)
+    _manifest_options(p)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("worker", help="claim and train unfinished runs of a stage until none is left")
-    p.add_argument("--stage", required=True)
-    p.add_argument("--results", default="results")
-    _worker_flags(p)
+    _worker_options(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("aggregate", help="write summary.csv and curves.csv of a stage, training any run without a valid result")
-    p.add_argument("--stage", required=True)
-    p.add_argument("--results", default="results")
-    _worker_flags(p)
+    p = sub.add_parser("aggregate", help="write a stage's summary and curves tables, training any run without a valid result")
+    _worker_options(p)
+    p.add_argument("--summary", help="the summary table to write (default: summary.csv beside the manifest)")
+    p.add_argument("--curves", help="the curves table to write (default: curves.csv beside the manifest)")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("plot", help="render one figure")
     p.add_argument("figure")
-    p.add_argument("--stage", required=True)
-    p.add_argument("--results", default="results")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--curves", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=float, default=1.9)
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--smooth", type=int, default=10)
+    p.add_argument("--threshold", type=float, required=True, help="the 'memory is used' loss line")
+    p.add_argument("--best-curves", type=_positive, required=True, help="how many best runs best_curves draws")
+    p.add_argument("--smooth", type=_positive, required=True, help="moving-average window, in logged points")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("table", help="write an analysis table")
-    p.add_argument("table", choices=["regression", "groups"])
-    p.add_argument("--stage", required=True)
-    p.add_argument("--results", default="results")
+    p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))
+    p.add_argument("--summary", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_table)
     return parser

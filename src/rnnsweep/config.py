@@ -143,6 +143,31 @@ def merge(base: dict, update: dict) -> dict:
     return base
 
 
+def design_keys(stage: str) -> tuple[str, ...]:
+    """The keys of a stage's block that choose its designs (stage 1's grid, stage 2's and 3's selection), in schema order.
+
+    They are the stage's own keys beside the training settings every stage
+    shares. The rules, the command line and the tests take them from here, so
+    adding one to the schema is the whole change outside the code that uses it.
+    """
+    shared = schema()["$defs"]["training"]
+    return tuple(key for key in schema()["properties"][check_stage(stage)]["properties"] if key not in shared)
+
+
+def training_keys() -> tuple[str, ...]:
+    """The training settings every stage's block has (rnnsweep.grid.SETTINGS is the same list, as manifest columns)."""
+    return tuple(schema()["$defs"]["training"])
+
+
+def describe(stage: str, key: str) -> tuple[type, bool, str]:
+    """(element type, whether a list, description) of a key of a stage's block: what its command-line option takes."""
+    node = schema()["properties"][check_stage(stage)]["properties"][key]
+    kinds = _types(node)
+    listed = "array" in kinds
+    element = _types(_items(node)) if listed else kinds
+    return (int if element == {"integer"} else float), listed, node.get("description") or _resolved(node).get("description", "")
+
+
 def check_stage(stage: str) -> str:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")

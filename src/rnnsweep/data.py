@@ -26,10 +26,12 @@ import numpy as np
 from filelock import FileLock
 
 from rnnsweep.fsutil import atomic_open, atomic_write_json
+from rnnsweep.layout import CORPUS_META
 
-ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"  # canonical Hutter-prize URL
 ENWIK8_BYTES = 10**8
 SPLITS = ("train", "valid", "test")
+#: Corpora named rather than given as a file: downloaded (enwik8) or made here (generated, for tests).
+NAMED_CORPORA = ("enwik8", "generated")
 
 _CHUNK = 1 << 20
 _LOG_EVERY = 10 * _CHUNK
@@ -80,7 +82,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _problem(path: Path, expected_bytes: int, sha256: str | None) -> str | None:
+def _enwik8_problem(path: Path, expected_bytes: int, sha256: str | None) -> str | None:
     """Say what is wrong with a candidate enwik8 file, or None if it is good."""
     size = path.stat().st_size
     if size != expected_bytes:
@@ -134,7 +136,7 @@ def _extract(archive: Path, target: Path, url: str, expected_bytes: int, sha256:
             f"{archive} is not a zip holding a member 'enwik8' ({exc!r}); moved it to {bad}. "
             f"Rerun to download it again, or {_by_hand(url, archive.parent)}"
         ) from exc
-    problem = _problem(part, expected_bytes, sha256)
+    problem = _enwik8_problem(part, expected_bytes, sha256)
     if problem is not None:
         bad = _set_aside(part, target.name)
         bad_zip = _set_aside(archive, archive.name)
@@ -147,7 +149,7 @@ def _extract(archive: Path, target: Path, url: str, expected_bytes: int, sha256:
 
 def fetch_enwik8(
     cache_dir: Path,
-    url: str = ENWIK8_URL,
+    url: str,
     sha256: str | None = None,
     timeout: float = 60.0,
     *,
@@ -167,7 +169,7 @@ def fetch_enwik8(
     archive = cache_dir / "enwik8.zip"
     with FileLock(str(cache_dir / "enwik8.lock")):
         if target.exists():
-            problem = _problem(target, expected_bytes, sha256)
+            problem = _enwik8_problem(target, expected_bytes, sha256)
             if problem is not None:
                 bad = _set_aside(target, target.name)
                 raise DataError(
@@ -356,14 +358,18 @@ def _local_corpus(source: str) -> tuple[np.ndarray, Path]:
 
 
 def _load_source(
-    source: str, cache_dir: Path, url: str, sha256: str | None,
-    generated_bytes: int, seed: int, expected_bytes: int,
+    source: str, cache_dir: Path, url: str | None, sha256: str | None,
+    generated_bytes: int | None, seed: int | None, expected_bytes: int,
 ) -> tuple[np.ndarray, str, str]:
     """The corpus bytes, the name recorded in corpus.json, and where to point the user on errors."""
     if source == "enwik8":
+        if url is None:
+            raise DataError("enwik8 needs the address to download it from (enwik8_url)")
         path = fetch_enwik8(cache_dir, url, sha256, expected_bytes=expected_bytes)
         return np.memmap(path, dtype=np.uint8, mode="r"), "enwik8", str(path)
     if source == "generated":
+        if generated_bytes is None or seed is None:
+            raise DataError("a generated corpus needs its size and seed (generated_bytes, seed)")
         corpus = np.frombuffer(generate_corpus(generated_bytes, seed), dtype=np.uint8)
         where = f"generated corpus (generated_bytes={generated_bytes}, seed={seed})"
         return corpus, "generated", where
@@ -376,10 +382,10 @@ def prepare_corpus(
     out_dir: Path,
     *,
     cache_dir: Path,
-    url: str = ENWIK8_URL,
+    url: str | None = None,
     sha256: str | None = None,
-    generated_bytes: int = 2_000_000,
-    seed: int = 0,
+    generated_bytes: int | None = None,
+    seed: int | None = None,
     min_bytes: int = 0,
     expected_bytes: int = ENWIK8_BYTES,
 ) -> dict:
@@ -394,7 +400,7 @@ def prepare_corpus(
     _check_long_enough(len(corpus), max(min_bytes, 2), where)  # a window is at least 2 bytes
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = out_dir / "corpus.json"
+    meta_path = out_dir / CORPUS_META
     meta_path.unlink(missing_ok=True)
     bounds = split_bounds(len(corpus))
     for split, (start, stop) in zip(SPLITS, bounds):

@@ -127,7 +127,7 @@ COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "see
 
 
 def stage1_designs(n_layers: Iterable[int], state_sizes: Iterable[int]) -> list[Design]:
-    """Every sensible design of spec §4, in a fixed order.
+    """Every sensible design of docs/study.md §4, in a fixed order.
 
     Widths below the largest listed are kept only with the residual path on,
     since a narrow cell without it cannot carry the byte identity forward.

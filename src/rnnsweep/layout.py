@@ -1,10 +1,38 @@
-"""Where a stage keeps its files; the one place that names them."""
+"""Where a study keeps its files, and which tables and figures each stage has: the one place that names them.
+
+The workflow's rules, the commands, the tools and the tests all take file
+names from here. A study folder holds the corpus splits beside one folder per
+stage; a stage folder holds its manifest, its tables and one folder per run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 DATA_DIR = "data"  # results/<study>/data/: the corpus splits beside the stages
+CORPUS_META = "corpus.json"  # written last by `rnnsweep data`: the splits are ready
+
+# ---------------------------------------------------------------- a stage's files
+MANIFEST = "manifest.csv"  # one row per run: design, replicate, seed, settings, path
+SUMMARY = "summary.csv"  # one row per run: the manifest row and its result
+CURVES = "curves.csv"  # every run's curve, long form
+WORKERS_DIR = "workers"  # workers/<i>.done: worker i saw the stage finished
+LOGS_DIR = "logs"  # results/<study>/logs/<stage>/: one log per job
+
+#: Analysis tables: stage -> names; table <name> of a stage is <stage>/<name>.csv, written by
+#: `rnnsweep table <name>` (rnnsweep.stats.TABLES).
+STAGE_TABLES: dict[str, tuple[str, ...]] = {"stage1": ("regression",), "stage3": ("groups",)}
+TABLE_SUFFIX = ".csv"
+#: Figures: stage -> names; figure <name> of a stage is figures/<study>/<stage>/<name>.png,
+#: drawn by `rnnsweep plot <name>` (rnnsweep.plots.FIGURES).
+STAGE_FIGURES: dict[str, tuple[str, ...]] = {
+    "stage1": ("loss_curves", "swarm_all", "swarm_below", "regression"),
+    "stage2": ("best_curves", "swarm"),
+    "stage3": ("group_swarm", "group_curves", "group_means", "group_table"),
+}
+FIGURE_SUFFIX = ".png"
+
+# ---------------------------------------------------------------- a run's files
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 RESULT_FIELDS = (
     "id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
@@ -22,12 +50,30 @@ ATTEMPTS = "attempts.jsonl"  # one line per claim: who trained the run, from whi
 
 
 def manifest_path(stage_dir: Path) -> Path:
-    return stage_dir / "manifest.csv"
+    return Path(stage_dir) / MANIFEST
+
+
+def summary_path(stage_dir: Path) -> Path:
+    return Path(stage_dir) / SUMMARY
+
+
+def curves_path(stage_dir: Path) -> Path:
+    return Path(stage_dir) / CURVES
+
+
+def stage_of(manifest: Path) -> Path:
+    """The stage folder a manifest describes: the folder that holds it."""
+    return Path(manifest).parent
+
+
+def data_dir_of(stage_dir: Path) -> Path:
+    """The corpus splits a stage trains on when none are named: beside the stage folders."""
+    return Path(stage_dir).parent / DATA_DIR
 
 
 def run_dir(stage_dir: Path, run_id: str) -> Path:
-    return stage_dir / "runs" / run_id
+    return Path(stage_dir) / "runs" / run_id
 
 
 def lock_path(stage_dir: Path, run_id: str) -> Path:
-    return stage_dir / "locks" / f"{run_id}.lock"
+    return Path(stage_dir) / "locks" / f"{run_id}.lock"

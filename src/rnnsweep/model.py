@@ -110,7 +110,7 @@ def _map(name: str, inputs: list[tuple[str, int]], blocks: list[tuple[str, int, 
     return [Param(f"{name}_w", (rows, cols), tuple(blocks), tuple(inputs)), Param(f"{name}_b", (rows,), tuple(blocks))]
 
 
-#: The inputs of the output map in the spec's order, each with the switch that puts it in u.
+#: The inputs of the output map in docs/study.md's order (§1), each with the switch that puts it in u.
 U_PARTS = {"h": "use_new_state", "s": "use_old_state", "x": "use_residual"}
 
 

@@ -1,4 +1,4 @@
-"""Spec §3's optimiser: Adam with PyTorch's defaults, over the engine's one flat parameter buffer.
+"""The optimiser of docs/study.md §3: Adam with PyTorch's defaults, over the engine's one flat parameter buffer.
 
 It runs the very kernel `torch.optim.Adam(fused=True)` runs (a test pins the
 two bit for bit), called directly: with one tensor the kernel takes a few

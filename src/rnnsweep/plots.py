@@ -1,7 +1,8 @@
 """Figures of the sweep: one function per PNG, collected in FIGURES.
 
-Every figure function has the signature ``(summary, curves, out, **options) -> None`` so the
-workflow can drive all of them the same way; options a figure does not use are ignored.
+Every figure function has the signature ``(summary, curves, out, **options) -> None``, the
+options being the profile's `plots` block, so the workflow drives all of them the same way;
+options a figure does not use are ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from rnnsweep import stats  # noqa: E402
-from rnnsweep.stats import FACTORS, design_label, ok_runs  # noqa: E402
+from rnnsweep.stats import FACTORS, design_label, usable_runs  # noqa: E402
 
 DPI = 120
 UNIFORM_LOSS = math.log(256)  # nats/byte of a uniform guess over bytes: the untrained baseline
@@ -250,7 +251,7 @@ def _swarm_grid(runs: pd.DataFrame, reference: pd.DataFrame, out: Path, threshol
 
 def _curve_ids_by_loss(summary: pd.DataFrame, top: int) -> list[str]:
     """Ids of the `top` ok runs with the lowest min_loss, best first."""
-    return ok_runs(summary).nsmallest(top, "min_loss")["id"].tolist()
+    return usable_runs(summary).nsmallest(top, "min_loss")["id"].tolist()
 
 
 def _stacked_label(label: str) -> str:
@@ -315,28 +316,22 @@ def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
 
 
 def swarm_all(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *,
-              threshold: float = 1.9, **_: object) -> None:
-    """Per-factor distribution of min_loss over every converged run."""
-    runs = ok_runs(summary)
+              threshold: float, **_: object) -> None:
+    """Per-factor distribution of min_loss over every converged run (stage 2's `swarm` too, to compare with stage 1)."""
+    runs = usable_runs(summary)
     _swarm_grid(runs, runs, out, threshold, f"min_loss by factor ({len(runs)} converged runs)")
 
 
 def swarm_below(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *,
-                threshold: float = 1.9, **_: object) -> None:
+                threshold: float, **_: object) -> None:
     """Per-factor swarms of the good runs only, to see which settings the winners share."""
-    runs = ok_runs(summary)
+    runs = usable_runs(summary)
     below = runs.loc[runs["min_loss"] < threshold]
     title = f"min_loss < {threshold:g} ({len(below)} of {len(summary)} runs)"
     _swarm_grid(below, runs, out, threshold, title)
 
 
-def swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *,
-          threshold: float = 1.9, **_: object) -> None:
-    """Stage-2 per-factor swarms; same layout as stage 1 for direct comparison."""
-    swarm_all(summary, curves, out, threshold=threshold)
-
-
-def regression(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def regression_bars(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
     """Bar chart of standardised effects: which factors move log(min_loss), and which way."""
     table = stats.regression(summary)
     r2 = float(table.loc[table["term"] == "R2", "coef"].iloc[0])
@@ -359,13 +354,13 @@ def regression(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obje
     _save(fig, out)
 
 
-def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, top: int = 5,
-                smooth: int = 10, **_: object) -> None:
+def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, best_curves: int,
+                smooth: int, **_: object) -> None:
     """Smoothed curves of the best runs on log steps, to compare how fast the winners learn."""
     finite = _finite_curves(curves)
     finite = finite.loc[finite["step"] > 0]
     by_id = summary.set_index("id")
-    best_ids = _curve_ids_by_loss(summary, top)
+    best_ids = _curve_ids_by_loss(summary, best_curves)
     fig, ax = plt.subplots(figsize=(10, 6), dpi=DPI, layout="constrained")
     for run_id in best_ids:
         line = finite.loc[finite["id"] == run_id]
@@ -377,7 +372,7 @@ def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, top: 
     # Only good runs here, so show their whole descent (up to uniform) rather than a quantile.
     ax.set_ylim(*_robust_ylim(finite.loc[finite["id"].isin(best_ids), "ema_loss"], quantile=1.0))
     ax.set(xlabel="step (log scale)", ylabel="EMA training loss (nats/byte)",
-           title=f"Best {top} runs by min_loss (moving average over {smooth} logged points)")
+           title=f"Best {best_curves} runs by min_loss (moving average over {smooth} logged points)")
     if best_ids:
         ax.legend(title="design (min_loss)", loc="upper right", fontsize=9)
     ax.grid(which="both", lw=0.4, alpha=0.4)
@@ -387,7 +382,7 @@ def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, top: 
 def group_swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
     """Replicate spread per stage-3 design, ranked by mean, to judge whether ranks are real."""
     table = stats.group_table(summary)
-    runs = ok_runs(summary)
+    runs = usable_runs(summary)
     title = f"Stage 3: min_loss of {len(table)} designs × replicates"
     if runs.empty:
         _message_figure(out, title, "Every stage-3 run diverged.")
@@ -463,7 +458,7 @@ def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     _save(fig, out)
 
 
-def group_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
     """The stage-3 ranking as a picture, for reports that embed figures only."""
     table = stats.group_table(summary)
     cells = [[str(r.rank), r.label, *(_number(v, 4) for v in (r.mean, r.std, r.min, r.max)),
@@ -486,15 +481,16 @@ def group_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     _save(fig, out)
 
 
+#: Figure name (rnnsweep.layout.STAGE_FIGURES) -> the function that draws it.
 FIGURES: dict[str, Callable[..., None]] = {
     "loss_curves": loss_curves,
     "swarm_all": swarm_all,
     "swarm_below": swarm_below,
-    "regression": regression,
+    "regression": regression_bars,
     "best_curves": best_curves,
-    "swarm": swarm,
+    "swarm": swarm_all,
     "group_swarm": group_swarm,
     "group_curves": group_curves,
     "group_means": group_means,
-    "group_table": group_table,
+    "group_table": ranking_table,
 }

@@ -179,7 +179,7 @@ def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
     groups = []
     for members in keyed.values():
         first = members[0]
-        layout = _layout(first)
+        layout = _run_layout(first)
         share = math.ceil(len(members) * workers / len(runs))
         size = min(max_group(layout, first.batch_size, kind), math.ceil(len(members) / share))
         groups += [members[i : i + size] for i in range(0, len(members), size)]
@@ -190,8 +190,8 @@ def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
 def group_seconds(group: list[Run], kind: str) -> float:
     """Predicted seconds to train a group (of one batch key) from its first step to its last."""
     run = group[0]
-    return run.steps * group_step_s(_layout(run), len(group), run.batch_size, run.engine, kind)
+    return run.steps * group_step_s(_run_layout(run), len(group), run.batch_size, run.engine, kind)
 
 
-def _layout(run: Run) -> Design:
+def _run_layout(run: Run) -> Design:
     return superset_layout(run.design) if run.engine == "superset" else run.design

@@ -1,8 +1,8 @@
-"""A plain, unfused implementation of spec §1–2, written line by line from the spec.
+"""A plain, unfused implementation of docs/study.md §1–2, written line by line from its definitions.
 
 It exists to check the fused engine in `rnnsweep.model` (the tests copy the
 same weights into both and compare values and gradients) and as the baseline
-of the speed benchmark. It favours resemblance to the spec over speed: one
+of the speed benchmark. It favours resemblance to the definitions over speed: one
 nn.Linear per map and a one-hot input through an affine map.
 """
 

@@ -1,4 +1,4 @@
-"""Build the stage-2 and stage-3 manifests from the previous stage's summary (spec §5–6)."""
+"""Build the stage-2 and stage-3 manifests from the previous stage's summary (docs/study.md §5–6)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Callable
 import pandas as pd
 
 from rnnsweep.grid import Design, Run, make_runs
+from rnnsweep.stats import usable_runs
 
 
-def ranked(summary: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs by min_loss, ties broken by id so the order never depends on file order."""
-    ok = summary[summary["status"] == "ok"]
-    return ok.sort_values(["min_loss", "id"], kind="stable")
+def ranked_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """Usable runs (rnnsweep.stats.usable_runs) by min_loss, ties broken by id so the order never depends on file order."""
+    return usable_runs(summary).sort_values(["min_loss", "id"], kind="stable")
 
 
 def _designs(rows: pd.DataFrame) -> list[Design]:
@@ -33,7 +33,7 @@ def stage2_designs(summary: pd.DataFrame, keep_fraction: float, wide_state_size:
     """
     keep = math.floor(Fraction(str(keep_fraction)) * len(summary))  # exact: 0.29 × 100 is 29, not 28
     designs = []
-    for design in _designs(ranked(summary).head(keep)):
+    for design in _designs(ranked_runs(summary).head(keep)):
         designs += [design, design.replace(state_size=wide_state_size)]
         if design.n_layers < deep_layers:
             designs += [design.replace(n_layers=deep_layers, state_size=s) for s in deep_state_sizes]
@@ -42,24 +42,30 @@ def stage2_designs(summary: pd.DataFrame, keep_fraction: float, wide_state_size:
 
 def stage3_designs(summary: pd.DataFrame, top_k: int) -> list[Design]:
     """The best `top_k` stage-2 designs, to be repeated with several seeds."""
-    return _unique(_designs(ranked(summary)))[:top_k]
+    return _unique(_designs(ranked_runs(summary)))[:top_k]
 
 
-def stage2_runs(summary: pd.DataFrame, cfg: dict, base_seed: int) -> list[Run]:
-    """Stage 2's runs; with `batch_designs` and `device` in `cfg`, each on the path the cost model picks."""
+def stage2_runs(summary: pd.DataFrame, cfg: dict) -> list[Run]:
+    """Stage 2's runs from stage 1's summary; with `batch_designs` and `device` in `cfg`, each on the path the cost model picks."""
     designs = stage2_designs(summary, cfg["keep_fraction"], cfg["wide_state_size"], cfg["deep_layers"], cfg["deep_state_sizes"])
-    return make_runs(designs, cfg, base_seed=base_seed, engine=_paths(designs, cfg, 1))
+    return make_runs(designs, cfg, base_seed=cfg["seed"], engine=_engine_paths(designs, cfg, 1))
 
 
-def stage3_runs(summary: pd.DataFrame, cfg: dict, base_seed: int) -> list[Run]:
+def stage3_runs(summary: pd.DataFrame, cfg: dict) -> list[Run]:
+    """Stage 3's runs from stage 2's summary: its best designs, each `replicates` times."""
     designs = stage3_designs(summary, cfg["top_k"])
-    paths = _paths(designs, cfg, cfg["replicates"])
-    return make_runs(designs, cfg, replicates=cfg["replicates"], base_seed=base_seed, engine=paths)
+    paths = _engine_paths(designs, cfg, cfg["replicates"])
+    return make_runs(designs, cfg, replicates=cfg["replicates"], base_seed=cfg["seed"], engine=paths)
 
 
-def _paths(designs: list[Design], cfg: dict, copies: int) -> Callable[[Design], str] | None:
+def _engine_paths(designs: list[Design], cfg: dict, copies: int) -> Callable[[Design], str] | None:
+    """Each design's engine path, by the cost model for `copies` runs of it; None (all `design`) without `batch_designs`."""
     if "batch_designs" not in cfg:
         return None  # every design on the design path
     from rnnsweep.policy import engine_paths  # torch, only to write a manifest that may use the superset path
 
     return engine_paths(designs, cfg, copies)
+
+
+#: The manifest of a stage from the previous stage's summary and the stage's profile block (with `seed`).
+SELECTIONS: dict[str, Callable[[pd.DataFrame, dict], list[Run]]] = {"stage2": stage2_runs, "stage3": stage3_runs}

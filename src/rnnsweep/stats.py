@@ -1,4 +1,4 @@
-"""Analysis tables for the sweep: factor regression, stage-3 group statistics, design labels."""
+"""Analysis tables of a stage's summary: which runs count, factor regression, stage-3 group statistics, design labels."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ _GATE_ABBREV: tuple[tuple[str, str], ...] = (
 _SOURCE_ABBREV: tuple[tuple[str, str], ...] = (("use_new_state", "new"), ("use_old_state", "old"))
 
 
-def ok_runs(summary: pd.DataFrame) -> pd.DataFrame:
-    """Runs usable for statistics: diverged runs carry no meaningful loss, and log() needs a positive one."""
+def usable_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """The runs a selection or a statistic may use: finished ok with a positive, finite min_loss.
+
+    Diverged runs carry no meaningful loss, and log() needs a positive one.
+    """
     loss = pd.to_numeric(summary["min_loss"], errors="coerce")
     keep = (summary["status"] == "ok") & np.isfinite(loss) & (loss > 0)
     return summary.loc[keep]
@@ -37,7 +40,7 @@ def regression(summary: pd.DataFrame) -> pd.DataFrame:
     factors; log() because loss improvements are multiplicative rather than additive.
     Constant factors (e.g. n_layers in stage 2) cannot be estimated, so they get NaN.
     """
-    runs = ok_runs(summary)
+    runs = usable_runs(summary)
     y = np.log(runs["min_loss"].to_numpy(dtype=float))
     x = runs[list(FACTORS)].to_numpy(dtype=float)
     coef = np.full(len(FACTORS), np.nan)
@@ -60,7 +63,7 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
     Diverged replicates are excluded from the statistics (their loss is undefined), so
     `n` counts the replicates that actually contributed.
     """
-    loss = summary["min_loss"].where(summary["status"] == "ok")
+    loss = summary["min_loss"].where(summary.index.isin(usable_runs(summary).index))
     stats = loss.groupby(summary["config_id"]).agg(
         mean="mean", std="std", min="min", max="max", n="count"
     )
@@ -77,3 +80,7 @@ def design_label(row: Mapping[str, Any] | pd.Series) -> str:
     gates = "+".join(abbrev for name, abbrev in _GATE_ABBREV if bool(row[name])) or "nogate"
     sources = "+".join(abbrev for name, abbrev in _SOURCE_ABBREV if bool(row[name])) or "nostate"
     return f"L{int(row['n_layers'])} S{int(row['state_size'])} {gates} {sources}"
+
+
+#: Analysis tables by name (rnnsweep.layout.STAGE_TABLES says which stage has which): summary -> table.
+TABLES = {"regression": regression, "groups": group_table}

@@ -1,4 +1,4 @@
-"""The one training loop of every stage: spec §3, truncated to a single step.
+"""The one training loop of every stage: docs/study.md §3, truncated to a single step.
 
 The state is detached after every step, so each byte position is its own
 optimiser step: feed byte j, predict byte j+1, step Adam. A window of
@@ -17,9 +17,6 @@ design's layout, so a run resumes in any grouping.
 
 from __future__ import annotations
 
-import csv
-import ctypes
-import io
 import json
 import logging
 import math
@@ -28,7 +25,6 @@ import socket
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,13 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnsweep import provenance
+from rnnsweep import checkpoint, provenance
+from rnnsweep.checkpoint import BUFFERS, Progress
 from rnnsweep.data import DataError
-from rnnsweep.fsutil import append_line, atomic_open, atomic_write_json, atomic_write_text, real_dirs
+from rnnsweep.fsutil import append_line, atomic_write_json, real_dirs
 from rnnsweep.grid import Run
-from rnnsweep.layout import ATTEMPTS, CHECKPOINT, CURVE, CURVE_COLUMNS, RESULT, RUN_CONFIG, WEIGHTS
-from rnnsweep.model import ByteModel, count_params, plan
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RUN_CONFIG
+from rnnsweep.model import ByteModel, count_params
 from rnnsweep.optim import Adam
+from rnnsweep.results import write_finished
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +48,6 @@ EMA_START = 3.0
 EMA_DECAY = 0.95
 #: A run's `precision` (grid.PRECISIONS) → the dtype of each step's arithmetic (parameters and Adam stay float32).
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-#: The buffers laid out like the parameters that a checkpoint holds per run.
-BUFFERS = ("params", "exp_avg", "exp_avg_sq")
 
 #: Called at every logged step with (step, ema_loss, steps_per_s); for a group, the mean EMA of its live runs.
 Reporter = Callable[[int, float, float], None]
@@ -64,25 +59,6 @@ class Interrupted(Exception):
     def __init__(self, run_ids: list[str], step: int) -> None:
         super().__init__(f"run{'s' * (len(run_ids) > 1)} {', '.join(run_ids)} interrupted; checkpoint at step {step}")
         self.step = step
-
-
-def keep_freed_memory() -> None:
-    """Make glibc keep freed memory for reuse instead of handing it back to the OS.
-
-    Every step frees and reallocates the same large tensors. glibc serves
-    blocks above its mmap threshold (dynamic, from 128 KB) with fresh
-    mappings, so a step can page-fault through them all again: measured here,
-    2,000 faults per step and half the speed for ten batched 1×32 replicates,
-    depending on how the threshold happened to adapt. Fixing both thresholds
-    at 32 MB keeps such blocks in the heap. Does nothing without glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)
-    libc.mallopt(m_trim_threshold, 256 << 20)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,59 +103,6 @@ def evaluate_bpb(model: ByteModel, data: np.ndarray, windows: int, history_size:
     return [t / (windows * (size - 1)) / math.log(2) for t in total.tolist()]
 
 
-@dataclass
-class Progress:
-    """One run's state between steps, as its checkpoint holds it (tensors on the CPU)."""
-
-    step: int = 0
-    ema: float = EMA_START
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    position: int = 0  # index within the current window; 0 means draw a new batch
-    batch: torch.Tensor | None = None  # the current window, (batch_size, history_size) uint8
-    states: list[torch.Tensor] | None = None  # per layer (batch_size, state_size), within the window
-    train_s: float = 0.0
-    tensors: dict[str, dict[str, torch.Tensor]] | None = None  # BUFFERS as replicate state dicts; None: fresh
-
-
-def _load_checkpoint(path: Path, run: Run, fingerprint: str, sampler: Sampler) -> Progress:
-    """Read and check a run's checkpoint; never executes code from the file (weights_only)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("fingerprint") != fingerprint:
-        raise ValueError(f"it was made for fingerprint {payload.get('fingerprint')}, not this run's {fingerprint}")
-    shapes = {p.name: p.shape for p in plan(run.design)}
-    tensors = {key: payload[key] for key in BUFFERS}
-    for key, state in tensors.items():
-        if {name: tuple(t.shape) for name, t in state.items()} != shapes:
-            raise ValueError(f"its {key} do not fit the design")
-    step, position = int(payload["step"]), int(payload["position"])
-    if not 0 <= step < run.steps or position != step % (run.history_size - 1):
-        raise ValueError(f"step {step} at position {position} does not fit the run")
-    batch, states = (payload["batch"], payload["states"]) if position else (None, None)
-    if position:
-        window, state = (run.batch_size, run.history_size), (run.batch_size, run.design.state_size)
-        if tuple(batch.shape) != window or [tuple(s.shape) for s in states] != [state] * run.design.n_layers:
-            raise ValueError("its window does not fit the run")
-    sampler.generator.set_state(payload["sampler"])  # last: a rejected checkpoint leaves the sampler fresh
-    curve = [(int(s), float(e)) for s, e in payload["curve"]]
-    return Progress(step, float(payload["ema"]), curve, position, batch, states, float(payload["train_s"]), tensors)
-
-
-def _resume(run: Run, fingerprint: str, run_dir: Path, sampler: Sampler) -> Progress:
-    """Resume from a checkpoint if it is this run's under these settings and data; any other is moved aside."""
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        return Progress()
-    try:
-        progress = _load_checkpoint(path, run, fingerprint, sampler)
-    except Exception as err:  # any damage means: start this run afresh
-        aside = path.with_name(f"{CHECKPOINT}.corrupt-{time.time_ns()}")
-        path.rename(aside)
-        log.warning("checkpoint %s is not usable (%s); moved to %s, restarting the run from step 0", path, err, aside.name)
-        return Progress()
-    log.info("resuming %s from step %d", run_dir.name, progress.step)
-    return progress
-
-
 def _record_attempt(run_dir: Path, start_step: int) -> None:
     """Append who trains the run from which step: the provenance a fault audit reads."""
     line = {"pid": os.getpid(), "host": socket.gethostname(), "start_step": start_step, "time": time.time()}
@@ -190,14 +113,6 @@ def _remove_stale_temps(run_dir: Path) -> None:
     """Temp files of a writer killed mid-write; safe to remove because the caller holds the run's lock."""
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
-
-
-def _write_curve(path: Path, curve: list[tuple[int, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CURVE_COLUMNS)
-    writer.writerows((step, repr(ema)) for step, ema in curve)
-    atomic_write_text(path, buf.getvalue())
 
 
 class _Group:
@@ -289,21 +204,15 @@ class _Group:
         """Write each live run's own checkpoint: its slices of every buffer and its own progress."""
         emas, now = self.ema.tolist(), time.perf_counter()
         for r in self.live:
-            payload = {
-                "fingerprint": self.fingerprints[r],
-                **{key: self._replicate(flat, r) for key, flat in self.buffers.items()},
-                "sampler": self.samplers[r].generator.get_state(),
-                "step": self.step,
-                "ema": emas[r],
-                "curve": [list(point) for point in self.progress[r].curve],
-                "position": self.position,
+            progress = Progress(
+                emas[r], self.step, self.progress[r].curve, self.position,
                 # The window as bytes (8x smaller) and the states: copies, not views of the whole group.
-                "batch": self.windows[:, r].T.to("cpu", torch.uint8) if self.position else None,
-                "states": [s[r].to("cpu", copy=True) for s in self.states] if self.position else None,
-                "train_s": self._train_s(r, now),
-            }
-            with atomic_open(self.run_dirs[r] / CHECKPOINT, "wb") as handle:
-                torch.save(payload, handle)
+                self.windows[:, r].T.to("cpu", torch.uint8) if self.position else None,
+                [s[r].to("cpu", copy=True) for s in self.states] if self.position else None,
+                self._train_s(r, now),
+                {key: self._replicate(flat, r) for key, flat in self.buffers.items()},
+            )
+            checkpoint.save(self.run_dirs[r] / CHECKPOINT, self.fingerprints[r], progress, self.samplers[r].generator.get_state())
 
     def _finish(self, r: int, status: str, valid_bpb: float, ended: float) -> dict:
         """Write the run's curve, weights and, last and atomically, its result record."""
@@ -327,10 +236,7 @@ class _Group:
             "fingerprint": self.fingerprints[r],
             "data": self.data_id,
         }
-        _write_curve(run_dir / CURVE, p.curve)
-        with atomic_open(run_dir / WEIGHTS, "wb") as handle:
-            torch.save(self._replicate(self.model.theta, r), handle)
-        atomic_write_json(run_dir / RESULT, result)
+        write_finished(run_dir, result, p.curve, self._replicate(self.model.theta, r))
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
         return result
 
@@ -368,7 +274,7 @@ def train_runs(
         _remove_stale_temps(run_dir)
         atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": data_id})
         samplers.append(Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1))
-        progress.append(_resume(run, fingerprint, run_dir, samplers[-1]))
+        progress.append(checkpoint.resume(run, fingerprint, run_dir, samplers[-1].generator, Progress(EMA_START)))
         _record_attempt(run_dir, progress[-1].step)
     results: dict[int, dict] = {}
     for step in sorted({p.step for p in progress}, reverse=True):  # the runs closest to done first

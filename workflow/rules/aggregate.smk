@@ -6,50 +6,34 @@
 rule aggregate:
     input:
         flags=worker_flags,
-        corpus=f"{DATA}/corpus.json",
+        manifest=stage_file("{stage}", MANIFEST),
+        corpus=f"{DATA}/{CORPUS_META}",
     output:
-        summary=f"{RESULTS}/{{stage}}/summary.csv",
-        curves=f"{RESULTS}/{{stage}}/curves.csv",
+        summary=stage_file("{stage}", SUMMARY),
+        curves=stage_file("{stage}", CURVES),
+    log:
+        f"{LOGS}/{{stage}}/aggregate.log",
+    retries: 2  # as `train`: it may be training
+    conda:
+        ENV
+    threads: config["threads_per_worker"]
     params:
-        results=lambda wildcards, output: results_of(output.summary),
         data=lambda wildcards, input: folder_of(input.corpus),
         training=TRAINING,
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
-    threads: config["threads_per_worker"]
-    conda:
-        ENV
-    log:
-        f"{LOGS}/{{stage}}/aggregate.log",
     shell:
-        "python -m rnnsweep aggregate --stage {wildcards.stage} --results {params.results} --data {params.data} {params.training}"
-        " --threads {threads} 2> {log}"
+        "python -m rnnsweep aggregate --manifest {input.manifest} --data {params.data} --summary {output.summary}"
+        " --curves {output.curves} {params.training} --threads-per-worker {threads} 2> {log}"
 
 
-rule regression_table:
+rule table:
     input:
-        f"{RESULTS}/stage1/summary.csv",
+        stage_file("{stage}", SUMMARY),
     output:
-        f"{RESULTS}/stage1/regression.csv",
-    params:
-        results=lambda wildcards, input: results_of(input[0]),
+        stage_file("{stage}", f"{{table}}{TABLE_SUFFIX}"),
+    log:
+        f"{LOGS}/{{stage}}/{{table}}.log",
     conda:
         ENV
-    log:
-        f"{LOGS}/stage1/regression.log",
     shell:
-        "python -m rnnsweep table regression --stage stage1 --results {params.results} --out {output} 2> {log}"
-
-
-rule group_table:
-    input:
-        f"{RESULTS}/stage3/summary.csv",
-    output:
-        f"{RESULTS}/stage3/groups.csv",
-    params:
-        results=lambda wildcards, input: results_of(input[0]),
-    conda:
-        ENV
-    log:
-        f"{LOGS}/stage3/groups.log",
-    shell:
-        "python -m rnnsweep table groups --stage stage3 --results {params.results} --out {output} 2> {log}"
+        "python -m rnnsweep table {wildcards.table} --summary {input} --out {output} 2> {log}"

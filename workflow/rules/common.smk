@@ -1,103 +1,124 @@
-# Configuration checks, paths and input functions shared by every rule.
+# Configuration checks, file names and input functions shared by every rule. File and figure
+# names come from rnnsweep.layout, command-line options from rnnsweep.cli: the rules spell neither.
 
 import os
-import shlex
 import sys
 from pathlib import Path
 
-from snakemake.settings.types import DeploymentMethod
-
 from rnnsweep import config as study_config
-from rnnsweep.layout import DATA_DIR
+from rnnsweep.cli import (
+    DATA_KEYS,
+    PLOT_KEYS,
+    WORKER_KEYS,
+    manifest_options,
+    profile_options,
+    shell_words,
+)
+from rnnsweep.data import NAMED_CORPORA, SPLITS, split_path
+from rnnsweep.layout import (
+    CORPUS_META,
+    CURVES,
+    DATA_DIR,
+    FIGURE_SUFFIX,
+    LOGS_DIR,
+    MANIFEST,
+    STAGE_FIGURES,
+    STAGE_TABLES,
+    SUMMARY,
+    TABLE_SUFFIX,
+    WORKERS_DIR,
+)
 from rnnsweep.provenance import ENGINE
-from rnnsweep.grid import SETTINGS
 
 try:
     study_config.validate(study_config.coerce(config))
 except study_config.ConfigError as err:
     raise ValueError(str(err)) from None
 
-# Jobs run `python -m rnnsweep`, with this checkout's src/ on PYTHONPATH. Without
-# a conda deployment `python` is the one running Snakemake, even if its virtual
-# environment was not activated; with `--sw-deployment-method conda` it is the
-# env's own.
-_prefix = f"export PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "  # braces doubled twice: f-string, then Snakemake
-if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
-    _prefix += f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"; '
-shell.prefix(_prefix)
+if config["corpus"] not in NAMED_CORPORA and not os.path.isfile(
+    os.path.expanduser(config["corpus"])
+):
+    raise ValueError(
+        f"corpus: {config['corpus']} is not a file; give {' or '.join(map(repr, NAMED_CORPORA))} or the path of a byte file"
+    )
+
+# Jobs run `python -m rnnsweep` from this checkout's src/, with the Python that runs Snakemake
+# even if its virtual environment was not activated. Jobs inherit this environment (on SLURM
+# through sbatch); a conda deployment puts its own environment first when a job starts.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(
+            None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")]
+        )
+    ),
+    PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    ),
+)
 ENV = "../../envs/rnnsweep.yaml"
 
 # Each configuration (`study`) has its own folders, so no profile ever reads, deletes or
 # overwrites another's files.
 RESULTS = f"results/{config['study']}"
 FIGURES_DIR = f"figures/{config['study']}"
-LOGS = f"{RESULTS}/logs"
+LOGS = f"{RESULTS}/{LOGS_DIR}"
 DATA = f"{RESULTS}/{DATA_DIR}"
 STAGES = study_config.STAGES
 WORKERS = list(range(config["workers"]))
-
-# Figures of each stage (names are rnnsweep.plots.FIGURES keys).
-FIGURES = {
-    "stage1": ["loss_curves", "swarm_all", "swarm_below", "regression"],
-    "stage2": ["best_curves", "swarm"],
-    "stage3": ["group_swarm", "group_curves", "group_means", "group_table"],
-}
-TABLES = {"stage1": "regression", "stage3": "groups"}
+# How runs are trained: by the workers, and by aggregation for a run it finds without a valid
+# result. Threads are the rule's `threads`, which Snakemake may lower to fit --cores.
+TRAINING = shell_words(profile_options(config, WORKER_KEYS))
 
 
 wildcard_constraints:
-    stage="stage[123]",
+    stage="|".join(STAGES),
     worker=r"\d+",
+    figure="|".join(
+        sorted({name for names in STAGE_FIGURES.values() for name in names})
+    ),
+    table="|".join(sorted({name for names in STAGE_TABLES.values() for name in names})),
 
 
-def flags(block, keys):
-    """Command-line flags for the given keys of a config block (lists become several values)."""
-    parts = []
-    for key in keys:
-        value = block[key]
-        values = value if isinstance(value, list) else [value]
-        parts.append(f"--{key.replace('_', '-')} " + " ".join(shlex.quote(str(v)) for v in values))
-    return " ".join(parts)
+def stage_file(stage, name):
+    """A file of a stage's folder; `stage` may be the wildcard "{stage}"."""
+    return f"{RESULTS}/{stage}/{name}"
 
 
-def corpus_input(wildcards):
-    """A local corpus file is an input, so editing it retrains; enwik8 and generated are not files yet."""
-    corpus = config["corpus"]
-    return [] if corpus in ("enwik8", "generated") else [os.path.expanduser(corpus)]
-
-
-if config["corpus"] not in ("enwik8", "generated") and not os.path.isfile(os.path.expanduser(config["corpus"])):
-    raise ValueError(f"corpus: {config['corpus']} is not a file; give 'enwik8', 'generated' or the path of a byte file")
-
-
-def worker_flags(wildcards):
-    return expand(f"{RESULTS}/{{stage}}/workers/{{worker}}.done", stage=wildcards.stage, worker=WORKERS)
-
-
-def all_targets():
-    targets = [f"{RESULTS}/{stage}/summary.csv" for stage in STAGES]
-    targets += [f"{RESULTS}/{stage}/{table}.csv" for stage, table in TABLES.items()]
-    targets += [f"{FIGURES_DIR}/{stage}/{name}.png" for stage, names in FIGURES.items() for name in names]
-    return targets
-
-
-# How a run is trained: by the workers, and by aggregation for a run it finds without a valid result.
-TRAINING = (
-    f"--device {config['device']} --lock {config['lock']} --lease-s {config['lock_lease_s']}"
-    f" --checkpoint-every {config['checkpoint_every']}"
-)
-
-
-def manifest_flags(stage):
-    """What a manifest row records beside the design: the stage's training settings, precision and path policy."""
-    policy = {key: config[key] for key in ("precision", "batch_designs", "device")}
-    return f"{flags(config[stage], SETTINGS)} {flags(policy, policy)}"
-
-
-def results_of(path):
-    """The study folder that holds a stage file: results/<study>/<stage>/<file> gives results/<study>."""
-    return str(Path(path).parent.parent)
+def figure_file(stage, name):
+    return f"{FIGURES_DIR}/{stage}/{name}{FIGURE_SUFFIX}"
 
 
 def folder_of(path):
     return str(Path(path).parent)
+
+
+def corpus_input(wildcards):
+    """A local corpus file is an input, so editing it retrains; a named corpus is not a file yet."""
+    corpus = config["corpus"]
+    return [] if corpus in NAMED_CORPORA else [os.path.expanduser(corpus)]
+
+
+def worker_flags(wildcards):
+    return expand(
+        stage_file(wildcards.stage, f"{WORKERS_DIR}/{{worker}}.done"), worker=WORKERS
+    )
+
+
+def previous_summary(wildcards):
+    """The summary a stage's selection reads: the previous stage's."""
+    return stage_file(STAGES[STAGES.index(wildcards.stage) - 1], SUMMARY)
+
+
+def all_targets():
+    targets = [stage_file(stage, SUMMARY) for stage in STAGES]
+    targets += [
+        stage_file(stage, f"{name}{TABLE_SUFFIX}")
+        for stage, names in STAGE_TABLES.items()
+        for name in names
+    ]
+    targets += [
+        figure_file(stage, name)
+        for stage, names in STAGE_FIGURES.items()
+        for name in names
+    ]
+    return targets

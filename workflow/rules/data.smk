@@ -5,23 +5,16 @@ rule corpus:
     input:
         corpus_input,
     output:
-        meta=f"{DATA}/corpus.json",
-        splits=expand(f"{DATA}/{{split}}.bin", split=["train", "valid", "test"]),
-    params:
-        out=lambda wildcards, output: folder_of(output.meta),
-        source=config["corpus"],
-        cache=config["cache_dir"],
-        url=config["enwik8_url"],
-        sha=f"--sha256 {config['enwik8_sha256']}" if config["enwik8_sha256"] else "",
-        generated=config["generated_bytes"],
-        seed=config["seed"],
-        # Every split must hold one window of the longest history of any stage.
-        min_bytes=max(config[s]["history_size"] for s in STAGES),
-    conda:
-        ENV
+        meta=f"{DATA}/{CORPUS_META}",
+        splits=[str(split_path(Path(DATA), split)) for split in SPLITS],
     log:
         f"{LOGS}/corpus.log",
+    conda:
+        ENV
+    params:
+        out=lambda wildcards, output: folder_of(output.meta),
+        options=shell_words(profile_options(config, DATA_KEYS)),
+        # Every split must hold one window of the longest history of any stage.
+        min_bytes=max(config[stage]["history_size"] for stage in STAGES),
     shell:
-        "python -m rnnsweep data --corpus {params.source:q} --out {params.out} --cache-dir {params.cache:q}"
-        " --url {params.url:q} {params.sha} --generated-bytes {params.generated}"
-        " --seed {params.seed} --min-bytes {params.min_bytes} 2> {log}"
+        "python -m rnnsweep data --out {params.out} {params.options} --min-bytes {params.min_bytes} 2> {log}"

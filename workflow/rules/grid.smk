@@ -1,17 +1,14 @@
-# Stage 1: every sensible design of spec §4, one manifest row per run.
+# Stage 1: every sensible design (docs/study.md §4), one manifest row per run.
 
 
 rule grid:
     output:
-        f"{RESULTS}/stage1/manifest.csv",
-    params:
-        results=lambda wildcards, output: results_of(output[0]),
-        grid=flags(config["stage1"], ["n_layers", "state_sizes"]),
-        settings=manifest_flags("stage1"),
-        seed=config["seed"],
-    conda:
-        ENV
+        stage_file("stage1", MANIFEST),
     log:
         f"{LOGS}/stage1/grid.log",
+    conda:
+        ENV
+    params:
+        options=shell_words(manifest_options(config, "stage1")),
     shell:
-        "python -m rnnsweep grid --results {params.results} {params.grid} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep grid --out {output} {params.options} 2> {log}"

@@ -1,37 +1,19 @@
-# Stage 2 refines the best stage-1 designs (spec §5); stage 3 repeats the best of stage 2 with seeds (§6).
+# Stage 2 refines the best stage-1 designs (docs/study.md §5); stage 3 repeats the best of
+# stage 2 with seeds (§6). Each reads the previous stage's summary.
 
 
-rule select_stage2:
+rule select:
     input:
-        f"{RESULTS}/stage1/summary.csv",
+        previous_summary,
     output:
-        f"{RESULTS}/stage2/manifest.csv",
-    params:
-        results=lambda wildcards, output: results_of(output[0]),
-        rule=flags(config["stage2"], ["keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes"]),
-        settings=manifest_flags("stage2"),
-        seed=config["seed"],
+        stage_file("{stage}", MANIFEST),
+    log:
+        f"{LOGS}/{{stage}}/select.log",
+    wildcard_constraints:
+        stage="|".join(STAGES[1:]),
     conda:
         ENV
-    log:
-        f"{LOGS}/stage2/select.log",
-    shell:
-        "python -m rnnsweep select --stage stage2 --results {params.results} {params.rule} {params.settings} --seed {params.seed} 2> {log}"
-
-
-rule select_stage3:
-    input:
-        f"{RESULTS}/stage2/summary.csv",
-    output:
-        f"{RESULTS}/stage3/manifest.csv",
     params:
-        results=lambda wildcards, output: results_of(output[0]),
-        rule=flags(config["stage3"], ["top_k", "replicates"]),
-        settings=manifest_flags("stage3"),
-        seed=config["seed"],
-    conda:
-        ENV
-    log:
-        f"{LOGS}/stage3/select.log",
+        options=lambda wildcards: shell_words(manifest_options(config, wildcards.stage)),
     shell:
-        "python -m rnnsweep select --stage stage3 --results {params.results} {params.rule} {params.settings} --seed {params.seed} 2> {log}"
+        "python -m rnnsweep select --stage {wildcards.stage} --summary {input} --out {output} {params.options} 2> {log}"

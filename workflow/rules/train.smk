@@ -5,24 +5,23 @@
 
 rule train:
     input:
-        manifest=f"{RESULTS}/{{stage}}/manifest.csv",
-        corpus=f"{DATA}/corpus.json",
+        manifest=stage_file("{stage}", MANIFEST),
+        corpus=f"{DATA}/{CORPUS_META}",
     output:
-        touch(f"{RESULTS}/{{stage}}/workers/{{worker}}.done"),
+        touch(stage_file("{stage}", f"{WORKERS_DIR}/{{worker}}.done")),
+    log:
+        f"{LOGS}/{{stage}}/worker-{{worker}}.log",
+    # A worker stopped by the scheduler (time limit, preemption) checkpoints its runs and
+    # exits non-zero; the retry resumes them from their checkpoints.
+    retries: 2
+    conda:
+        ENV
+    threads: config["threads_per_worker"]
     params:
-        results=lambda wildcards, input: results_of(input.manifest),
         data=lambda wildcards, input: folder_of(input.corpus),
         workers=len(WORKERS),
         training=TRAINING,
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
-    threads: config["threads_per_worker"]
-    resources:
-        # On SLURM: profiles/slurm sets runtime, memory and GPUs of this rule.
-        worker_slots=1,
-    conda:
-        ENV
-    log:
-        f"{LOGS}/{{stage}}/worker-{{worker}}.log",
     shell:
-        "python -m rnnsweep worker --stage {wildcards.stage} --results {params.results} --data {params.data} {params.training}"
-        " --index {wildcards.worker} --count {params.workers} --threads {threads} 2> {log}"
+        "python -m rnnsweep worker --manifest {input.manifest} --data {params.data} --index {wildcards.worker}"
+        " --count {params.workers} {params.training} --threads-per-worker {threads} 2> {log}"
