@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnsweep.data import load_split, prepare_corpus
+from rnnsweep.data import SPLITS, load_split, prepare_corpus
 from rnnsweep.layout import manifest_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def splits(data_dir: Path):
-    return load_split(data_dir, "train"), load_split(data_dir, "valid")
+    return tuple(load_split(data_dir, split) for split in SPLITS)
 
 
 @pytest.fixture

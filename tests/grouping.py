@@ -13,7 +13,7 @@ from rnnsweep.grid import Design, Run, make_runs, stage1_designs
 
 # Batch 4 × state 8 and 4 evaluation windows × 8: each run's block of every activation is whole
 # 32-float SIMD steps, where batched kernels compute a run exactly as alone (see test_replicates).
-TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=4)
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_bytes=32)
 SHAPE = [d for d in stage1_designs([2], [8]) if d.state_size == 8]  # the 96 designs of one shape
 #: Four different switch settings of that shape (the superset and CUDA tests rely on these four).
 DESIGNS = [

@@ -18,7 +18,7 @@ from rnnsweep.results import settle_result
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.train import train_run
 
-TINY = dict(steps=10, batch_size=4, history_size=6, log_every=5, lr=1e-3, eval_windows=2)
+TINY = dict(steps=10, batch_size=4, history_size=6, log_every=5, lr=1e-3, eval_bytes=16)
 RESULT_FIELDS = ("status", "min_loss", "final_loss", "valid_bpb", "params")
 
 
@@ -40,7 +40,7 @@ def _fake_result(stage_dir: Path, run, k: int, splits) -> dict:
     curve = [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]
     record = {
         "id": run.id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
-        "valid_bpb": 4.0 + k, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
+        "valid_bpb": 4.0 + k, "test_bpb": 4.5 + k, "valid_bytes": 120, "test_bytes": 120, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
         "device": "cpu", "precision": "fp32", "seed": run.seed, "engine": run.engine,
         "fingerprint": provenance.fingerprint(run, data), "data": data,
     }
@@ -57,11 +57,11 @@ def _manifest_frame(stage_dir: Path) -> pd.DataFrame:
 
 
 def test_summary_and_curves_of_trained_runs(tmp_path, data_dir, splits, one_thread):
-    train, valid = splits
+    train, valid, test = splits
     stage_dir, runs = _stage(tmp_path, 2, replicates=2)
     assert [r.id for r in runs] != sorted(r.id for r in runs)
     for run in runs:
-        train_run(run, train, valid, run_dir(stage_dir, run.id), torch.device("cpu"))
+        train_run(run, train, valid, test, run_dir(stage_dir, run.id), torch.device("cpu"))
 
     aggregate(stage_dir, data_dir)
 
@@ -135,7 +135,7 @@ def test_a_result_of_other_settings_or_data_is_not_aggregated(tmp_path, data_dir
     """A record whose fingerprint is not its manifest row's (here: other bytes) counts as missing."""
     stage_dir, runs = _stage(tmp_path, 2)
     _fake_result(stage_dir, runs[0], 0, splits)
-    _fake_result(stage_dir, runs[1], 1, (splits[0][:-1], splits[1]))  # trained on one byte less
+    _fake_result(stage_dir, runs[1], 1, (splits[0][:-1], *splits[1:]))  # trained on one byte less
     with pytest.raises(MissingResults) as err:
         aggregate(stage_dir, data_dir)
     assert err.value.missing == [runs[1].id]

@@ -32,7 +32,7 @@ from rnnsweep import cli
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, CURVE, RESULT, run_dir
 
-TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

@@ -18,12 +18,12 @@ from conftest import run_worker_processes, start_lease_holder
 from rnnsweep import provenance
 from rnnsweep.claims import Worker, make_lock
 from rnnsweep.results import read_result, settle_result
-from rnnsweep.data import load_split
+from rnnsweep.data import SPLITS, load_split
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import RESULT_FIELDS, lock_path, run_dir
 
-TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 OK_LINE = re.compile(r"worker (\d+): (\S+) ok\b")
 FINISHED_LINE = re.compile(r"worker (\d+): stage finished, (\d+) runs trained here")
 
@@ -167,7 +167,7 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
     done, damaged, fresh = runs
     done_path = run_dir(stage_dir, done.id) / "result.json"
     done_path.parent.mkdir(parents=True)
-    fingerprint = provenance.fingerprint(done, provenance.data_id(load_split(data_dir, "train"), load_split(data_dir, "valid")))
+    fingerprint = provenance.fingerprint(done, provenance.data_id(*(load_split(data_dir, split) for split in SPLITS)))
     sentinel = _record(done.id, min_loss=123.0, steps=done.steps, fingerprint=fingerprint, sentinel=True)
     done_path.write_text(json.dumps(sentinel))
     (done_path.parent / "curve.csv").write_text("step,ema_loss\n5,123.0\n")

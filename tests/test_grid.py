@@ -35,7 +35,7 @@ STUDY_SWITCHES = (
     "use_old_state",
     "use_residual",
 )
-SETTINGS_VALUES = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
+SETTINGS_VALUES = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_manifest_columns(tmp_path, runs):
     write_manifest(path, runs)
     with path.open(newline="") as fh:
         header = next(csv.reader(fh))
-    study_settings = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_windows")
+    study_settings = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_bytes")
     for col in ("id", *STUDY_SWITCHES, "n_layers", "state_size", "replicate", "seed", *study_settings):
         assert col in header
     assert len(header) == len(set(header))

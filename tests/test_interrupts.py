@@ -48,7 +48,7 @@ from scheduling import (
 
 #: A run of about 2 s on one idle CPU thread (plus ~6 s of process overhead), so there is time to interrupt it.
 DESIGN = design("forget_gate", "state_gate", "new_state", "residual", n_layers=2, state_size=32)
-LONG = dict(steps=1000, batch_size=8, history_size=16, log_every=10, lr=1e-3, eval_windows=4)
+LONG = dict(steps=1000, batch_size=8, history_size=16, log_every=10, lr=1e-3, eval_bytes=32)
 #: The lease scenario only needs runs that finish; keep them short.
 SHORT = dict(LONG, steps=200)
 CHECKPOINT_EVERY = 100

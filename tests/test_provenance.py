@@ -23,13 +23,13 @@ import yaml
 from grouping import stop_at
 from rnnsweep import provenance
 from rnnsweep.claims import Worker
-from rnnsweep.data import generate_corpus, load_split, prepare_corpus
+from rnnsweep.data import SPLITS, generate_corpus, load_split, prepare_corpus
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, SUPERSEDED, manifest_path, run_dir
 from rnnsweep.train import Interrupted, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_windows=2)
+TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 CPU = torch.device("cpu")
 
 
@@ -69,15 +69,16 @@ def test_fingerprint_changes_with_everything_that_makes_the_numbers(monkeypatch)
     assert base not in prints and len(prints) == len(changed) + 2
 
 
-def test_data_id_is_the_content_of_both_splits(splits):
-    train, valid = splits
-    base = provenance.data_id(train, valid)
+def test_data_id_is_the_content_of_all_three_splits(splits):
+    train, valid, test = splits
+    base = provenance.data_id(train, valid, test)
     flipped = train.copy()
     flipped[len(flipped) // 2] ^= 1
-    assert provenance.data_id(train.copy(), valid.copy()) == base
-    assert provenance.data_id(flipped, valid) != base
-    assert provenance.data_id(train, valid[:-1]) != base
-    assert provenance.data_id(valid, train) != base
+    assert provenance.data_id(train.copy(), valid.copy(), test.copy()) == base
+    assert provenance.data_id(flipped, valid, test) != base
+    assert provenance.data_id(train, valid[:-1], test) != base
+    assert provenance.data_id(train, valid, test[1:]) != base
+    assert provenance.data_id(valid, train, test) != base
 
 
 # --------------------------------------------------------------------------- the CLI's workers
@@ -119,7 +120,7 @@ def test_a_worker_started_before_the_manifest_changed_stops_instead_of_undoing_i
 
 
 def _splits(data_dir: Path):
-    return load_split(data_dir, "train"), load_split(data_dir, "valid")
+    return tuple(load_split(data_dir, split) for split in SPLITS)
 
 
 def test_another_corpus_retrains_every_run(tmp_path, data_dir, one_thread):

@@ -18,7 +18,7 @@ from designs import design
 from rnnsweep.grid import SWITCHES, Design, make_runs, stage1_designs
 from rnnsweep.select import stage2_designs, stage2_runs, stage3_designs, stage3_runs
 
-SETTINGS = dict(steps=50, batch_size=8, history_size=16, log_every=5, lr=1e-3, eval_windows=4)
+SETTINGS = dict(steps=50, batch_size=8, history_size=16, log_every=5, lr=1e-3, eval_bytes=32)
 STAGE2 = dict(keep_fraction=0.1, wide_state_size=512, deep_layers=3, deep_state_sizes=[256, 512], **SETTINGS)
 
 

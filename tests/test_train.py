@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 
 DESIGN = all_on(n_layers=2, state_size=4)
 PLAIN = design("new_state", n_layers=1, state_size=4)  # no gates, no old state, no residual path
-SETTINGS = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_windows=2)
+SETTINGS = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-2, eval_bytes=16)
 
 
 def _run(design: Design = DESIGN, **changes):
@@ -108,9 +108,9 @@ def sabotage(monkeypatch, after: int, action: str, seeds: set[int] | None = None
     ids=["multiple", "not-multiple", "short-windows", "one-step-windows"],
 )
 def test_curve_and_weights_match_independent_loop(tmp_path, splits, one_thread, design, steps, history, log_every):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(design, steps=steps, history_size=history, log_every=log_every)
-    result = train_run(run, train, valid, tmp_path / "run", CPU)
+    result = train_run(run, train, valid, test, tmp_path / "run", CPU)
     curve, final_ema, model = reference(run, train)
 
     assert result["steps"] == steps
@@ -126,9 +126,9 @@ def test_curve_and_weights_match_independent_loop(tmp_path, splits, one_thread, 
 
 
 def test_result_record(tmp_path, splits, one_thread):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(steps=23)
-    result = train_run(run, train, valid, tmp_path / "run", CPU)
+    result = train_run(run, train, valid, test, tmp_path / "run", CPU)
     assert set(result) == set(RESULT_FIELDS)
     assert result["id"] == run.id
     assert result["status"] == "ok"
@@ -139,6 +139,8 @@ def test_result_record(tmp_path, splits, one_thread):
     assert result["params"] == count_params(run.design) == sum(t.numel() for t in weights(tmp_path / "run").values())
     assert result["wall_s"] >= 0 and result["steps_per_s"] > 0
     assert 0 < result["valid_bpb"] < 64 and math.isfinite(result["valid_bpb"])
+    assert 0 < result["test_bpb"] < 64 and math.isfinite(result["test_bpb"])
+    assert result["valid_bytes"] == result["test_bytes"] == (16 - 1) // 7 * 7  # eval_bytes 16, windows of 8
     on_disk = json.loads((tmp_path / "run" / "result.json").read_text())
     assert on_disk == result
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -146,10 +148,10 @@ def test_result_record(tmp_path, splits, one_thread):
 
 def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one_thread):
     """precision bf16: the same run, its arithmetic in bfloat16; weights and Adam stay float32."""
-    train, valid = splits
+    train, valid, test = splits
     run = _run(design=all_on(n_layers=2, state_size=16), steps=40, lr=3e-3)
-    fp32 = train_run(run, train, valid, tmp_path / "fp32", CPU)
-    bf16 = train_run(dataclasses.replace(run, precision="bf16"), train, valid, tmp_path / "bf16", CPU)
+    fp32 = train_run(run, train, valid, test, tmp_path / "fp32", CPU)
+    bf16 = train_run(dataclasses.replace(run, precision="bf16"), train, valid, test, tmp_path / "bf16", CPU)
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values())
     a, b = read_curve(tmp_path / "fp32"), read_curve(tmp_path / "bf16")
@@ -160,10 +162,10 @@ def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one
 
 
 def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(steps=25)
-    first = train_run(run, train, valid, tmp_path / "a", CPU)
-    second = train_run(run, train, valid, tmp_path / "b", CPU)
+    first = train_run(run, train, valid, test, tmp_path / "a", CPU)
+    second = train_run(run, train, valid, test, tmp_path / "b", CPU)
     assert (tmp_path / "a" / "curve.csv").read_bytes() == (tmp_path / "b" / "curve.csv").read_bytes()
     assert read_curve(tmp_path / "a") == read_curve(tmp_path / "b")
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
@@ -172,10 +174,10 @@ def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
 
 
 def test_other_seed_gives_other_curve(tmp_path, splits, one_thread):
-    train, valid = splits
+    train, valid, test = splits
     a, b = make_runs([DESIGN], SETTINGS | {"steps": 10}, replicates=2)
-    train_run(a, train, valid, tmp_path / "a", CPU)
-    train_run(b, train, valid, tmp_path / "b", CPU)
+    train_run(a, train, valid, test, tmp_path / "a", CPU)
+    train_run(b, train, valid, test, tmp_path / "b", CPU)
     assert read_curve(tmp_path / "a") != read_curve(tmp_path / "b")
 
 
@@ -188,10 +190,10 @@ def test_other_seed_gives_other_curve(tmp_path, splits, one_thread):
     ids=["nan-mid", "inf-mid", "nan-after-last-log", "nan-from-start"],
 )
 def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thread, steps, after, value):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(steps=steps)
     sabotage(monkeypatch, after, value)
-    result = train_run(run, train, valid, tmp_path / "run", CPU)
+    result = train_run(run, train, valid, test, tmp_path / "run", CPU)
     assert result["status"] == "diverged"
     assert result["steps"] <= steps
     assert set(result) == set(RESULT_FIELDS)
@@ -209,19 +211,19 @@ def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thr
 
 
 def test_resume_after_crash_is_bit_identical(tmp_path, splits, monkeypatch, one_thread):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(steps=30, history_size=6, log_every=5)  # checkpoints at 7, 14 (mid-window), 21, 28
-    full = train_run(run, train, valid, tmp_path / "a", CPU, checkpoint_every=7)
+    full = train_run(run, train, valid, test, tmp_path / "a", CPU, checkpoint_every=7)
 
     sabotage(monkeypatch, 17, "raise")  # dies inside step 18, after the checkpoint of step 14
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(run, train, valid, tmp_path / "b", CPU, checkpoint_every=7)
+        train_run(run, train, valid, test, tmp_path / "b", CPU, checkpoint_every=7)
     assert (tmp_path / "b" / "checkpoint.pt").exists()
     assert not (tmp_path / "b" / "result.json").exists()
     monkeypatch.undo()
 
     reported = []
-    resumed = train_run(run, train, valid, tmp_path / "b", CPU, checkpoint_every=7,
+    resumed = train_run(run, train, valid, test, tmp_path / "b", CPU, checkpoint_every=7,
                         report=lambda step, ema, rate: reported.append(step))
     assert reported and min(reported) == 15, "did not resume from the step-14 checkpoint"
     assert reported[-1] == 30
@@ -234,25 +236,25 @@ def test_resume_after_crash_is_bit_identical(tmp_path, splits, monkeypatch, one_
 
 
 def test_checkpointing_does_not_change_the_run(tmp_path, splits, one_thread):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(steps=30, history_size=6, log_every=5)
-    train_run(run, train, valid, tmp_path / "plain", CPU)
-    train_run(run, train, valid, tmp_path / "ckpt", CPU, checkpoint_every=7)
+    train_run(run, train, valid, test, tmp_path / "plain", CPU)
+    train_run(run, train, valid, test, tmp_path / "ckpt", CPU, checkpoint_every=7)
     assert read_curve(tmp_path / "plain") == read_curve(tmp_path / "ckpt")
     assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "ckpt"))
 
 
 def test_corrupt_checkpoint_restarts_from_zero(tmp_path, splits, one_thread, caplog):
-    train, valid = splits
+    train, valid, test = splits
     run = _run(steps=20)
-    train_run(run, train, valid, tmp_path / "fresh", CPU)
+    train_run(run, train, valid, test, tmp_path / "fresh", CPU)
     target = tmp_path / "run"
     target.mkdir()
     garbage = bytes(range(256)) * 8
     (target / "checkpoint.pt").write_bytes(garbage)
     reported = []
     with caplog.at_level(logging.WARNING, logger="rnnsweep"):
-        result = train_run(run, train, valid, target, CPU, checkpoint_every=7,
+        result = train_run(run, train, valid, test, target, CPU, checkpoint_every=7,
                            report=lambda step, ema, rate: reported.append(step))
     assert result["status"] == "ok" and result["steps"] == 20
     assert reported[0] == 5  # from step 0
@@ -285,7 +287,7 @@ def _write_pickle(path: Path, marker: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", [_write_torch, _write_pickle], ids=["torch.save", "pickle"])
 def test_loading_a_checkpoint_never_executes_code(tmp_path, splits, one_thread, writer):
-    train, valid = splits
+    train, valid, test = splits
     # control: the payload really does run code when loaded without restriction
     control_marker = tmp_path / "control-marker"
     writer(tmp_path / "control.pt", control_marker)
@@ -300,9 +302,41 @@ def test_loading_a_checkpoint_never_executes_code(tmp_path, splits, one_thread, 
     target.mkdir()
     marker = tmp_path / "marker"
     writer(target / "checkpoint.pt", marker)
-    result = train_run(run, train, valid, target, CPU, checkpoint_every=7)
+    result = train_run(run, train, valid, test, target, CPU, checkpoint_every=7)
     assert not marker.exists(), "loading the checkpoint executed code"
     assert result["status"] == "ok" and result["steps"] == 10
     assert len(list(target.glob("checkpoint.pt.corrupt-*"))) == 1
-    train_run(run, train, valid, tmp_path / "fresh", CPU)
+    train_run(run, train, valid, test, tmp_path / "fresh", CPU)
     assert read_curve(target) == read_curve(tmp_path / "fresh")
+
+
+# --------------------------------------------------------------------------- held-out evaluation
+
+
+@pytest.mark.parametrize("eval_bytes, length, windows", [(16, 100, 2), (22, 100, 3), (1000, 30, 4), (3, 100, 1)])
+def test_held_out_windows_score_each_byte_of_the_slice_once(eval_bytes, length, windows):
+    data = torch.arange(length, dtype=torch.uint8).numpy()
+    got = train_mod.held_out_windows(data, eval_bytes, 8)
+    assert got.shape == (windows, 8)
+    predicted = got[:, 1:].ravel().tolist()  # the bytes that are targets
+    assert predicted == list(range(1, 1 + windows * 7))  # each once, in order, from the slice's start
+    assert (got[1:, 0] == got[:-1, -1]).all()  # a window starts where the previous one ended
+
+
+def test_held_out_bpb_is_the_mean_loss_of_independent_windows(splits, one_thread, monkeypatch):
+    """Recomputed one window at a time, state reset per window, against the batched and chunked evaluation."""
+    _, valid, _ = splits
+    model = ByteModel(DESIGN, [3])
+    windows = train_mod.held_out_windows(valid, 100, 8)
+    total = 0.0
+    for window in torch.from_numpy(windows).long():
+        states = model.initial_state(1)
+        for j in range(7):
+            logits, states = model.logits(window[j].view(1, 1), states)
+            total += torch.nn.functional.cross_entropy(logits[0], window[j + 1].view(1), reduction="sum").item()
+    expected = total / (len(windows) * 7) / math.log(2)
+    (whole,), predicted = train_mod.evaluate_bpb(model, valid, 100, 8)
+    monkeypatch.setattr(train_mod, "EVAL_CHUNK", 5)
+    (chunked,), _ = train_mod.evaluate_bpb(model, valid, 100, 8)
+    assert predicted == len(windows) * 7 == 98
+    assert whole == pytest.approx(expected, rel=1e-6) and chunked == pytest.approx(expected, rel=1e-6)

@@ -32,7 +32,7 @@ class SummaryError(ValueError):
 
 
 #: Columns every reader of a summary relies on, and those of the long-form curves table.
-SUMMARY_COLUMNS = (*COLUMNS, "status", "min_loss", "valid_bpb")
+SUMMARY_COLUMNS = (*COLUMNS, "status", "min_loss", "valid_bpb", "test_bpb")
 CURVES_COLUMNS = ("id", *CURVE_COLUMNS)
 
 
@@ -44,7 +44,7 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
         raise SummaryError(f"{path} is empty; rerun the stage's aggregation") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path} is not a valid CSV table ({err})") from None
-    needed, numeric = (CURVES_COLUMNS, CURVE_COLUMNS) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb"))
+    needed, numeric = (CURVES_COLUMNS, CURVE_COLUMNS) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb", "test_bpb"))
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise SummaryError(f"{path} lacks the columns {', '.join(missing)}; rerun the stage's aggregation")
@@ -63,7 +63,7 @@ def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
     record's fingerprint is the one the manifest row and the data's splits give now.
     """
     runs = read_manifest(manifest_path(stage_dir))
-    data_id = provenance.data_id(data.load_split(data_dir, "train"), data.load_split(data_dir, "valid"))
+    data_id = provenance.data_id(*(data.load_split(data_dir, split) for split in data.SPLITS))
     if not runs:
         raise ManifestError(f"{manifest_path(stage_dir)} lists no runs")
     records = {run.id: read_result(stage_dir, run.id, provenance.fingerprint(run, data_id)) for run in runs}

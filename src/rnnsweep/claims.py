@@ -95,9 +95,8 @@ class Worker:
         runs = read_manifest(manifest_path(self.stage_dir))
         self.inputs = self._input_stamp()
         device = resolve_device(self.device)
-        train = data.load_split(self.data_dir, "train")
-        valid = data.load_split(self.data_dir, "valid")
-        self.data_id = provenance.data_id(train, valid)
+        splits = [data.load_split(self.data_dir, split) for split in data.SPLITS]
+        self.data_id = provenance.data_id(*splits)
         self.fingerprints = {run.id: provenance.fingerprint(run, self.data_id) for run in runs}
         groups = policy.run_groups(runs, self.count, policy.device_kind(self.device))
         # Longest first; worker i starts at the i-th longest, so the workers begin on different groups.
@@ -110,15 +109,15 @@ class Worker:
             if not pending:
                 log.info("worker %d: stage finished, %d runs trained here", self.index, trained)
                 return trained
-            claimed = self._claim_and_train(pending, len(runs), train, valid, device)
+            claimed = self._claim_and_train(pending, len(runs), splits, device)
             trained += claimed
             if not claimed and self.stop.wait(self.poll_s):  # all pending runs are held by other workers
                 log.info("worker %d: stopped while waiting", self.index)
                 return trained
 
     def _input_stamp(self) -> tuple:
-        """When and how large the manifest and the two splits are: what this worker's fingerprints were made from."""
-        files = [manifest_path(self.stage_dir), *(data.split_path(self.data_dir, split) for split in ("train", "valid"))]
+        """When and how large the manifest and the three splits are: what this worker's fingerprints were made from."""
+        files = [manifest_path(self.stage_dir), *(data.split_path(self.data_dir, split) for split in data.SPLITS)]
         return tuple((st.st_mtime_ns, st.st_size) for st in (f.stat() for f in files))
 
     def _check_inputs(self) -> None:
@@ -144,7 +143,7 @@ class Worker:
             return False
         return True
 
-    def _claim_and_train(self, pending: list[list[Run]], total: int, train, valid, device) -> int:
+    def _claim_and_train(self, pending: list[list[Run]], total: int, splits: list, device) -> int:
         """Claim and train the pending runs of the first group with any lock free; return how many were trained."""
         from rnnsweep.train import train_runs
 
@@ -170,7 +169,7 @@ class Worker:
                 bar = ProgressBar(label, claimed[0].steps, self.progress_s)
                 dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
                 results = train_runs(
-                    claimed, train, valid, dirs, device, self.checkpoint_every, bar.update, self.stop, self.data_id
+                    claimed, *splits, dirs, device, self.checkpoint_every, bar.update, self.stop, self.data_id
                 )
                 for result in results:
                     log.info(

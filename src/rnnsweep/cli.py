@@ -120,7 +120,7 @@ def _manifest_options(parser: argparse.ArgumentParser) -> None:
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     """How runs are trained: by `worker`, and by `aggregate` for runs it finds without a valid result."""
     parser.add_argument("--manifest", required=True, help="the stage's manifest.csv; its folder is the stage's")
-    parser.add_argument("--data", help="folder with train.bin and valid.bin (default: data/ beside the stage folders)")
+    parser.add_argument("--data", help="folder with the splits (default: data/ beside the stage folders)")
     parser.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
     parser.add_argument("--count", type=_positive, default=1, help="how many workers there are")
     parser.add_argument("--device", required=True, help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -239,9 +239,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from rnnsweep import stats
+    from rnnsweep.tables import TABLES  # statsmodels is slow to import; only tables need it
 
-    write_csv(stats.TABLES[args.table](read_summary(Path(args.summary))), Path(args.out))
+    write_csv(TABLES[args.table](read_summary(Path(args.summary))), Path(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:

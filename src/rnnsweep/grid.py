@@ -31,7 +31,7 @@ SWITCHES: tuple[str, ...] = (
 )
 
 #: Training settings that every manifest row carries, so a worker needs nothing else.
-SETTINGS: tuple[str, ...] = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_windows")
+SETTINGS: tuple[str, ...] = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_bytes")
 #: The arithmetic of a training step; `precision` is a manifest column beside the settings.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: How a run is trained, the manifest's `engine` column: `design` builds the model of its design alone
@@ -99,7 +99,7 @@ class Run:
     history_size: int
     log_every: int
     lr: float
-    eval_windows: int
+    eval_bytes: int
     precision: str = "fp32"
     engine: str = "design"
 
@@ -184,7 +184,7 @@ def _parse_bool(text: str, where: str) -> bool:
 def _parse_row(row: dict[str, str], where: str) -> Run:
     try:
         design = Design.from_mapping(row)
-        ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_windows")}
+        ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_bytes")}
         run = Run(
             id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), precision=row["precision"],
             engine=row.get("engine", "design"), **ints,
@@ -236,6 +236,15 @@ def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
     return runs
 
 
+def _listed_ids(path: Path) -> list[str]:
+    """The run ids a manifest lists, in order; none if there is no readable manifest with an id column."""
+    try:
+        rows = csv.DictReader(io.StringIO(path.read_text()))
+        return [row["id"] for row in rows if row.get("id")] if "id" in (rows.fieldnames or []) else []
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def write_manifest(path: Path, runs: list[Run]) -> list[Run]:
     """Write exactly `runs`, those already listed in their old order first; return the manifest as written.
 
@@ -243,11 +252,12 @@ def write_manifest(path: Path, runs: list[Run]) -> list[Run]:
     when a profile grows. A run whose settings changed takes its new row (its
     old result no longer fits its fingerprint and is set aside); a run no
     longer asked for leaves the manifest, its files stay where they are.
+    Only the old manifest's ids are read, so one written with other columns
+    (an earlier format, or a hand-edit) is replaced by a valid one.
     """
     path = Path(path)
-    existing = read_manifest(path) if path.exists() else []
     new = {run.id: run for run in runs}
-    merged = [new.pop(run.id) for run in existing if run.id in new] + list(new.values())
+    merged = [new.pop(run_id) for run_id in _listed_ids(path) if run_id in new] + list(new.values())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -32,10 +32,10 @@ def split_sha256(data: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(data))).hexdigest()
 
 
-def data_id(train: np.ndarray, valid: np.ndarray) -> str:
-    """The identity of the bytes a run reads: training split and evaluation split, by content."""
-    both = f"train:{split_sha256(train)}\nvalid:{split_sha256(valid)}\n"
-    return hashlib.sha256(both.encode()).hexdigest()[:16]
+def data_id(train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> str:
+    """The identity of the bytes a run reads: the training split and the two it is scored on, by content."""
+    splits = f"train:{split_sha256(train)}\nvalid:{split_sha256(valid)}\ntest:{split_sha256(test)}\n"
+    return hashlib.sha256(splits.encode()).hexdigest()[:16]
 
 
 def fingerprint(run: Run, data: str) -> str:

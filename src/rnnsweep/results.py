@@ -25,8 +25,8 @@ from rnnsweep.layout import CURVE, CURVE_COLUMNS, FINISHED_FILES, RESULT, RESULT
 log = logging.getLogger(__name__)
 
 #: Result fields and the types they must have; numbers may be NaN (a diverged run's losses).
-_NUMBERS = ("min_loss", "final_loss", "valid_bpb", "wall_s", "steps_per_s")
-_INTEGERS = ("params", "steps", "seed")
+_NUMBERS = ("min_loss", "final_loss", "valid_bpb", "test_bpb", "wall_s", "steps_per_s")
+_INTEGERS = ("params", "steps", "seed", "valid_bytes", "test_bytes")
 _TEXTS = ("id", "status", "device", "precision", "engine")
 _HASHES = ("fingerprint", "data")  # also path components (superseded/<fingerprint>/): never anything but hex
 

@@ -49,6 +49,9 @@ EMA_DECAY = 0.95
 #: A run's `precision` (grid.PRECISIONS) → the dtype of each step's arithmetic (parameters and Adam stay float32).
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
+#: The splits every finished run is scored on, each giving `<split>_bpb` and `<split>_bytes` in its result.
+HELD_OUT = ("valid", "test")
+
 #: Called at every logged step with (step, ema_loss, steps_per_s); for a group, the mean EMA of its live runs.
 Reporter = Callable[[int, float, float], None]
 
@@ -89,18 +92,36 @@ def _positions_first(windows: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(windows).permute(2, 0, 1).contiguous()
 
 
-def evaluate_bpb(model: ByteModel, data: np.ndarray, windows: int, history_size: int) -> list[float]:
-    """Bits per byte of every replicate on `windows` evenly spaced windows: the same fixed sample for every run."""
-    size = min(history_size, len(data))
-    starts = np.linspace(0, len(data) - size, windows).astype(np.int64)
-    text = _positions_first([torch.from_numpy(data[starts[:, None] + np.arange(size)])])
-    text = text.to(model.device, torch.long).expand(-1, model.replicates, -1)
-    states = model.initial_state(windows)
+#: Held-out windows scored at once: bounds the memory of the evaluation, not its result.
+EVAL_CHUNK = 256
+
+
+def held_out_windows(data: np.ndarray, eval_bytes: int, history_size: int) -> np.ndarray:
+    """The (n, history_size) windows a split is scored on: the same fixed slice for every run.
+
+    The slice is the split's first `eval_bytes` bytes (all of it if shorter). Windows of `history_size` bytes
+    overlap by one, so that every byte of the slice after the first is predicted exactly once, from the
+    state reset at the start of its window, as in training.
+    """
+    step = history_size - 1
+    usable = min(max(eval_bytes, history_size), len(data))
+    starts = np.arange((usable - 1) // step) * step
+    return data[starts[:, None] + np.arange(history_size)]
+
+
+def evaluate_bpb(model: ByteModel, data: np.ndarray, eval_bytes: int, history_size: int) -> tuple[list[float], int]:
+    """(bits per byte of every replicate, bytes predicted) on the held-out slice of `data`, without gradients."""
+    windows = held_out_windows(data, eval_bytes, history_size)
     total = torch.zeros(model.replicates, dtype=torch.float64, device=model.device)
-    for j in range(size - 1):
-        logits, states = model.logits(text[j], states)
-        total += F.cross_entropy(logits.transpose(1, 2), text[j + 1], reduction="none").sum(1, dtype=torch.float64)
-    return [t / (windows * (size - 1)) / math.log(2) for t in total.tolist()]
+    for first in range(0, len(windows), EVAL_CHUNK):
+        part = torch.from_numpy(windows[first:first + EVAL_CHUNK])
+        text = _positions_first([part]).to(model.device, torch.long).expand(-1, model.replicates, -1)  # (H, R, n)
+        states = model.initial_state(len(part))
+        for j in range(history_size - 1):
+            logits, states = model.logits(text[j], states)  # (R, n, 256)
+            total += F.cross_entropy(logits.transpose(1, 2), text[j + 1], reduction="none").sum(1, dtype=torch.float64)
+    predicted = len(windows) * (history_size - 1)
+    return [t / predicted / math.log(2) for t in total.tolist()], predicted
 
 
 def _record_attempt(run_dir: Path, start_step: int) -> None:
@@ -155,7 +176,7 @@ class _Group:
         return self.progress[r].train_s + now - self.started
 
     def train(
-        self, valid_data: np.ndarray, checkpoint_every: int, report: Reporter | None, stop: threading.Event | None
+        self, held_out: dict[str, np.ndarray], checkpoint_every: int, report: Reporter | None, stop: threading.Event | None
     ) -> list[dict]:
         """Train to `steps` (or until every run diverged); return the runs' result records in order."""
         s, model, opt = self.settings, self.model, self.opt
@@ -177,9 +198,9 @@ class _Group:
             if checkpoint_every and self.step % checkpoint_every == 0 and self.step < s.steps:
                 self._checkpoint()
         ended = time.perf_counter()
-        bpb = evaluate_bpb(model, valid_data, s.eval_windows, s.history_size) if self.live else []
+        scores = {split: evaluate_bpb(model, data, s.eval_bytes, s.history_size) for split, data in held_out.items()}
         for r in self.live:
-            results[r] = self._finish(r, "ok", bpb[r], ended)
+            results[r] = self._finish(r, "ok", {split: (bpb[r], n) for split, (bpb, n) in scores.items()}, ended)
         return [results[r] for r in range(len(self.runs))]
 
     def _log(self, results: dict[int, dict], report: Reporter | None) -> None:
@@ -190,7 +211,7 @@ class _Group:
             p.ema = emas[r]
             if not math.isfinite(p.ema):
                 self.live.remove(r)
-                results[r] = self._finish(r, "diverged", float("nan"), now)
+                results[r] = self._finish(r, "diverged", {split: (float("nan"), 0) for split in HELD_OUT}, now)
             elif self.step % self.settings.log_every == 0:
                 p.curve.append((self.step, p.ema))
         if report is not None and self.live:
@@ -214,7 +235,7 @@ class _Group:
             )
             checkpoint.save(self.run_dirs[r] / CHECKPOINT, self.fingerprints[r], progress, self.samplers[r].generator.get_state())
 
-    def _finish(self, r: int, status: str, valid_bpb: float, ended: float) -> dict:
+    def _finish(self, r: int, status: str, held_out: dict[str, tuple[float, int]], ended: float) -> dict:
         """Write the run's curve, weights and, last and atomically, its result record."""
         run, run_dir, p = self.runs[r], self.run_dirs[r], self.progress[r]
         train_s = self._train_s(r, ended)
@@ -224,7 +245,8 @@ class _Group:
             "status": status,
             "min_loss": min((e for _, e in p.curve), default=float("nan")),
             "final_loss": p.ema if ok else float("nan"),
-            "valid_bpb": valid_bpb,
+            **{f"{split}_bpb": bpb for split, (bpb, _) in held_out.items()},
+            **{f"{split}_bytes": n for split, (_, n) in held_out.items()},
             "params": count_params(run.design),
             "steps": self.step,
             "wall_s": round(self._train_s(r, time.perf_counter()), 3),
@@ -245,6 +267,7 @@ def train_runs(
     runs: list[Run],
     train_data: np.ndarray,
     valid_data: np.ndarray,
+    test_data: np.ndarray,
     run_dirs: list[Path],
     device: torch.device,
     checkpoint_every: int = 0,
@@ -260,13 +283,13 @@ def train_runs(
     last, atomically: its presence is what marks the run as finished, so a
     crash at any earlier point leaves the run to be claimed again. When `stop`
     is set every run of the batch in training checkpoints and Interrupted is raised.
-    `data_id` is provenance.data_id of the two splits, when the caller has it already.
+    `data_id` is provenance.data_id of the three splits, when the caller has it already.
     """
     if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
         raise ValueError(
             "train_runs needs one folder per run, and runs of one design (on the superset path: one shape) with the same settings"
         )
-    data_id = data_id or provenance.data_id(train_data, valid_data)
+    data_id = data_id or provenance.data_id(train_data, valid_data, test_data)
     fingerprints = [provenance.fingerprint(run, data_id) for run in runs]
     progress, samplers = [], []
     for run, run_dir, fingerprint in zip(runs, run_dirs, fingerprints):
@@ -281,7 +304,8 @@ def train_runs(
         part = [i for i, p in enumerate(progress) if p.step == step]
         pick = lambda seq: [seq[i] for i in part]  # noqa: E731
         group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, data_id, pick(fingerprints))
-        results.update(zip(part, group.train(valid_data, checkpoint_every, report, stop)))
+        held_out = dict(zip(HELD_OUT, (valid_data, test_data)))
+        results.update(zip(part, group.train(held_out, checkpoint_every, report, stop)))
     return [results[i] for i in range(len(runs))]
 
 
@@ -289,6 +313,7 @@ def train_run(
     run: Run,
     train_data: np.ndarray,
     valid_data: np.ndarray,
+    test_data: np.ndarray,
     run_dir: Path,
     device: torch.device,
     checkpoint_every: int = 0,
@@ -297,4 +322,4 @@ def train_run(
     data_id: str | None = None,
 ) -> dict:
     """Train one run alone: `train_runs` with a group of one."""
-    return train_runs([run], train_data, valid_data, [run_dir], device, checkpoint_every, report, stop, data_id)[0]
+    return train_runs([run], train_data, valid_data, test_data, [run_dir], device, checkpoint_every, report, stop, data_id)[0]
