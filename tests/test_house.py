@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnsweep import cli, config, plots, select, stats
+from rnnsweep import cli, config, plots, select, tables
 from rnnsweep.claims import LOCKS
 from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS
 from rnnsweep.layout import STAGE_FIGURES, STAGE_TABLES
@@ -70,7 +70,7 @@ def test_a_profile_passes_through_the_plot_and_data_commands():
 
 
 def test_every_named_table_and_figure_has_its_function():
-    assert {name for names in STAGE_TABLES.values() for name in names} == set(stats.TABLES)
+    assert {name for names in STAGE_TABLES.values() for name in names} == set(tables.TABLES)
     assert {name for names in STAGE_FIGURES.values() for name in names} == set(plots.FIGURES)
     assert set(select.SELECTIONS) == set(config.STAGES[1:])
 

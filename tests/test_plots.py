@@ -42,7 +42,7 @@ def _run_row(run_id: str, config_id: str, design: dict[str, object], replicate: 
         "id": run_id, "config_id": config_id, **design, "replicate": replicate,
         "seed": 1000 + replicate, "steps": LOG_EVERY * N_POINTS, "batch_size": 32,
         "history_size": 64, "log_every": LOG_EVERY, "lr": 3e-3, "status": "ok",
-        "min_loss": loss, "final_loss": loss + 0.01, "valid_bpb": loss / np.log(2) + 0.02,
+        "min_loss": loss, "final_loss": loss + 0.01, "valid_bpb": loss / np.log(2) + 0.02, "test_bpb": loss / np.log(2) + 0.03,
         "params": 1000 * design["state_size"] * design["n_layers"], "wall_s": 60.0,
         "steps_per_s": 33.3, "device": "cpu",
     }
@@ -60,7 +60,7 @@ def _diverge(summary: pd.DataFrame, curves: pd.DataFrame, ids: list[str]) -> pd.
     """Mark runs diverged: NaN metrics in the summary, curves cut short ending in NaN and inf."""
     rows = summary["id"].isin(ids)
     summary.loc[rows, "status"] = "diverged"
-    summary.loc[rows, ["min_loss", "final_loss", "valid_bpb"]] = np.nan
+    summary.loc[rows, ["min_loss", "final_loss", "valid_bpb", "test_bpb"]] = np.nan
     short = curves["id"].isin(ids) & (curves["step"] > 10 * LOG_EVERY)
     tail = curves["id"].isin(ids) & curves["step"].isin([9 * LOG_EVERY, 10 * LOG_EVERY])
     curves.loc[tail, "ema_loss"] = [np.nan, np.inf] * len(ids)
@@ -192,3 +192,12 @@ def test_swarm_below_without_any_run_below(tmp_path: Path,
     out = tmp_path / "below.png"
     plots.swarm_below(*stage1, out, threshold=0.5)
     _assert_png(out)
+
+
+def test_smoothing_follows_a_trend_to_both_ends_without_a_jump() -> None:
+    trend = np.linspace(5.0, 2.0, 40)
+    np.testing.assert_allclose(plots._smooth(trend, 10), trend)
+    noisy = trend + 0.1 * (-1.0) ** np.arange(40)  # the raw last point sits 0.1 off the trend
+    smoothed = plots._smooth(noisy, 10)
+    assert abs(smoothed[-1] - trend[-1]) < 0.03 and abs(smoothed[0] - trend[0]) < 0.03
+    assert np.abs(np.diff(smoothed)).max() < 0.2  # no step anywhere, ends included

@@ -20,14 +20,18 @@ WORKERS_DIR = "workers"  # workers/<i>.done: worker i saw the stage finished
 LOGS_DIR = "logs"  # results/<study>/logs/<stage>/: one log per job
 
 #: Analysis tables: stage -> names; table <name> of a stage is <stage>/<name>.csv, written by
-#: `rnnsweep table <name>` (rnnsweep.stats.TABLES).
-STAGE_TABLES: dict[str, tuple[str, ...]] = {"stage1": ("regression",), "stage3": ("groups",)}
+#: `rnnsweep table <name>` (rnnsweep.tables.TABLES).
+STAGE_TABLES: dict[str, tuple[str, ...]] = {
+    "stage1": ("regression", "effects", "anova"),
+    "stage2": ("effects", "anova"),
+    "stage3": ("groups",),
+}
 TABLE_SUFFIX = ".csv"
 #: Figures: stage -> names; figure <name> of a stage is figures/<study>/<stage>/<name>.png,
 #: drawn by `rnnsweep plot <name>` (rnnsweep.plots.FIGURES).
 STAGE_FIGURES: dict[str, tuple[str, ...]] = {
-    "stage1": ("loss_curves", "swarm_all", "swarm_below", "regression"),
-    "stage2": ("best_curves", "swarm"),
+    "stage1": ("loss_curves", "swarm_all", "swarm_below", "regression", "effects"),
+    "stage2": ("best_curves", "swarm", "effects"),
     "stage3": ("group_swarm", "group_curves", "group_means", "group_table"),
 }
 FIGURE_SUFFIX = ".png"
@@ -35,7 +39,7 @@ FIGURE_SUFFIX = ".png"
 # ---------------------------------------------------------------- a run's files
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 RESULT_FIELDS = (
-    "id", "status", "min_loss", "final_loss", "valid_bpb", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
+    "id", "status", "min_loss", "final_loss", "valid_bpb", "test_bpb", "valid_bytes", "test_bytes", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
     "engine", "fingerprint", "data",
 )
 CURVE = "curve.csv"

@@ -30,10 +30,13 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from rnnsweep import stats  # noqa: E402
+from rnnsweep import effects, stats  # noqa: E402
 from rnnsweep.stats import FACTORS, design_label, usable_runs  # noqa: E402
 
 DPI = 120
+#: What the design labels in legends and ticks mean.
+DESIGN_KEY = ("Designs: L layers, S state size; gates I input, F forget, O output, SG state (nogate: none); "
+              "res residual path; new / old: the output reads the new and/or the old state")
 UNIFORM_LOSS = math.log(256)  # nats/byte of a uniform guess over bytes: the untrained baseline
 SWARM_SIZE = 2.5  # marker size for hundreds of runs
 SPARSE_SWARM_SIZE = 5.0  # for a few points per column: larger than the mean bar is thick
@@ -84,6 +87,15 @@ def _robust_ylim(loss: pd.Series, quantile: float = 0.99) -> tuple[float, float]
     return low - pad, high + pad
 
 
+def _full_ylim(loss: pd.Series) -> tuple[float, float]:
+    """Y range that shows every finite point of every curve."""
+    if loss.empty:
+        return _EMPTY_YLIM
+    low, high = float(loss.min()), float(loss.max())
+    pad = max(0.03 * (high - low), 0.01)
+    return low - pad, high + pad
+
+
 def _tail_ylim(curves: pd.DataFrame) -> tuple[float, float]:
     """Y range covering the late part of training, where the good designs actually differ."""
     tail = curves.loc[curves["step"] >= _TAIL_FRACTION * curves["step"].max(), "ema_loss"]
@@ -95,15 +107,20 @@ def _tail_ylim(curves: pd.DataFrame) -> tuple[float, float]:
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average whose window narrows at the ends.
+    """Local linear fit over `window` points, centred where it can be and shifted inward at the ends.
 
-    A trailing mean lags and a clipped centred one is biased at the steep start of training,
-    which a log step axis magnifies; a symmetric, narrowing window avoids both.
+    A trailing mean lags; a centred mean is biased on the steep start of training, and one that
+    narrows at the ends shows the last raw, noisy point as a jump. A line fitted to a full
+    window follows a trend to the very ends without either.
     """
-    index = np.arange(len(values))
-    half = np.minimum(max(window, 1) // 2, np.minimum(index, len(values) - 1 - index))
-    total = np.concatenate([[0.0], np.cumsum(values)])
-    return (total[index + half + 1] - total[index - half]) / (2 * half + 1)
+    n, width = len(values), min(max(window, 2), len(values))
+    smoothed = np.empty(n)
+    for i in range(n):
+        first = min(max(i - width // 2, 0), n - width)
+        x = np.arange(first, first + width)
+        slope, intercept = np.polyfit(x, values[first:first + width], 1) if width > 1 else (0.0, values[i])
+        smoothed[i] = slope * i + intercept
+    return smoothed
 
 
 def _compact_step(value: float, _position: object = None) -> str:
@@ -242,6 +259,8 @@ def _swarm_grid(runs: pd.DataFrame, reference: pd.DataFrame, out: Path, threshol
         ax.grid(axis="y", lw=0.4, alpha=0.5)
     for ax in axes[:, 0]:
         ax.set_ylabel("min_loss (nats/byte)")
+    for ax in axes[:, -1]:
+        _bits_axis(ax, "y")
     low, high = axes[0, 0].get_ylim()
     off_scale = "" if low <= threshold <= high else " (outside the y range)"
     fig.suptitle(f"{title}\nblack bar = level mean, dashed red = threshold {threshold:g}"
@@ -301,7 +320,7 @@ def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
         line = finite.loc[finite["id"] == best_ids[0]]
         ax.plot(line["step"], line["ema_loss"], color="tab:red", lw=2,
                 label=f"best: {design_label(best)} (min_loss {best['min_loss']:.3f})")
-    low, high = _robust_ylim(finite["ema_loss"])
+    low, high = _full_ylim(finite["ema_loss"])
     if high >= UNIFORM_LOSS:
         ax.axhline(UNIFORM_LOSS, ls=":", color="black", lw=1, label="uniform guess (ln 256)")
     ax.autoscale_view()
@@ -310,6 +329,8 @@ def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     n_div = int((summary["status"] != "ok").sum())
     ax.set(xlabel="step", ylabel="EMA training loss (nats/byte)",
            title=f"Training loss of all {len(summary)} runs ({n_div} diverged)")
+    _bits_axis(ax, "y")
+    _design_key(fig)
     ax.legend(loc="upper right")
     ax.grid(lw=0.4, alpha=0.5)
     _save(fig, out)
@@ -340,7 +361,8 @@ def regression_bars(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_:
     fitted = terms.dropna(subset=["coef"]).sort_values("coef", ascending=False)
     constant = terms.loc[terms["coef"].isna(), "term"].tolist()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI, layout="constrained")
-    colors = ["tab:green" if c < 0 else "tab:red" for c in fitted["coef"]]
+    # Coloured by the value shown: a coefficient that rounds to 0.00 is neither a gain nor a loss.
+    colors = ["tab:green" if round(c, 2) < 0 else "tab:red" if round(c, 2) > 0 else "0.6" for c in fitted["coef"]]
     bars = ax.barh(fitted["term"].map(_short_factor), fitted["coef"], color=colors)
     ax.bar_label(bars, fmt="%+.2f", padding=3, fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
@@ -371,8 +393,10 @@ def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, best_
     _step_axis(ax, log=True)
     # Only good runs here, so show their whole descent (up to uniform) rather than a quantile.
     ax.set_ylim(*_robust_ylim(finite.loc[finite["id"].isin(best_ids), "ema_loss"], quantile=1.0))
+    _bits_axis(ax, "y")
+    _design_key(fig)
     ax.set(xlabel="step (log scale)", ylabel="EMA training loss (nats/byte)",
-           title=f"Best {best_curves} runs by min_loss (moving average over {smooth} logged points)")
+           title=f"Best {best_curves} runs by min_loss (local linear fit over {smooth} logged points)")
     if best_ids:
         ax.legend(title="design (min_loss)", loc="upper right", fontsize=9)
     ax.grid(which="both", lw=0.4, alpha=0.4)
@@ -404,6 +428,8 @@ def group_swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.grid(axis="y", lw=0.4, alpha=0.5)
+    _bits_axis(ax, "y")
+    _design_key(fig)
     ax.set(xlabel="", ylabel="min_loss (nats/byte)",
            title=f"{title}\nblack bar = mean; text = mean ± std, n replicates")
     _save(fig, out)
@@ -429,47 +455,134 @@ def group_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: ob
         ax.set_visible(False)
     axes[0, 0].set_ylim(*_tail_ylim(finite))
     _step_axis(axes[0, 0])
-    fig.supxlabel("step")
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
     fig.supylabel("EMA training loss (nats/byte)")
+    for ax in axes[:, -1]:
+        _bits_axis(ax, "y")
+    _design_key(fig)
     fig.suptitle("Stage 3: replicate curves (blue) and their mean (black) per design\n"
                  "y zoomed on late training")
     _save(fig, out)
 
 
+def _ci_text(low: float, high: float) -> str:
+    return f"[{_number(low, 3)}, {_number(high, 3)}]"
+
+
 def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
-    """All designs' mean curves together, to compare them on one scale."""
+    """All designs' mean curves on one scale, and each design's mean min_loss with its 95 % interval.
+
+    A filled marker is a design that a Holm-corrected Welch test cannot tell apart from the best.
+    """
     table = stats.group_table(summary)
     finite = _finite_curves(curves)
-    fig, ax = plt.subplots(figsize=(11, 6), dpi=DPI, layout="constrained")
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(15, 6.5), dpi=DPI, layout="constrained",
+                                    gridspec_kw={"width_ratios": [3, 2]})
     colors = plt.get_cmap("tab10" if len(table) <= 10 else "tab20").colors
+    colors = colors * (len(table) // len(colors) + 1)
     means = []
-    for row, color in zip(table.itertuples(), colors * (len(table) // len(colors) + 1)):
+    for row, color in zip(table.itertuples(), colors):
         mean = _mean_curve(_group_curves(summary, finite, row.config_id))
         means.append(mean)
+        same = " ≈ best" if row.same_as_best and row.rank > 1 else ""
         ax.plot(mean["step"], mean["ema_loss"], color=color, lw=1.6,
-                label=f"#{row.rank} {row.label} ({_number(row.mean, 3)})")
+                label=f"#{row.rank} {row.label} {_number(row.mean, 3)} {_ci_text(row.min_loss_ci_low, row.min_loss_ci_high)}{same}")
     ax.set_ylim(*_tail_ylim(pd.concat(means)))
     _step_axis(ax)
     ax.set(xlabel="step", ylabel="mean EMA training loss (nats/byte)",
-           title="Stage 3: mean training curve per design (y focused on late training)")
-    ax.legend(title="rank, design (mean min_loss)", loc="upper left",
-              bbox_to_anchor=(1.01, 1), fontsize=9)
+           title="mean training curve per design (y focused on late training)")
+    ax.legend(title="rank, design, mean min_loss [95 % CI]", loc="upper center",
+              bbox_to_anchor=(0.5, -0.12), fontsize=8, ncol=2)
     ax.grid(which="both", lw=0.4, alpha=0.4)
+    _interval_panel(right, table, colors)
+    fig.suptitle(f"Stage 3: {len(table)} designs over their seeds")
+    _design_key(fig)
     _save(fig, out)
+
+
+def _interval_panel(ax: Axes, table: pd.DataFrame, colors: list) -> None:
+    """Mean min_loss ± 95 % interval per design, best at the top; hollow where the best is distinguishably better."""
+    y = np.arange(len(table))[::-1]
+    for yi, row, color in zip(y, table.itertuples(), colors):
+        low, high = row.min_loss_ci_low, row.min_loss_ci_high
+        if np.isfinite(low):
+            ax.hlines(yi, low, high, color=color, lw=2)
+        ax.plot(row.mean, yi, "o", ms=7, color=color, mfc=color if row.same_as_best else "white", mew=1.6)
+    if len(table):
+        ax.axvline(table["mean"].iloc[0], ls="--", lw=0.9, color="0.3")
+    ax.set_yticks(y, [f"#{r.rank} {r.label}" for r in table.itertuples()], fontsize=8)
+    ax.set_xlabel("mean min_loss (nats/byte), 95 % CI")
+    _bits_axis(ax, "x")
+    ax.set_title("filled: not distinguishable from #1 (Holm-corrected Welch, 5 %)", fontsize=9)
+    ax.grid(axis="x", lw=0.4, alpha=0.5)
+
+
+def _design_key(fig: Figure) -> None:
+    """The key to design labels, at the foot of a figure that uses them, in a strip the layout leaves free."""
+    fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
+    fig.text(0.5, 0.005, DESIGN_KEY, ha="center", va="bottom", fontsize=7.5, color="0.3")
+
+
+def _bits_axis(ax: Axes, which: str) -> None:
+    """A second axis in bits per byte beside one in nats."""
+    to_bits, to_nats = (lambda v: v / math.log(2)), (lambda v: v * math.log(2))
+    if which == "x":
+        ax.secondary_xaxis("top", functions=(to_bits, to_nats)).set_xlabel("bits per byte", fontsize=8)
+    else:
+        ax.secondary_yaxis("right", functions=(to_bits, to_nats)).set_ylabel("bits per byte", fontsize=8)
+
+
+def effects_bars(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """Each switch's effect, its interactions and depth and width, with 95 % intervals: on training and held-out loss."""
+    table = effects.effects(summary)
+    if table.empty:
+        _message_figure(out, "Effects", "Too few usable runs for the model.")
+        return
+    order = table.loc[table["response"] == "min_loss"].sort_values("estimate")["term"].tolist()
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(5.0, 0.24 * len(order) + 1.8)), dpi=DPI, sharey=True,
+                             layout="constrained")
+    for ax, (response, unit) in zip(axes, (("min_loss", "min_loss (nats/byte)"), ("valid_bpb", "valid_bpb (bits/byte)"))):
+        rows = table.loc[table["response"] == response].set_index("term").reindex(order)
+        y = np.arange(len(order))
+        colors = ["tab:green" if h < 0 else "tab:red" if lo > 0 else "0.55"
+                  for lo, h in zip(rows["ci_low"], rows["ci_high"])]
+        ax.hlines(y, rows["ci_low"], rows["ci_high"], colors=colors, lw=2)
+        ax.scatter(rows["estimate"], y, color=colors, zorder=3, s=18)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"effect on {unit}")
+        ax.grid(axis="x", lw=0.4, alpha=0.5)
+        if response == "min_loss":
+            _bits_axis(ax, "x")
+    axes[0].set_yticks(np.arange(len(order)), [_term_name(t) for t in order], fontsize=8)
+    n = int(table["n"].iloc[0])
+    fig.suptitle(f"Effects with 95 % intervals, linear model of {n} runs (switches and their two-way interactions; "
+                 "depth and width against the smallest)\ngreen: lowers the loss, red: raises it, grey: interval spans 0",
+                 fontsize=10)
+    _save(fig, out)
+
+
+def _term_name(term: str) -> str:
+    """'forget_gate:residual' -> 'forget gate × residual'; 'C(n_layers)[T.2]' -> 'n_layers = 2'."""
+    if term.startswith("C("):
+        factor, level = term[2:].split(")[T.")
+        return f"{factor} = {level.rstrip(']')}"
+    return " × ".join(part.replace("_", " ") for part in term.split(":"))
 
 
 def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
     """The stage-3 ranking as a picture, for reports that embed figures only."""
     table = stats.group_table(summary)
-    cells = [[str(r.rank), r.label, *(_number(v, 4) for v in (r.mean, r.std, r.min, r.max)),
-              str(r.n)] for r in table.itertuples()]
-    header = ["rank", "configuration", "mean", "std", "min", "max", "n"]
+    cells = [[str(r.rank), r.label, _number(r.mean, 4), _number(r.mean_bpb, 4),
+              _ci_text(r.min_loss_ci_low, r.min_loss_ci_high), _number(r.std, 4),
+              _number(r.test_bpb_mean, 4), str(r.n), "yes" if r.same_as_best else "no"] for r in table.itertuples()]
+    header = ["rank", "configuration", "min_loss", "in bits", "95 % CI", "std", "test_bpb", "n", "≈ #1"]
     # At least 3 inches tall: a 3-design smoke study would otherwise give a thumbnail strip.
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.6 + 0.3 * (len(cells) + 1))), dpi=DPI,
                            layout="constrained")
     ax.axis("off")
     shown = ax.table(cellText=cells or [[""] * len(header)], colLabels=header, loc="upper center",
-                     colWidths=[0.07, 0.43, 0.1, 0.1, 0.1, 0.1, 0.06], cellLoc="center")
+                     colWidths=[0.06, 0.3, 0.09, 0.09, 0.15, 0.08, 0.09, 0.05, 0.07], cellLoc="center")
     shown.auto_set_font_size(False)
     shown.set_fontsize(10)
     shown.scale(1, 1.4)
@@ -477,7 +590,9 @@ def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: o
         if row == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("0.88")
-    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss over replicates")
+    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss (nats/byte) over replicates;\n"
+                 "≈ #1: a Holm-corrected Welch test cannot tell it from the best at 5 %")
+    _design_key(fig)
     _save(fig, out)
 
 
@@ -493,4 +608,5 @@ FIGURES: dict[str, Callable[..., None]] = {
     "group_curves": group_curves,
     "group_means": group_means,
     "group_table": ranking_table,
+    "effects": effects_bars,
 }

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import math
+
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
 
 from rnnsweep.grid import SWITCHES
 
@@ -57,13 +61,22 @@ def regression(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"term": [*FACTORS, "R2"], "coef": [*coef, r2], "n": len(y)})
 
 
+#: Confidence level of every interval, and the family-wise error rate of the comparisons with the best.
+LEVEL = 0.95
+
+
 def group_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per-design statistics over replicates, ranked by mean min_loss.
+    """Per-design statistics over replicates, ranked by mean min_loss, with intervals and comparisons with the best.
 
     Diverged replicates are excluded from the statistics (their loss is undefined), so
-    `n` counts the replicates that actually contributed.
+    `n` counts the replicates that actually contributed. For min_loss (nats, and in
+    bits per byte) and test_bpb: the mean's 95 % t-interval, the difference from the
+    best design's mean, and the Welch test of that difference, Holm-corrected over
+    the designs compared; `same_as_best` marks a design the test cannot tell apart
+    from the best at the 5 % level.
     """
-    loss = summary["min_loss"].where(summary.index.isin(usable_runs(summary).index))
+    usable = summary.index.isin(usable_runs(summary).index)
+    loss = summary["min_loss"].where(usable)
     stats = loss.groupby(summary["config_id"]).agg(
         mean="mean", std="std", min="min", max="max", n="count"
     )
@@ -72,7 +85,50 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
     table = table.reset_index()
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table.insert(2, "label", [design_label(row) for _, row in table.iterrows()])
+    samples = {
+        "min_loss": loss.groupby(summary["config_id"]),
+        "test_bpb": summary["test_bpb"].where(usable).groupby(summary["config_id"]),
+    }
+    for response, groups in samples.items():
+        values = [groups.get_group(c).dropna().to_numpy(float) if c in groups.groups else np.array([]) for c in table["config_id"]]
+        _add_comparison(table, response, values)
+    table = table.drop(columns="min_loss_mean")  # it is `mean`
+    table["mean_bpb"] = table["mean"] / math.log(2)
+    table["same_as_best"] = table["min_loss_p_holm"].isna() | (table["min_loss_p_holm"] >= 1 - LEVEL)
+    table.loc[table["rank"] == 1, "same_as_best"] = True
     return table
+
+
+def _add_comparison(table: pd.DataFrame, response: str, values: list[np.ndarray]) -> None:
+    """Columns <response>_mean, _ci_low, _ci_high, _diff (from the first design), _p_holm."""
+    means = [v.mean() if len(v) else np.nan for v in values]
+    intervals = [_t_interval(v) for v in values]
+    best = values[0] if values else np.array([])
+    p = [np.nan] + [_welch_p(best, v) for v in values[1:]]
+    tested = [i for i, value in enumerate(p) if np.isfinite(value)]
+    holm = np.full(len(values), np.nan)
+    if tested:
+        holm[tested] = multipletests([p[i] for i in tested], alpha=1 - LEVEL, method="holm")[1]
+    table[f"{response}_mean"] = means
+    table[f"{response}_ci_low"] = [low for low, _ in intervals]
+    table[f"{response}_ci_high"] = [high for _, high in intervals]
+    table[f"{response}_diff"] = [m - means[0] for m in means] if values else []
+    table[f"{response}_p_holm"] = holm
+
+
+def _t_interval(values: np.ndarray) -> tuple[float, float]:
+    """The mean's 95 % t-interval; undefined with fewer than two values."""
+    if len(values) < 2:
+        return np.nan, np.nan
+    half = scipy_stats.t.ppf((1 + LEVEL) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
+
+
+def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p of Welch's t-test of equal means; undefined with fewer than two values in either."""
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return np.nan
+    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def design_label(row: Mapping[str, Any] | pd.Series) -> str:
@@ -81,6 +137,3 @@ def design_label(row: Mapping[str, Any] | pd.Series) -> str:
     sources = "+".join(abbrev for name, abbrev in _SOURCE_ABBREV if bool(row[name])) or "nostate"
     return f"L{int(row['n_layers'])} S{int(row['state_size'])} {gates} {sources}"
 
-
-#: Analysis tables by name (rnnsweep.layout.STAGE_TABLES says which stage has which): summary -> table.
-TABLES = {"regression": regression, "groups": group_table}

@@ -1,0 +1,16 @@
+"""The analysis tables by name: what `rnnsweep table <name>` writes (rnnsweep.layout.STAGE_TABLES says where)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+from rnnsweep import effects, stats
+
+TABLES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "regression": stats.regression,
+    "effects": effects.effects,
+    "anova": effects.anova,
+    "groups": stats.group_table,
+}
