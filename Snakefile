@@ -18,6 +18,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/samples.smk"
 
 
 # Small jobs run where Snakemake runs, never as cluster jobs; only training and
@@ -29,6 +30,7 @@ localrules:
     select,
     table,
     plot,
+    samples,
 
 
 rule all:

@@ -63,6 +63,10 @@ def test_a_profile_passes_through_the_plot_and_data_commands():
     plot = ["plot", "loss_curves", "--summary", "s", "--curves", "c", "--out", "o"]
     args = cli.build_parser().parse_args([*plot, *cli.profile_options(PROFILE["plots"], cli.PLOT_KEYS)])
     assert {key: getattr(args, key) for key in cli.PLOT_KEYS} == PROFILE["plots"]
+    samples = ["samples", "--summary", "s", "--data", "d", "--out", "o"]
+    options = cli.profile_options(PROFILE["samples"], cli.SAMPLE_KEYS) + cli.profile_options(PROFILE, ["seed"])
+    args = cli.build_parser().parse_args([*samples, *options])
+    assert {key: getattr(args, key) for key in cli.SAMPLE_KEYS} == PROFILE["samples"] and args.seed == PROFILE["seed"]
     args = cli.build_parser().parse_args(["data", "--out", "d", *cli.profile_options(PROFILE, cli.DATA_KEYS)])
     assert (args.corpus, args.cache_dir, args.url, args.generated_bytes, args.seed) == tuple(
         PROFILE[key] for key in ("corpus", "cache_dir", "enwik8_url", "generated_bytes", "seed")

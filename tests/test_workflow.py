@@ -80,6 +80,11 @@ def test_stage2_and_stage3_follow_the_selection_rule(study, profile):
     assert set(stage3["config_id"]) == set(best2)
 
 
+def test_samples_page_has_each_stage(study):
+    page = (study / f"{RESULTS}/stage3/samples.md").read_text()
+    assert all(f"## {stage}\n" in page for stage in config.STAGES) and page.count("Run `") == len(config.STAGES)
+
+
 def test_tables(study):
     regression = pd.read_csv(study / f"{RESULTS}/stage1/regression.csv")
     r2 = regression.loc[regression["term"] == "R2", "coef"].item()

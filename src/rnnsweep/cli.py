@@ -37,6 +37,8 @@ WORKER_KEYS = ("device", "lock", "lock_lease_s", "checkpoint_every")
 THREADS_KEY = "threads_per_worker"
 #: Profile keys, beside a stage's design keys and training settings, that a manifest's rows depend on.
 MANIFEST_KEYS = ("precision", "batch_designs", "device", "seed")
+#: Profile keys (of its `samples` block) that the samples page takes, beside `seed`.
+SAMPLE_KEYS = ("bytes", "temperature", "prompt_bytes")
 #: Profile keys (of its `plots` block) that every figure takes.
 PLOT_KEYS = ("threshold", "best_curves", "smooth")
 
@@ -244,6 +246,28 @@ def cmd_table(args: argparse.Namespace) -> None:
     write_csv(TABLES[args.table](read_summary(Path(args.summary))), Path(args.out))
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    from rnnsweep.sample import generate, load_run
+
+    text = generate(load_run(Path(args.run)), args.prompt.encode(), args.bytes, args.temperature, args.seed)
+    sys.stdout.buffer.write(args.prompt.encode() + text + b"\n")
+
+
+def cmd_samples(args: argparse.Namespace) -> None:
+    from rnnsweep.fsutil import atomic_write_text
+    from rnnsweep.sample import SampleSettings, samples_markdown
+
+    summaries = {Path(path).parent.name: Path(path) for path in args.summary}
+    settings = SampleSettings(args.bytes, args.temperature, args.prompt_bytes, args.seed)
+    atomic_write_text(Path(args.out), samples_markdown(summaries, Path(args.data), settings))
+
+
+def _sample_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bytes", type=_positive, required=True, help="bytes to generate")
+    parser.add_argument("--temperature", type=float, required=True, help="logits are divided by it before sampling")
+    parser.add_argument("--seed", type=int, required=True, help="of the sampler: the same seed prints the same text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="rnnsweep", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -294,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-curves", type=_positive, required=True, help="how many best runs best_curves draws")
     p.add_argument("--smooth", type=_positive, required=True, help="moving-average window, in logged points")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("sample", help="print text a trained run generates after a prompt")
+    p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")
+    p.add_argument("--prompt", default="", help="text fed to the run first")
+    _sample_options(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("samples", help="write a page of text from the best run of each stage")
+    p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
+    p.add_argument("--data", required=True, help="the folder of the splits: the prompt is the start of the test split")
+    p.add_argument("--out", required=True)
+    p.add_argument("--prompt-bytes", type=_positive, required=True, help="bytes of the test split fed first")
+    _sample_options(p)
+    p.set_defaults(func=cmd_samples)
 
     p = sub.add_parser("table", help="write an analysis table")
     p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))

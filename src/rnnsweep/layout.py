@@ -35,6 +35,7 @@ STAGE_FIGURES: dict[str, tuple[str, ...]] = {
     "stage3": ("group_swarm", "group_curves", "group_means", "group_table"),
 }
 FIGURE_SUFFIX = ".png"
+SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage
 
 # ---------------------------------------------------------------- a run's files
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished

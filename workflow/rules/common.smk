@@ -9,6 +9,7 @@ from rnnsweep import config as study_config
 from rnnsweep.cli import (
     DATA_KEYS,
     PLOT_KEYS,
+    SAMPLE_KEYS,
     WORKER_KEYS,
     manifest_options,
     profile_options,
@@ -22,6 +23,7 @@ from rnnsweep.layout import (
     FIGURE_SUFFIX,
     LOGS_DIR,
     MANIFEST,
+    SAMPLES,
     STAGE_FIGURES,
     STAGE_TABLES,
     SUMMARY,
@@ -116,6 +118,7 @@ def all_targets():
         for stage, names in STAGE_TABLES.items()
         for name in names
     ]
+    targets.append(stage_file(STAGES[-1], SAMPLES))
     targets += [
         figure_file(stage, name)
         for stage, names in STAGE_FIGURES.items()

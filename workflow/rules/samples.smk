@@ -1,0 +1,21 @@
+# Text from the best run of each stage, continuing the start of the test split.
+
+
+rule samples:
+    input:
+        summaries=[stage_file(stage, SUMMARY) for stage in STAGES],
+        corpus=f"{DATA}/{CORPUS_META}",
+    output:
+        stage_file(STAGES[-1], SAMPLES),
+    log:
+        f"{LOGS}/{STAGES[-1]}/samples.log",
+    conda:
+        ENV
+    params:
+        data=lambda wildcards, input: folder_of(input.corpus),
+        options=shell_words(
+            profile_options(config["samples"], SAMPLE_KEYS)
+            + profile_options(config, ["seed"])
+        ),
+    shell:
+        "python -m rnnsweep samples --summary {input.summaries} --data {params.data} --out {output} {params.options} 2> {log}"
