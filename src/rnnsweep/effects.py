@@ -53,10 +53,10 @@ def _terms(frame: pd.DataFrame) -> list[str]:
     switches = [c for c in candidates if not c.startswith("C(")]
     candidates += [f"{a}:{b}" for a, b in combinations(switches, 2)]
     kept: list[str] = []
-    columns = [np.ones(len(frame))]
+    columns = [np.ones(len(frame))]  # independent by construction: a term joins only if all its columns add rank
     for term in candidates:
         added = _columns(frame, term)
-        if np.linalg.matrix_rank(np.column_stack(columns + added)) == np.linalg.matrix_rank(np.column_stack(columns)) + len(added):
+        if np.linalg.matrix_rank(np.column_stack(columns + added)) == len(columns) + len(added):
             kept.append(term)
             columns += added
     return kept

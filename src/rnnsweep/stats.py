@@ -76,17 +76,15 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
     from the best at the 5 % level.
     """
     usable = summary.index.isin(usable_runs(summary).index)
-    loss = summary["min_loss"].where(usable)
-    stats = loss.groupby(summary["config_id"]).agg(
-        mean="mean", std="std", min="min", max="max", n="count"
-    )
+    by_design = summary["min_loss"].where(usable).groupby(summary["config_id"])
+    stats = by_design.agg(mean="mean", std="std", min="min", max="max", n="count")
     config = summary.groupby("config_id")[list(FACTORS)].first()
     table = config.join(stats).sort_values("mean", na_position="last", kind="stable")
     table = table.reset_index()
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table.insert(2, "label", [design_label(row) for _, row in table.iterrows()])
     samples = {
-        "min_loss": loss.groupby(summary["config_id"]),
+        "min_loss": by_design,
         "test_bpb": summary["test_bpb"].where(usable).groupby(summary["config_id"]),
     }
     for response, groups in samples.items():
