@@ -19,6 +19,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/samples.smk"
+include: "workflow/rules/baselines.smk"
 
 
 # Small jobs run where Snakemake runs, never as cluster jobs; only training and
@@ -31,6 +32,7 @@ localrules:
     table,
     plot,
     samples,
+    compare,
 
 
 rule all:

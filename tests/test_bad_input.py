@@ -608,3 +608,49 @@ def test_unreadable_corpus_is_one_line(tmp_path, call, monkeypatch):
     code, err = call("data", "--corpus", str(corpus), "--out", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"))
     assert code == 2 and str(corpus) in error_line(err, "data")
     assert not (tmp_path / "data").exists()
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def _baselines_table(tmp_path: Path, data_dir: Path, call) -> Path:
+    table = tmp_path / "baselines.csv"
+    code, err = call("baselines", "--data", str(data_dir), "--out", str(table), "--max-order", "2",
+                     "--eval-bytes", "64", "--history-size", "8")
+    assert code == 0, err
+    return table
+
+
+def test_baselines_of_other_bytes_are_never_set_beside_the_runs(tmp_path, finished_stage, data_dir, call):
+    results = _finished(tmp_path, finished_stage)
+    assert call(*_stage_args("aggregate", results, data_dir))[0] == 0
+    summary, curves = results / "stage1" / "summary.csv", results / "stage1" / "curves.csv"
+    table = _baselines_table(tmp_path, data_dir, call)
+    assert call("compare", "--baselines", str(table), "--summary", str(summary), "--out", str(tmp_path / "ok.png"))[0] == 0
+    pd.read_csv(table).assign(data="0123456789abcdef").to_csv(table, index=False)
+    before = snapshot(tmp_path)
+    code, err = call("compare", "--baselines", str(table), "--summary", str(summary), "--out", str(tmp_path / "ok.png"))
+    assert code == 2 and "0123456789abcdef" in error_line(err, "compare")
+    code, err = call("plot", "swarm_all", "--summary", str(summary), "--curves", str(curves), "--out", str(tmp_path / "s.png"),
+                     "--threshold", "1.9", "--best-curves", "5", "--smooth", "10", "--baselines", str(table))
+    assert code == 2 and "0123456789abcdef" in error_line(err, "plot")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("text", ["", "method,bpb\nx,1\n", "not,a\n\"table"], ids=["empty", "columns", "broken"])
+def test_a_broken_baselines_table_is_one_line(tmp_path, text, call):
+    table = tmp_path / "baselines.csv"
+    table.write_text(text)
+    code, err = call("compare", "--baselines", str(table), "--summary", str(tmp_path / "s.csv"), "--out", str(tmp_path / "b.png"))
+    assert code == 2 and str(table) in error_line(err, "compare")
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_baselines_of_a_test_split_shorter_than_one_window(tmp_path, data_dir, call):
+    short = tmp_path / "data"
+    shutil.copytree(data_dir, short)
+    (short / "test.bin").write_bytes(b"12345")
+    code, err = call("baselines", "--data", str(short), "--out", str(tmp_path / "b.csv"), "--max-order", "2",
+                     "--eval-bytes", "64", "--history-size", "8")
+    assert code == 2 and "fewer than one window" in error_line(err, "baselines")
+    assert not (tmp_path / "b.csv").exists()

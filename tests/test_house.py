@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from rnnsweep import cli, config, plots, select, tables
+from rnnsweep import baselines, cli, config, plots, select, tables
 from rnnsweep.claims import LOCKS
 from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS
-from rnnsweep.layout import STAGE_FIGURES, STAGE_TABLES
+from rnnsweep.layout import STAGE_FIGURES, STAGE_TABLES, WITH_BASELINES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = config.load(ROOT / "configs/default.yaml")
@@ -31,6 +31,7 @@ def test_the_code_lists_what_the_schema_lists():
     assert PRECISIONS == _choices("precision")
     assert BATCH_DESIGNS == _choices("batch_designs")
     assert LOCKS == _choices("lock")
+    assert baselines.MAX_ORDER == config.schema()["properties"]["baselines"]["properties"]["max_order"]["maximum"]
 
 
 def test_design_keys_are_the_stage_blocks_own_keys():
@@ -67,6 +68,10 @@ def test_a_profile_passes_through_the_plot_and_data_commands():
     options = cli.profile_options(PROFILE["samples"], cli.SAMPLE_KEYS) + cli.profile_options(PROFILE, ["seed"])
     args = cli.build_parser().parse_args([*samples, *options])
     assert {key: getattr(args, key) for key in cli.SAMPLE_KEYS} == PROFILE["samples"] and args.seed == PROFILE["seed"]
+    options = cli.profile_options(PROFILE["baselines"], cli.BASELINE_KEYS) + cli.profile_options(PROFILE["stage1"], cli.SCORING_KEYS)
+    args = cli.build_parser().parse_args(["baselines", "--data", "d", "--out", "o", *options])
+    assert {key: getattr(args, key) for key in cli.BASELINE_KEYS} == PROFILE["baselines"]
+    assert all(getattr(args, key) == PROFILE["stage1"][key] for key in cli.SCORING_KEYS)
     args = cli.build_parser().parse_args(["data", "--out", "d", *cli.profile_options(PROFILE, cli.DATA_KEYS)])
     assert (args.corpus, args.cache_dir, args.url, args.generated_bytes, args.seed) == tuple(
         PROFILE[key] for key in ("corpus", "cache_dir", "enwik8_url", "generated_bytes", "seed")
@@ -77,6 +82,7 @@ def test_every_named_table_and_figure_has_its_function():
     assert {name for names in STAGE_TABLES.values() for name in names} == set(tables.TABLES)
     assert {name for names in STAGE_FIGURES.values() for name in names} == set(plots.FIGURES)
     assert set(select.SELECTIONS) == set(config.STAGES[1:])
+    assert set(WITH_BASELINES) <= set(plots.FIGURES)
 
 
 def test_snakemake_lint_is_clean():

@@ -201,3 +201,31 @@ def test_smoothing_follows_a_trend_to_both_ends_without_a_jump() -> None:
     smoothed = plots._smooth(noisy, 10)
     assert abs(smoothed[-1] - trend[-1]) < 0.03 and abs(smoothed[0] - trend[0]) < 0.03
     assert np.abs(np.diff(smoothed)).max() < 0.2  # no step anywhere, ends included
+
+
+def _baselines(bpb: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"method": [f"order-{k} n-gram" for k in range(len(bpb))], "kind": "n-gram",
+                         "order": range(len(bpb)), "bytes": 1000, "bpb": bpb,
+                         "nats": np.array(bpb) * np.log(2), "data": "d"})
+
+
+def test_the_swarm_scale_holds_the_best_baseline_far_below_the_runs(
+        tmp_path: Path, stage1: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    runs = stats.usable_runs(stage1[0])
+    low, high = plots._swarm_ylim(runs, plots._best_baseline(_baselines([3.0, 0.5, 1.0])))
+    assert low < 0.5 * np.log(2) < runs["min_loss"].min() and high > runs["min_loss"].max()
+    assert plots._swarm_ylim(runs, None) is None
+    plots.swarm_all(*stage1, tmp_path / "swarm.png", threshold=1.9, baselines=_baselines([3.0, 0.5]))
+    _assert_png(tmp_path / "swarm.png")
+
+
+def test_the_comparison_takes_each_stages_run_chosen_on_validation(
+        tmp_path: Path, stage1: tuple[pd.DataFrame, pd.DataFrame], stage3: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    summary = stage1[0].copy()
+    summary["test_bytes"] = 1000
+    summary.loc[summary["id"] == "s1-0005", ["valid_bpb", "test_bpb"]] = [0.1, 9.0]  # best on valid, worst on test
+    summary.loc[summary["id"] == "s1-0006", ["valid_bpb", "test_bpb"]] = [9.0, 0.1]
+    assert plots._best_by_validation(summary)["id"] == "s1-0005"
+    out = tmp_path / "baselines.png"
+    plots.compare(_baselines([4.0, 3.0]), {"stage1": summary, "stage3": stage3[0].assign(test_bytes=900)}, out)
+    _assert_png(out)

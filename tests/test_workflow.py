@@ -15,7 +15,8 @@ import yaml
 
 from rnnsweep import config
 from rnnsweep.grid import SWITCHES
-from rnnsweep.layout import FIGURE_SUFFIX, STAGE_FIGURES
+from rnnsweep.baselines import COMPRESSORS
+from rnnsweep.layout import BASELINES, BASELINES_FIGURE, FIGURE_SUFFIX, STAGE_FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
@@ -95,7 +96,20 @@ def test_tables(study):
     np.testing.assert_allclose(groups.set_index("config_id")["mean"][means.index], means, rtol=1e-12)
 
 
-@pytest.mark.parametrize("png", [f"{s}/{n}{FIGURE_SUFFIX}" for s, names in STAGE_FIGURES.items() for n in names])
+def test_baselines_score_the_runs_bytes(study, profile):
+    table = pd.read_csv(study / f"{RESULTS}/{BASELINES}")
+    orders = range(profile["baselines"]["max_order"] + 1)
+    assert table["method"].tolist() == [f"order-{k} n-gram" for k in orders] + list(COMPRESSORS)
+    stage1 = pd.read_csv(study / f"{RESULTS}/stage1/summary.csv")
+    assert set(table["data"]) == set(stage1["data"])
+    assert (table.loc[table["kind"] == "n-gram", "bytes"] == stage1["test_bytes"].iloc[0]).all()
+    assert (table["bpb"] > 0).all()
+
+
+FIGURE_FILES = [f"{s}/{n}{FIGURE_SUFFIX}" for s, names in STAGE_FIGURES.items() for n in names]
+
+
+@pytest.mark.parametrize("png", [*FIGURE_FILES, f"{BASELINES_FIGURE}{FIGURE_SUFFIX}"])
 def test_every_figure_is_a_real_picture(study, png):
     path = study / FIGURES_DIR / png
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

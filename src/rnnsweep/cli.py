@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from rnnsweep import config, data
+from rnnsweep.baselines import MAX_ORDER
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import LOCKS, Worker
 from rnnsweep.fsutil import UnsafePath
@@ -41,6 +42,10 @@ MANIFEST_KEYS = ("precision", "batch_designs", "device", "seed")
 SAMPLE_KEYS = ("bytes", "temperature", "prompt_bytes")
 #: Profile keys (of its `plots` block) that every figure takes.
 PLOT_KEYS = ("threshold", "best_curves", "smooth")
+#: Profile keys (of its `baselines` block) that `baselines` takes; and a stage's keys that fix the
+#: test slice its runs are scored on, which the baselines score too (the first stage's).
+BASELINE_KEYS = ("max_order",)
+SCORING_KEYS = ("eval_bytes", "history_size")
 
 
 def option(key: str) -> str:
@@ -232,12 +237,33 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from rnnsweep import plots  # matplotlib is slow to import; only plotting needs it
+    from rnnsweep.baselines import check_same_bytes, read_baselines
 
     if args.figure not in plots.FIGURES:
         raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(plots.FIGURES)}")
     summary, curves = read_summary(Path(args.summary)), read_summary(Path(args.curves), curves=True)
     options = {key: getattr(args, key) for key in PLOT_KEYS}
+    if args.baselines:
+        options["baselines"] = read_baselines(Path(args.baselines))
+        check_same_bytes(options["baselines"], summary, f"the runs of {args.summary}")
     plots.FIGURES[args.figure](summary, curves, Path(args.out), **options)
+
+
+def cmd_baselines(args: argparse.Namespace) -> None:
+    from rnnsweep.baselines import baselines
+
+    write_csv(baselines(Path(args.data), args.eval_bytes, args.history_size, args.max_order), Path(args.out))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from rnnsweep import plots
+    from rnnsweep.baselines import check_same_bytes, read_baselines
+
+    table = read_baselines(Path(args.baselines))
+    summaries = {Path(path).parent.name: read_summary(Path(path)) for path in args.summary}
+    for stage, summary in summaries.items():
+        check_same_bytes(table, summary, f"the {stage} runs")
+    plots.compare(table, summaries, Path(args.out))
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -317,7 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, required=True, help="the 'memory is used' loss line")
     p.add_argument("--best-curves", type=_positive, required=True, help="how many best runs best_curves draws")
     p.add_argument("--smooth", type=_positive, required=True, help="moving-average window, in logged points")
+    p.add_argument("--baselines", help="baselines.csv: the swarms draw the best baseline as a line")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("baselines", help="write the bits per byte of n-gram models and compressors on the test slice")
+    p.add_argument("--data", required=True, help="folder with the splits: n-grams count the training split")
+    p.add_argument("--out", required=True, help="the table to write")
+    p.add_argument("--max-order", type=int, choices=range(MAX_ORDER + 1), required=True, help="n-grams of order 0 to this")
+    p.add_argument("--eval-bytes", type=_positive, required=True, help="the test slice: as the runs were scored")
+    p.add_argument("--history-size", type=int, required=True, help="the runs' window: a context never reaches past its start")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("compare", help="draw the baselines beside the best run of each stage")
+    p.add_argument("--baselines", required=True, help="baselines.csv")
+    p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sample", help="print text a trained run generates after a prompt")
     p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")

@@ -36,6 +36,12 @@ STAGE_FIGURES: dict[str, tuple[str, ...]] = {
 }
 FIGURE_SUFFIX = ".png"
 SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage
+#: results/<study>/baselines.csv: n-gram models and compressors on the test slice (rnnsweep.baselines);
+#: figures/<study>/baselines.png sets them beside the best run of each stage.
+BASELINES = "baselines.csv"
+BASELINES_FIGURE = "baselines"
+#: Figures that also draw the best baseline, as a line (`rnnsweep plot --baselines`).
+WITH_BASELINES = ("swarm_all", "swarm")
 
 # ---------------------------------------------------------------- a run's files
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from rnnsweep import config as study_config
 from rnnsweep.cli import (
+    BASELINE_KEYS,
     DATA_KEYS,
     PLOT_KEYS,
     SAMPLE_KEYS,
+    SCORING_KEYS,
     WORKER_KEYS,
     manifest_options,
     profile_options,
@@ -17,6 +19,8 @@ from rnnsweep.cli import (
 )
 from rnnsweep.data import NAMED_CORPORA, SPLITS, split_path
 from rnnsweep.layout import (
+    BASELINES,
+    BASELINES_FIGURE,
     CORPUS_META,
     CURVES,
     DATA_DIR,
@@ -28,6 +32,7 @@ from rnnsweep.layout import (
     STAGE_TABLES,
     SUMMARY,
     TABLE_SUFFIX,
+    WITH_BASELINES,
     WORKERS_DIR,
 )
 from rnnsweep.provenance import ENGINE
@@ -111,6 +116,15 @@ def previous_summary(wildcards):
     return stage_file(STAGES[STAGES.index(wildcards.stage) - 1], SUMMARY)
 
 
+def plot_baselines(wildcards):
+    """The baselines table, for the figures that draw the best baseline as a line."""
+    return [f"{RESULTS}/{BASELINES}"] if wildcards.figure in WITH_BASELINES else []
+
+
+def baselines_option(wildcards, input):
+    return shell_words(["--baselines", *input.baselines]) if input.baselines else ""
+
+
 def all_targets():
     targets = [stage_file(stage, SUMMARY) for stage in STAGES]
     targets += [
@@ -119,6 +133,10 @@ def all_targets():
         for name in names
     ]
     targets.append(stage_file(STAGES[-1], SAMPLES))
+    targets += [
+        f"{RESULTS}/{BASELINES}",
+        f"{FIGURES_DIR}/{BASELINES_FIGURE}{FIGURE_SUFFIX}",
+    ]
     targets += [
         figure_file(stage, name)
         for stage, names in STAGE_FIGURES.items()

@@ -6,6 +6,7 @@ rule plot:
     input:
         summary=stage_file("{stage}", SUMMARY),
         curves=stage_file("{stage}", CURVES),
+        baselines=plot_baselines,
     output:
         figure_file("{stage}", "{figure}"),
     log:
@@ -14,6 +15,7 @@ rule plot:
         ENV
     params:
         options=shell_words(profile_options(config["plots"], PLOT_KEYS)),
+        baselines=baselines_option,
     shell:
         "python -m rnnsweep plot {wildcards.figure} --summary {input.summary} --curves {input.curves}"
-        " --out {output} {params.options} 2> {log}"
+        " --out {output} {params.options} {params.baselines} 2> {log}"

@@ -1,0 +1,36 @@
+# What n-gram models and compressors get on the bytes the runs are scored on, and the best run of
+# each stage beside them.
+
+
+rule baselines:
+    input:
+        corpus=f"{DATA}/{CORPUS_META}",
+    output:
+        f"{RESULTS}/{BASELINES}",
+    log:
+        f"{LOGS}/baselines.log",
+    conda:
+        ENV
+    params:
+        data=lambda wildcards, input: folder_of(input.corpus),
+        # The test slice the first stage's runs are scored on.
+        options=shell_words(
+            profile_options(config["baselines"], BASELINE_KEYS)
+            + profile_options(config[STAGES[0]], SCORING_KEYS)
+        ),
+    shell:
+        "python -m rnnsweep baselines --data {params.data} --out {output} {params.options} 2> {log}"
+
+
+rule compare:
+    input:
+        baselines=rules.baselines.output[0],
+        summaries=[stage_file(stage, SUMMARY) for stage in STAGES],
+    output:
+        f"{FIGURES_DIR}/{BASELINES_FIGURE}{FIGURE_SUFFIX}",
+    log:
+        f"{LOGS}/compare.log",
+    conda:
+        ENV
+    shell:
+        "python -m rnnsweep compare --baselines {input.baselines} --summary {input.summaries} --out {output} 2> {log}"
