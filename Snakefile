@@ -11,6 +11,10 @@ min_version("9.0")
 configfile: "configs/default.yaml"
 
 
+# `snakemake --report report.html`: this front page, then every figure and table with its caption.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/grid.smk"
@@ -22,16 +26,19 @@ include: "workflow/rules/samples.smk"
 include: "workflow/rules/baselines.smk"
 
 
-# Small jobs run where Snakemake runs, never as cluster jobs; only training and
-# aggregation (which may train) are submitted.
+# Only training goes to the queue on a cluster: every other job is small, or (aggregation
+# healing a damaged run, the baselines) rare or short, and runs where Snakemake runs.
 localrules:
     all,
     corpus,
     grid,
-    select,
+    aggregate,
     table,
+    select,
     plot,
     samples,
+    headline,
+    baselines,
     compare,
 
 

@@ -7,6 +7,7 @@ to a command must be an option of that command.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,18 @@ def test_snakefmt_would_change_nothing():
         [Path(sys.executable).parent / "snakefmt", "--check", *files], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _rules() -> dict[str, str]:
+    """Every rule of the workflow by name, with its text."""
+    text = "\n".join(path.read_text() for path in sorted((ROOT / "workflow/rules").glob("*.smk")))
+    text += "\n" + (ROOT / "Snakefile").read_text()
+    return dict(re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, flags=re.M))
+
+
+def test_only_training_goes_to_a_cluster_and_only_training_is_retried():
+    snakefile = (ROOT / "Snakefile").read_text()
+    local = re.search(r"^localrules:\n((?:[ \t]+\w+,\n)+)", snakefile, flags=re.M).group(1).split()
+    rules = _rules()
+    assert {name.rstrip(",") for name in local} == set(rules) - {"train"}
+    assert [name for name, body in rules.items() if "retries:" in body] == ["train"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +19,10 @@ import yaml
 from rnnsweep import config
 from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
-from rnnsweep.layout import BASELINES, BASELINES_FIGURE, FIGURE_SUFFIX, STAGE_FIGURES
+from rnnsweep.layout import (
+    BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, FIGURE_SUFFIX, HEADLINE, SAMPLES, STAGE_FIGURES,
+    STAGE_TABLES, SUMMARY, TABLE_SUFFIX,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
@@ -116,6 +122,43 @@ def test_every_figure_is_a_real_picture(study, png):
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[0] > 300 and pixels.shape[1] > 300
     assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_headline_names_each_stages_best_design(study):
+    headline = pd.read_csv(study / f"{RESULTS}/{HEADLINE}").set_index("stage")
+    assert list(headline.index) == list(config.STAGES)
+    for stage in config.STAGES[:2]:  # one run per design: the best run
+        summary = pd.read_csv(study / f"{RESULTS}/{stage}/{SUMMARY}")
+        best = summary.loc[summary["min_loss"].idxmin()]
+        assert headline.loc[stage, "best_config_id"] == best["config_id"]
+        assert headline.loc[stage, "min_loss"] == pytest.approx(best["min_loss"], rel=1e-12)
+    groups = pd.read_csv(study / f"{RESULTS}/stage3/groups.csv")
+    assert headline.loc["stage3", "best_config_id"] == groups.loc[groups["rank"] == 1, "config_id"].item()
+
+
+#: Every table and record a study writes, beside its figures: what the report must hold.
+REPORTED = [
+    *(f"{RESULTS}/{stage}/{name}" for stage in STAGE_FIGURES for name in (SUMMARY, CURVES)),
+    *(f"{RESULTS}/{stage}/{name}{TABLE_SUFFIX}" for stage, names in STAGE_TABLES.items() for name in names),
+    f"{RESULTS}/{config.STAGES[-1]}/{SAMPLES}", f"{RESULTS}/{BASELINES}", f"{RESULTS}/{HEADLINE}",
+    f"{RESULTS}/{DATA_DIR}/{CORPUS_META}",
+    *(f"{FIGURES_DIR}/{png}" for png in [*FIGURE_FILES, f"{BASELINES_FIGURE}{FIGURE_SUFFIX}"]),
+]
+
+
+def test_report_holds_every_figure_and_table_with_a_caption_and_the_headline(study):
+    snakemake(study, "--report", "report.html")
+    page = (study / "report.html").read_text()
+    entries = dict(re.findall(r'"((?:results|figures)/[^"]+)": \{"name": "[^"]*", "filename": "[^"]*", '
+                              r'"labels": [^,]*, "size": "[^"]*", "caption": "((?:[^"\\]|\\.)*)"', page))
+    assert sorted(entries) == sorted(REPORTED)
+    assert all(len(caption) > 80 for caption in entries.values()), "every result has a caption"
+    front = json.loads(page.split("workflow_desc = ", 1)[1].split("\n", 1)[0].rstrip(";"))
+    corpus = json.loads((study / f"{RESULTS}/{DATA_DIR}/{CORPUS_META}").read_text())
+    assert corpus["sha256"] in front and f"study <tt class=\"docutils literal\">{STUDY}</tt>" in front
+    for row in pd.read_csv(study / f"{RESULTS}/{HEADLINE}").itertuples():
+        assert f"{row.stage}</strong>: {row.runs} runs, {row.diverged} diverged" in front
+        assert html.escape(row.best_design) in front and f"{row.min_loss:.4f}" in front
 
 
 def test_rerun_does_nothing_and_one_figure_rerenders(study):

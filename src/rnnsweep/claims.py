@@ -20,7 +20,9 @@ on any host) may be taken over.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from rnnsweep import data, provenance
 from rnnsweep.fsutil import real_dirs
 from rnnsweep.grid import ManifestError, Run, read_manifest
 from rnnsweep.layout import lock_path, manifest_path, run_dir
-from rnnsweep.progress import ProgressBar
+from rnnsweep.progress import Heartbeat, ProgressBar
 from rnnsweep.results import read_result, settle_result
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class Worker:
     checkpoint_every: int = 0
     lease_s: float | None = None  # soft locks only: the profile's lock_lease_s
     poll_s: float = 2.0
-    progress_s: float = 10.0
+    progress_s: float = 60.0  # seconds between progress lines in the log; `rnnsweep status` shows it live
     stop: threading.Event = field(default_factory=threading.Event)
     stopped_by: int | None = None  # the signal that set `stop`, if one did
     # One lock object per run, kept across scans: a soft lease is judged stale by
@@ -72,6 +74,7 @@ class Worker:
     data_id: str = ""  # of the splits this worker trains on, set by run()
     fingerprints: dict[str, str] = field(default_factory=dict)  # run id -> what its result must carry
     inputs: tuple = ()  # _input_stamp() when run() started
+    heartbeat: Heartbeat | None = None  # this process's status file while run() works
 
     def stop_on_signals(self) -> None:
         """SIGTERM (scheduler preemption, time limit) and SIGINT (Ctrl-C) ask the worker to stop cleanly."""
@@ -101,7 +104,18 @@ class Worker:
         groups = policy.run_groups(runs, self.count, policy.device_kind(self.device))
         # Longest first; worker i starts at the i-th longest, so the workers begin on different groups.
         offset = self.index % len(groups) if groups else 0
-        trained, pending = 0, groups[offset:] + groups[:offset]
+        pending = groups[offset:] + groups[:offset]
+        log.info("worker %d of %d (pid %d on %s): %s, %d runs in %d groups",
+                 self.index, self.count, os.getpid(), socket.gethostname(), self.stage_dir.name, len(runs), len(groups))
+        self.heartbeat = Heartbeat(self.stage_dir, self.index, self.count).start()
+        try:
+            return self._work(pending, len(runs), splits, device)
+        finally:
+            self.heartbeat.close()
+
+    def _work(self, pending: list[list[Run]], total: int, splits: list, device) -> int:
+        """Claim and train pending groups until none is left; return how many runs were trained here."""
+        trained = 0
         while True:
             # Only the lock holder moves a run's files, so a run seen finished stays so: re-read the pending ones.
             pending = [[r for r in group if self._current_result(r) is None] for group in pending]
@@ -109,7 +123,7 @@ class Worker:
             if not pending:
                 log.info("worker %d: stage finished, %d runs trained here", self.index, trained)
                 return trained
-            claimed = self._claim_and_train(pending, len(runs), splits, device)
+            claimed = self._claim_and_train(pending, total, splits, device)
             trained += claimed
             if not claimed and self.stop.wait(self.poll_s):  # all pending runs are held by other workers
                 log.info("worker %d: stopped while waiting", self.index)
@@ -167,10 +181,19 @@ class Worker:
                 what = first.config_id if first.engine == "design" else "{}x{} superset".format(*first.shape)
                 label = f"{self.stage_dir.name} {done}/{total} {what} x{len(claimed)}"
                 bar = ProgressBar(label, claimed[0].steps, self.progress_s)
+                self.heartbeat.claim([run.id for run in claimed], claimed[0].steps)
+
+                def report(step: int, ema: float, steps_per_s: float) -> None:
+                    bar.update(step, ema, steps_per_s)
+                    self.heartbeat.update(step, ema, steps_per_s)
+
                 dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
-                results = train_runs(
-                    claimed, *splits, dirs, device, self.checkpoint_every, bar.update, self.stop, self.data_id
-                )
+                try:
+                    results = train_runs(
+                        claimed, *splits, dirs, device, self.checkpoint_every, report, self.stop, self.data_id
+                    )
+                finally:
+                    self.heartbeat.claim([], 0)
                 for result in results:
                     log.info(
                         "worker %d: %s %s min_loss %.4f (%.1f steps/s)",

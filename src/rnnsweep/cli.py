@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 import shlex
 import sys
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,7 @@ from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS, ManifestError, ma
 from rnnsweep.layout import STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 
 log = logging.getLogger("rnnsweep")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: Errors that are the user's (or the machine's: a full disk, a read-only folder) to fix: one line, no traceback.
 USER_ERRORS = (config.ConfigError, ManifestError, data.DataError, MissingResults, SummaryError, UnsafePath, OSError)
@@ -219,6 +221,10 @@ def _train(worker: Worker) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     if not 0 <= args.index < args.count:
         raise config.ConfigError(f"--index {args.index} is not below --count {args.count}")
+    if args.history:
+        handler = logging.FileHandler(args.history, mode="a")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
     _train(_worker(args))
 
 
@@ -233,6 +239,21 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         _train(_worker(args))
         summary, curves = aggregate(stage_dir, _data_dir(args), *outputs)
     log.info("%s: %d runs, %d curve points", stage_dir.name, len(summary), len(curves))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    """Print where the study stands; with --watch, redraw it in place until interrupted."""
+    from rnnsweep.status import render
+
+    if not args.watch:
+        print(render(Path(args.results)))
+        return
+    try:
+        while True:
+            print("\033[H\033[2J" + render(Path(args.results)), flush=True)  # home, clear, draw
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -264,6 +285,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for stage, summary in summaries.items():
         check_same_bytes(table, summary, f"the {stage} runs")
     plots.compare(table, summaries, Path(args.out))
+
+
+def cmd_headline(args: argparse.Namespace) -> None:
+    from rnnsweep.report import headline
+
+    write_csv(headline({Path(path).parent.name: read_summary(Path(path)) for path in args.summary}), Path(args.out))
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -327,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="claim and train unfinished runs of a stage until none is left")
     _worker_options(p)
+    p.add_argument("--history", help="also append the log records to this file: it keeps every attempt of a job "
+                                     "whose log is replaced when the job is retried")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("aggregate", help="write a stage's summary and curves tables, training any run without a valid result")
@@ -374,6 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     _sample_options(p)
     p.set_defaults(func=cmd_samples)
 
+    p = sub.add_parser("headline", help="write each stage's run count, diverged runs and best design: the report's front page")
+    p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_headline)
+
+    p = sub.add_parser("status", help="show each stage's runs, workers, speed, ETA and best runs; reads only")
+    p.add_argument("--results", default="results", help="a results folder or one study's folder (default: results)")
+    p.add_argument("--watch", action="store_true", help="redraw every --every seconds until Ctrl-C")
+    p.add_argument("--every", type=_positive, default=5, help="seconds between redraws with --watch")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("table", help="write an analysis table")
     p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))
     p.add_argument("--summary", required=True)
@@ -386,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     try:

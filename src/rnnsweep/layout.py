@@ -17,6 +17,7 @@ MANIFEST = "manifest.csv"  # one row per run: design, replicate, seed, settings,
 SUMMARY = "summary.csv"  # one row per run: the manifest row and its result
 CURVES = "curves.csv"  # every run's curve, long form
 WORKERS_DIR = "workers"  # workers/<i>.done: worker i saw the stage finished
+PROGRESS_DIR = "progress"  # progress/<host>-<pid>.json: a live worker's heartbeat (rnnsweep.progress)
 LOGS_DIR = "logs"  # results/<study>/logs/<stage>/: one log per job
 
 #: Analysis tables: stage -> names; table <name> of a stage is <stage>/<name>.csv, written by
@@ -35,6 +36,7 @@ STAGE_FIGURES: dict[str, tuple[str, ...]] = {
     "stage3": ("group_swarm", "group_curves", "group_means", "group_table"),
 }
 FIGURE_SUFFIX = ".png"
+HEADLINE = "headline.csv"  # results/<study>/headline.csv: each stage's runs and best design (rnnsweep.report)
 SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage
 #: results/<study>/baselines.csv: n-gram models and compressors on the test slice (rnnsweep.baselines);
 #: figures/<study>/baselines.png sets them beside the best run of each stage.
@@ -84,6 +86,10 @@ def data_dir_of(stage_dir: Path) -> Path:
 
 def run_dir(stage_dir: Path, run_id: str) -> Path:
     return Path(stage_dir) / "runs" / run_id
+
+
+def progress_dir(stage_dir: Path) -> Path:
+    return Path(stage_dir) / PROGRESS_DIR
 
 
 def lock_path(stage_dir: Path, run_id: str) -> Path:

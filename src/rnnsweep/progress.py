@@ -1,9 +1,30 @@
-"""A progress line for a worker's log: what it trains, how far, how fast, and when it will be done."""
+"""What a worker is doing, for people: a progress line in its log and a heartbeat file that `rnnsweep status` reads.
+
+The log line is for someone reading one worker's log; it is printed rarely, so
+that a log stays a short list of claims, results and errors. The heartbeat is
+for the whole stage: each worker process keeps one small JSON file in
+`<stage>/progress/` (named by host and pid, so workers on any number of
+machines never share one), rewritten every `HEARTBEAT_S` seconds by a thread
+while the process lives. It says which runs the worker trains, at which step
+and how fast. A clean exit removes it; a file not rewritten for `STALE_S`
+seconds belongs to a worker that died, and its runs will be claimed again.
+Nothing here takes or inspects a lock.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import threading
 import time
+from pathlib import Path
+
+from rnnsweep.fsutil import atomic_write_json, real_dirs
+from rnnsweep.layout import progress_dir
+
+HEARTBEAT_S = 10.0  # seconds between rewrites of a live worker's heartbeat
+STALE_S = 60.0  # a heartbeat older than this belongs to a worker that is gone
 
 
 class ProgressBar:
@@ -26,3 +47,55 @@ class ProgressBar:
             file=sys.stderr,
             flush=True,
         )
+
+
+class Heartbeat:
+    """A worker's heartbeat file, kept fresh by a thread between `start()` and `close()`."""
+
+    def __init__(self, stage_dir: Path, worker: int, count: int, every_s: float = HEARTBEAT_S) -> None:
+        self.stage_dir, self.every_s = Path(stage_dir), every_s
+        self.path = progress_dir(self.stage_dir) / f"{socket.gethostname()}-{os.getpid()}.json"
+        self.state: dict[str, object] = {
+            "host": socket.gethostname(), "pid": os.getpid(), "worker": worker, "count": count,
+            "started": time.time(), "runs": [], "steps": 0, "step": 0, "since": None, "steps_per_s": 0.0, "ema": None,
+        }
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        real_dirs(self.stage_dir, self.path.parent)
+        self._write()
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop beating and remove the file: this worker holds nothing any more."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def claim(self, run_ids: list[str], steps: int, step: int = 0) -> None:
+        """The worker now trains `run_ids` (none: it waits or scans), to `steps` steps, from `step`."""
+        with self._lock:
+            self.state.update(runs=list(run_ids), steps=steps, step=step, since=time.time() if run_ids else None,
+                              steps_per_s=0.0, ema=None)
+        self._write()
+
+    def update(self, step: int, ema: float, steps_per_s: float) -> None:
+        """The training loop's report (rnnsweep.train.Reporter): written by the next beat, not now."""
+        with self._lock:
+            self.state.update(step=step, ema=ema, steps_per_s=steps_per_s)
+
+    def _write(self) -> None:
+        with self._lock:
+            state = {**self.state, "updated": time.time()}
+        atomic_write_json(self.path, state)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self._write()
+            except OSError:  # a full or vanished disk must not kill training; the next beat tries again
+                pass

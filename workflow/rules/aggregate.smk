@@ -9,11 +9,10 @@ rule aggregate:
         manifest=stage_file("{stage}", MANIFEST),
         corpus=f"{DATA}/{CORPUS_META}",
     output:
-        summary=stage_file("{stage}", SUMMARY),
-        curves=stage_file("{stage}", CURVES),
+        summary=in_report(stage_file("{stage}", SUMMARY), "summary"),
+        curves=in_report(stage_file("{stage}", CURVES), "curves"),
     log:
         f"{LOGS}/{{stage}}/aggregate.log",
-    retries: 2  # as `train`: it may be training
     conda:
         ENV
     threads: config["threads_per_worker"]
@@ -30,7 +29,7 @@ rule table:
     input:
         stage_file("{stage}", SUMMARY),
     output:
-        stage_file("{stage}", f"{{table}}{TABLE_SUFFIX}"),
+        in_report(stage_file("{stage}", f"{{table}}{TABLE_SUFFIX}"), "table"),
     log:
         f"{LOGS}/{{stage}}/{{table}}.log",
     conda:

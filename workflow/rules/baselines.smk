@@ -6,7 +6,7 @@ rule baselines:
     input:
         corpus=f"{DATA}/{CORPUS_META}",
     output:
-        f"{RESULTS}/{BASELINES}",
+        in_report(f"{RESULTS}/{BASELINES}", "baselines_table", STUDY_CATEGORY),
     log:
         f"{LOGS}/baselines.log",
     conda:
@@ -27,7 +27,11 @@ rule compare:
         baselines=rules.baselines.output[0],
         summaries=[stage_file(stage, SUMMARY) for stage in STAGES],
     output:
-        f"{FIGURES_DIR}/{BASELINES_FIGURE}{FIGURE_SUFFIX}",
+        in_report(
+            f"{FIGURES_DIR}/{BASELINES_FIGURE}{FIGURE_SUFFIX}",
+            "baselines_figure",
+            STUDY_CATEGORY,
+        ),
     log:
         f"{LOGS}/compare.log",
     conda:

@@ -27,6 +27,7 @@ from rnnsweep.layout import (
     FIGURE_SUFFIX,
     LOGS_DIR,
     MANIFEST,
+    HEADLINE,
     SAMPLES,
     STAGE_FIGURES,
     STAGE_TABLES,
@@ -36,6 +37,7 @@ from rnnsweep.layout import (
     WORKERS_DIR,
 )
 from rnnsweep.provenance import ENGINE
+from rnnsweep.report import front_page
 
 try:
     study_config.validate(study_config.coerce(config))
@@ -75,6 +77,10 @@ WORKERS = list(range(config["workers"]))
 # How runs are trained: by the workers, and by aggregation for a run it finds without a valid
 # result. Threads are the rule's `threads`, which Snakemake may lower to fit --cores.
 TRAINING = shell_words(profile_options(config, WORKER_KEYS))
+# The report's front page (workflow/report/workflow.rst) is rendered with nothing but the config, so
+# the study's headline table and corpus record, where they exist, are read into it here.
+config["front_page"] = front_page(f"{RESULTS}/{HEADLINE}", f"{DATA}/{CORPUS_META}")
+STUDY_CATEGORY = "study"  # the report's category for what belongs to no one stage
 
 
 wildcard_constraints:
@@ -84,6 +90,11 @@ wildcard_constraints:
         sorted({name for names in STAGE_FIGURES.values() for name in names})
     ),
     table="|".join(sorted({name for names in STAGE_TABLES.values() for name in names})),
+
+
+def in_report(path, caption, category="{stage}"):
+    """Mark an output for `snakemake --report`: its caption is workflow/report/<caption>.rst, its category its stage."""
+    return report(path, caption=f"../report/{caption}.rst", category=category)
 
 
 def stage_file(stage, name):
@@ -133,6 +144,7 @@ def all_targets():
         for name in names
     ]
     targets.append(stage_file(STAGES[-1], SAMPLES))
+    targets.append(f"{RESULTS}/{HEADLINE}")
     targets += [
         f"{RESULTS}/{BASELINES}",
         f"{FIGURES_DIR}/{BASELINES_FIGURE}{FIGURE_SUFFIX}",

@@ -5,7 +5,7 @@ rule corpus:
     input:
         corpus_input,
     output:
-        meta=f"{DATA}/{CORPUS_META}",
+        meta=in_report(f"{DATA}/{CORPUS_META}", "corpus", STUDY_CATEGORY),
         splits=[str(split_path(Path(DATA), split)) for split in SPLITS],
     log:
         f"{LOGS}/corpus.log",

@@ -8,7 +8,7 @@ rule plot:
         curves=stage_file("{stage}", CURVES),
         baselines=plot_baselines,
     output:
-        figure_file("{stage}", "{figure}"),
+        in_report(figure_file("{stage}", "{figure}"), "figure"),
     log:
         f"{LOGS}/{{stage}}/plot_{{figure}}.log",
     conda:

@@ -6,7 +6,7 @@ rule samples:
         summaries=[stage_file(stage, SUMMARY) for stage in STAGES],
         corpus=f"{DATA}/{CORPUS_META}",
     output:
-        stage_file(STAGES[-1], SAMPLES),
+        in_report(stage_file(STAGES[-1], SAMPLES), "samples", STUDY_CATEGORY),
     log:
         f"{LOGS}/{STAGES[-1]}/samples.log",
     conda:
@@ -19,3 +19,19 @@ rule samples:
         ),
     shell:
         "python -m rnnsweep samples --summary {input.summaries} --data {params.data} --out {output} {params.options} 2> {log}"
+
+
+# The front page's numbers (workflow/report/workflow.rst): each stage's runs, diverged runs and best design.
+
+
+rule headline:
+    input:
+        [stage_file(stage, SUMMARY) for stage in STAGES],
+    output:
+        in_report(f"{RESULTS}/{HEADLINE}", "headline", STUDY_CATEGORY),
+    log:
+        f"{LOGS}/headline.log",
+    conda:
+        ENV
+    shell:
+        "python -m rnnsweep headline --summary {input} --out {output} 2> {log}"

@@ -1,6 +1,7 @@
 # Training: `workers` jobs per stage race for runs through file locks (rnnsweep.claims).
 # Each job ends only when every run of the stage has a result, so a run dropped by a
 # killed worker is finished by a live one; the flag file just tells Snakemake it is over.
+# Snakemake empties a job's log when it retries the job; the history keeps every attempt's records.
 
 
 rule train:
@@ -21,7 +22,8 @@ rule train:
         data=lambda wildcards, input: folder_of(input.corpus),
         workers=len(WORKERS),
         training=TRAINING,
+        history=lambda wildcards: f"{LOGS}/{wildcards.stage}/worker-{wildcards.worker}.history.log",
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     shell:
         "python -m rnnsweep worker --manifest {input.manifest} --data {params.data} --index {wildcards.worker}"
-        " --count {params.workers} {params.training} --threads-per-worker {threads} 2> {log}"
+        " --count {params.workers} {params.training} --threads-per-worker {threads} --history {params.history} 2> {log}"
