@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from designs import all_on
+from designs import all_on, design
 from rnnsweep.grid import SWITCHES, Design
 from rnnsweep.model import ByteModel, count_params, plan
 from rnnsweep.optim import Adam
@@ -38,23 +38,31 @@ def test_engine_matches_reference(switches, n_layers, superset):
     check_against_reference(Design(**switches, n_layers=n_layers, state_size=5), superset, torch.device("cpu"))
 
 
-def check_against_reference(design: Design, superset: bool, device: torch.device) -> None:
+@pytest.mark.parametrize("vocab", [2, 300, 1024])
+@pytest.mark.parametrize("cell", [all_on(2, 5), design("new_state", n_layers=1, state_size=3)], ids=["all-on", "bare"])
+@pytest.mark.parametrize("superset", [False, True], ids=["design-path", "superset-path"])
+def test_engine_matches_reference_over_another_vocabulary(cell, superset, vocab):
+    """Token ids instead of bytes: the lookup table and the output map have `vocab` rows, nothing else changes."""
+    check_against_reference(cell, superset, torch.device("cpu"), vocab)
+
+
+def check_against_reference(design: Design, superset: bool, device: torch.device, vocab: int = 256) -> None:
     """Logits, loss, next state and every parameter's gradient, over steps with the state carried, in float64.
 
     The reference sits in replicate 1 of two, so the replicate offsets are
-    exercised too; replicate 0 gets other weights and other bytes and, on the
+    exercised too; replicate 0 gets other weights and other symbols and, on the
     superset path, the design with every switch the other way.
     """
     torch.manual_seed(0)
-    ref = ReferenceModel(design).double().to(device)
+    ref = ReferenceModel(design, vocab).double().to(device)
     designs = [_companion(design) if superset else design, design]
-    engine = ByteModel(designs, seeds=[7, 1], device=device, dtype=torch.float64, superset=superset)
+    engine = ByteModel(designs, seeds=[7, 1], device=device, dtype=torch.float64, superset=superset, vocab=vocab)
     engine.load_replicate(1, engine_state(ref))
-    assert count_params(design) == sum(p.numel() for p in ref.parameters())
+    assert count_params(design, vocab) == sum(p.numel() for p in ref.parameters())
     if not superset:
-        assert engine.theta.numel() == 2 * count_params(design)
+        assert engine.theta.numel() == 2 * count_params(design, vocab)
 
-    data = torch.randint(0, 256, (2, 4, 5), generator=torch.Generator().manual_seed(4)).to(device)
+    data = torch.randint(0, vocab, (2, 4, 5), generator=torch.Generator().manual_seed(4)).to(device)
     states_r = [s.double() for s in ref.initial_state(4, device)]
     states_e = engine.initial_state(4)
     for j in range(data.shape[2] - 1):
@@ -64,6 +72,7 @@ def check_against_reference(design: Design, superset: bool, device: torch.device
         loss_r.backward()
 
         logits_e, _ = engine.logits(data[:, :, j], states_e)
+        assert logits_e.shape == (2, 4, vocab)
         loss_e, states_e = engine.train_step(data[:, :, j], data[:, :, j + 1], states_e)
         torch.testing.assert_close(logits_e[1], logits_r.detach(), **TOL)
         torch.testing.assert_close(loss_e[1], loss_r.detach(), **TOL)

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from rnnsweep.grid import SWITCHES, Design
 
-VOCAB = 256
+VOCAB = 256  # the byte vocabulary; a model may take another (token ids 0 .. vocab-1)
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward  # (grad, σ(z)) → grad·σ(z)·(1−σ(z))
 _silu_backward = torch.ops.aten.silu_backward  # (grad, z) → grad·d silu(z)/dz
@@ -119,13 +119,13 @@ def _u_parts(design: Design) -> list[tuple[str, int]]:
     return [(part, design.state_size) for part, switch in U_PARTS.items() if getattr(design, switch)]
 
 
-def plan(design: Design) -> list[Param]:
-    """Every parameter of the model, in initialisation order, with each map's rows and fan_in (d == n)."""
+def plan(design: Design, vocab: int = VOCAB) -> list[Param]:
+    """Every parameter of the model over `vocab` symbols, in initialisation order, with each map's rows and fan_in (d == n)."""
     D, n = design, design.state_size
     u = _u_parts(design)
     dim_u = sum(cols for _, cols in u)
-    # The one-hot affine map's weight, stored transposed as a lookup table (fan_in 256).
-    params = [Param("embed_w", (VOCAB, n), (("embed", VOCAB, VOCAB),)), Param("embed_b", (n,), (("embed", n, VOCAB),))]
+    # The one-hot affine map's weight, stored transposed as a lookup table (fan_in vocab).
+    params = [Param("embed_w", (vocab, n), (("embed", vocab, vocab),)), Param("embed_b", (n,), (("embed", n, vocab),))]
     for i in range(D.n_layers):
         p = f"cells.{i}."
         if D.use_input_gate:  # A, B: c = [x, s] → d, n
@@ -141,14 +141,14 @@ def plan(design: Design) -> list[Param]:
         params += _map(p + "u", u, [("O", n, dim_u)] + [("P", n, n + dim_u)] * D.use_output_gate)
         if D.use_output_gate:
             params.append(Param(p + "p_y", (n, n), (("P", n, n + dim_u),), (("y", n),)))
-    return params + _map("head", [("y", n)], [("head", VOCAB, n)])
+    return params + _map("head", [("y", n)], [("head", vocab, n)])
 
 
 def _bound(fan_in: int) -> float:
     return 1.0 / math.sqrt(fan_in)
 
 
-def initial_weights(design: Design, seed: int) -> dict[str, Tensor]:
+def initial_weights(design: Design, seed: int, vocab: int = VOCAB) -> dict[str, Tensor]:
     """One run's initial parameters: each block uniform in ±1/sqrt(fan_in) of its own map, like nn.Linear.
 
     A stacked weight is drawn input part by input part, so the random stream
@@ -160,14 +160,14 @@ def initial_weights(design: Design, seed: int) -> dict[str, Tensor]:
         return torch.cat([torch.empty(rows, *cols).uniform_(-_bound(f), _bound(f), generator=gen) for _, rows, f in param.blocks])
 
     weights = {}
-    for param in plan(design):
+    for param in plan(design, vocab):
         part_cols = [(cols,) for _, cols in param.parts] or [param.shape[1:]]
         weights[param.name] = torch.cat([blocks(param, cols) for cols in part_cols], dim=-1)
     return weights
 
 
-def count_params(design: Design) -> int:
-    return sum(p.numel for p in plan(design))
+def count_params(design: Design, vocab: int = VOCAB) -> int:
+    return sum(p.numel for p in plan(design, vocab))
 
 
 def superset_layout(design: Design) -> Design:
@@ -175,7 +175,7 @@ def superset_layout(design: Design) -> Design:
     return design.replace(**dict.fromkeys(SWITCHES, True))
 
 
-def _placement(design: Design, layout: Design, device: torch.device) -> dict[str, tuple]:
+def _placement(design: Design, layout: Design, device: torch.device, vocab: int) -> dict[str, tuple]:
     """Where each of a design's parameters sits in a layout's: name → index into one replicate's view.
 
     A design's parameter holds a subset of the layout's row blocks (maps) and
@@ -183,13 +183,13 @@ def _placement(design: Design, layout: Design, device: torch.device) -> dict[str
     tables. Weights are indexed (rows, cols) in their (out, in) view; biases
     (0, rows) in their (1, out) view.
     """
-    home = {p.name: p for p in plan(layout)}
+    home = {p.name: p for p in plan(layout, vocab)}
 
     def span(slices) -> Tensor:
         return torch.cat([torch.arange(part.start, part.stop, device=device) for part in slices])
 
     out = {}
-    for param in plan(design):
+    for param in plan(design, vocab):
         rows = span(home[param.name].rows(m) for m in param.maps)
         if len(param.shape) == 1:
             out[param.name] = (0, rows)
@@ -432,7 +432,7 @@ class Cell:
 
 
 class ByteModel:
-    """Embedding → stacked cells → 256 logits, one byte position per call, for R replicates.
+    """Embedding → stacked cells → `vocab` logits (256: bytes), one position per call, for R replicates.
 
     `designs` gives each replicate's design (one Design: the same for all) and
     `seeds` each replicate's initialisation seed. On the design path every
@@ -457,6 +457,7 @@ class ByteModel:
         dtype: torch.dtype = torch.float32,
         compute_dtype: torch.dtype | None = None,
         superset: bool = False,
+        vocab: int = VOCAB,
     ) -> None:
         self.designs = [designs] * len(seeds) if isinstance(designs, Design) else list(designs)
         if len(self.designs) != len(seeds):
@@ -466,14 +467,14 @@ class ByteModel:
             raise ValueError("the superset path needs designs of one shape (depth and width)")
         if not superset and len(set(self.designs)) != 1:
             raise ValueError("the design path needs one design for every replicate")
-        self.replicates = len(seeds)
+        self.replicates, self.vocab = len(seeds), vocab
         self.layout = superset_layout(self.designs[0]) if superset else self.designs[0]
-        self.plan = plan(self.layout)
-        self._placements = {d: _placement(d, self.layout, torch.device(device)) for d in set(self.designs)}
+        self.plan = plan(self.layout, vocab)
+        self._placements = {d: _placement(d, self.layout, torch.device(device), vocab) for d in set(self.designs)}
         self.theta = torch.zeros(self.replicates * sum(p.numel for p in self.plan), device=device, dtype=dtype)
         self.grad = torch.zeros_like(self.theta)
         for r, (design, seed) in enumerate(zip(self.designs, seeds)):
-            self.load_replicate(r, initial_weights(design, seed))
+            self.load_replicate(r, initial_weights(design, seed, vocab))
         mixed = compute_dtype not in (None, dtype)
         self._work = torch.empty_like(self.theta, dtype=compute_dtype) if mixed else self.theta
         self._work_grad = torch.zeros_like(self._work) if mixed else self.grad
@@ -484,9 +485,9 @@ class ByteModel:
                  LayerParams.of(self.grads, i), switches)
             for i in range(self.layout.n_layers)
         ]
-        self._head_w_t = self.params["head_w"].mT  # (R, n, 256), made once like the cells' views
-        # Row offsets that make replicate r's byte b pick row r·256 + b of the stacked lookup tables.
-        self._row0 = torch.arange(self.replicates, device=device).unsqueeze(1) * VOCAB
+        self._head_w_t = self.params["head_w"].mT  # (R, n, V), made once like the cells' views
+        # Row offsets that make replicate r's symbol b pick row r·V + b of the stacked lookup tables.
+        self._row0 = torch.arange(self.replicates, device=device).unsqueeze(1) * vocab
         self._ones: Tensor | None = None
 
     @property
@@ -526,21 +527,21 @@ class ByteModel:
         return [torch.zeros(shape, device=self.device, dtype=self.compute_dtype) for _ in self.cells]
 
     def _rows(self, byte: Tensor) -> Tensor:
-        """Rows of the stacked (R·256, n) lookup table: replicate r's byte b is row r·256 + b."""
+        """Rows of the stacked (R·V, n) lookup table: replicate r's symbol b is row r·V + b."""
         return byte if self.replicates == 1 else byte + self._row0
 
     def forward(self, rows: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor], list[Saved], Tensor]:
         """(logits, next states, per-layer saved tensors, last layer output) from lookup-table rows."""
         if self._work is not self.theta:
             self._work.copy_(self.theta)
-        table = self.params["embed_w"].view(-1, self.layout.state_size)  # (R·256, n)
+        table = self.params["embed_w"].view(-1, self.layout.state_size)  # (R·V, n)
         x = table.index_select(0, rows.view(-1)).view(*rows.shape, -1).add_(self.params["embed_b"])  # (R, B, n)
         saved, next_states = [], []
         for cell, s in zip(self.cells, states):
             x, h, sv = cell.forward(x, s)
             saved.append(sv)
             next_states.append(h)
-        return torch.baddbmm(self.params["head_b"], x, self._head_w_t), next_states, saved, x  # (R,B,n)@(R,n,256)
+        return torch.baddbmm(self.params["head_b"], x, self._head_w_t), next_states, saved, x  # (R,B,n)@(R,n,V)
 
     def logits(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         logits, next_states, _, _ = self.forward(self._rows(byte), states)
@@ -555,11 +556,11 @@ class ByteModel:
         # One softmax serves both the loss and its gradient (softmax − one-hot) / batch.
         probs = torch.softmax(logits, 2, dtype=self.theta.dtype)
         loss = probs.gather(2, picked).log_().sum((1, 2)).div_(-batch)  # the mean's own sum and division
-        dlogits = probs.scatter_add_(2, picked, self._minus_one(picked)).div_(batch).to(y.dtype)  # (R, B, 256)
+        dlogits = probs.scatter_add_(2, picked, self._minus_one(picked)).div_(batch).to(y.dtype)  # (R, B, V)
         grads = self.grads
-        torch.bmm(dlogits.mT, y, out=grads["head_w"])  # (R,256,B)@(R,B,n)
+        torch.bmm(dlogits.mT, y, out=grads["head_w"])  # (R,V,B)@(R,B,n)
         torch.sum(dlogits, 1, keepdim=True, out=grads["head_b"])
-        dy = torch.bmm(dlogits, self.params["head_w"])  # (R,B,256)@(R,256,n)
+        dy = torch.bmm(dlogits, self.params["head_w"])  # (R,B,V)@(R,V,n)
         for cell, sv in zip(reversed(self.cells), reversed(saved)):
             dy = cell.backward(sv, dy)
             if dy is None:

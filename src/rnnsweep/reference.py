@@ -75,19 +75,19 @@ class ReferenceCell(nn.Module):
 
 
 class ReferenceModel(nn.Module):
-    def __init__(self, design: Design) -> None:
+    def __init__(self, design: Design, vocab: int = VOCAB) -> None:
         super().__init__()
-        self.design = design
+        self.design, self.vocab = design, vocab
         n = design.state_size
-        self.embed = nn.Linear(VOCAB, n)
+        self.embed = nn.Linear(vocab, n)
         self.cells = nn.ModuleList(ReferenceCell(design) for _ in range(design.n_layers))
-        self.head = nn.Linear(n, VOCAB)
+        self.head = nn.Linear(n, vocab)
 
     def initial_state(self, batch_size: int, device: torch.device) -> list[Tensor]:
         return [torch.zeros(batch_size, self.design.state_size, device=device) for _ in self.cells]
 
     def forward(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        y = self.embed(F.one_hot(byte, VOCAB).to(self.embed.weight.dtype))
+        y = self.embed(F.one_hot(byte, self.vocab).to(self.embed.weight.dtype))
         next_states = []
         for cell, s in zip(self.cells, states):
             y, h = cell(y, s)
