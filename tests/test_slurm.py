@@ -51,6 +51,13 @@ def _summaries(workdir: Path) -> dict[str, pd.DataFrame]:
     return {stage: pd.read_csv(workdir / RESULTS / stage / SUMMARY).drop(columns=TIMING) for stage in STAGES}
 
 
+def _assert_same_summaries(workdir: Path, local_study: Path) -> None:
+    """Every stage's summary of `workdir` equals the local run's, bit for bit (timing columns aside)."""
+    ours, local = _summaries(workdir), _summaries(local_study)
+    for stage in STAGES:
+        pd.testing.assert_frame_equal(ours[stage], local[stage], check_exact=True)
+
+
 @pytest.fixture(scope="module")
 def local_study(tmp_path_factory, copy_checkout) -> Path:
     workdir = copy_checkout(tmp_path_factory.mktemp("local"))
@@ -76,8 +83,7 @@ def test_smoke_study_on_slurm_equals_the_local_one(tmp_path, copy_checkout, loca
     assert submitted and all("rule_train" in line for line in submitted), "only training goes to the queue"
     assert len(submitted) == len(STAGES) * SMOKE["workers"]
     assert log.count("Unable to guess SLURM account") < len(submitted), "an account is guessed once, not at every submission"
-    for stage, summary in _summaries(workdir).items():
-        pd.testing.assert_frame_equal(summary, _summaries(local_study)[stage], check_exact=True)
+    _assert_same_summaries(workdir, local_study)
 
 
 def _train_jobs() -> dict[str, str]:
@@ -117,8 +123,7 @@ def test_a_cancelled_worker_is_resubmitted_and_nothing_is_lost_or_trained_twice(
             proc.wait()
     job, finished = cancelled
     assert finished < 432, f"stage 1 had finished ({finished} runs) before job {job} was cancelled"
-    for stage, summary in _summaries(workdir).items():
-        pd.testing.assert_frame_equal(summary, _summaries(local_study)[stage], check_exact=True)
+    _assert_same_summaries(workdir, local_study)
     # Trained twice would mean two attempts from step 0 for one run.
     for attempts in (workdir / RESULTS).glob(f"*/runs/*/{ATTEMPTS}"):
         starts = [json.loads(line)["start_step"] for line in attempts.read_text().splitlines()]

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import zstandard
 
-from rnnsweep.data import DataError, load_split
+from rnnsweep.data import SPLITS, DataError, load_split
 from rnnsweep.provenance import data_id
 from rnnsweep.train import held_out_windows
 
@@ -129,7 +129,7 @@ def _row(method: str, kind: str, order: int | None, n_bytes: int, bits: float, d
 
 def baselines(data_dir: Path, eval_bytes: int, history_size: int, max_order: int) -> pd.DataFrame:
     """Every baseline's bits per byte on the test slice that runs scored with `eval_bytes` and `history_size` see."""
-    train, valid, test = (load_split(Path(data_dir), split) for split in ("train", "valid", "test"))
+    train, valid, test = (load_split(Path(data_dir), split) for split in SPLITS)
     corpus = data_id(train, valid, test)
     windows = held_out_windows(test, eval_bytes, history_size)  # (n, H), overlapping by one byte
     if len(windows) == 0:

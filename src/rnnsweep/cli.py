@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 import shlex
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -281,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from rnnsweep.baselines import check_same_bytes, read_baselines
 
     table = read_baselines(Path(args.baselines))
-    summaries = {Path(path).parent.name: read_summary(Path(path)) for path in args.summary}
+    summaries = _stage_summaries(args.summary)
     for stage, summary in summaries.items():
         check_same_bytes(table, summary, f"the {stage} runs")
     plots.compare(table, summaries, Path(args.out))
@@ -290,7 +290,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_headline(args: argparse.Namespace) -> None:
     from rnnsweep.report import headline
 
-    write_csv(headline({Path(path).parent.name: read_summary(Path(path)) for path in args.summary}), Path(args.out))
+    write_csv(headline(_stage_summaries(args.summary)), Path(args.out))
+
+
+def _stage_summaries(paths: list[str]) -> dict:
+    """Stage name (the folder a summary is in) -> its summary table, in the order given."""
+    return {Path(path).parent.name: read_summary(Path(path)) for path in paths}
 
 
 def cmd_table(args: argparse.Namespace) -> None:

@@ -551,7 +551,7 @@ def _interval_panel(ax: Axes, table: pd.DataFrame, colors: list, response: str, 
     for yi, row, color in zip(y, table.itertuples(), colors):
         low, high = getattr(row, f"{response}_ci_low"), getattr(row, f"{response}_ci_high")
         mean, p = getattr(row, _mean_column(response)), getattr(row, f"{response}_p_holm")
-        same = row.rank == 1 or not p < 1 - stats.LEVEL
+        same = stats.same_as_best(row.rank, p)
         if np.isfinite(low):
             ax.hlines(yi, low, high, color=color, lw=2)
         ax.plot(mean, yi, "o", ms=7, color=color, mfc=color if same else "white", mew=1.6)

@@ -38,8 +38,8 @@ def headline(summaries: dict[str, pd.DataFrame]) -> pd.DataFrame:
         if len(usable):
             means = usable.groupby("config_id")[["min_loss", "valid_bpb", "test_bpb"]].mean()
             best = means.sort_values("min_loss", kind="stable").index[0]
-            first = usable[usable["config_id"] == best].iloc[0]
-            row.update(best_design=design_label(first), best_config_id=best, seeds=int((usable["config_id"] == best).sum()),
+            seeds = usable[usable["config_id"] == best]
+            row.update(best_design=design_label(seeds.iloc[0]), best_config_id=best, seeds=len(seeds),
                        min_loss=means.loc[best, "min_loss"], min_loss_bits=means.loc[best, "min_loss"] / math.log(2),
                        valid_bpb=means.loc[best, "valid_bpb"], test_bpb=means.loc[best, "test_bpb"])
         rows.append(row)

@@ -92,9 +92,14 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
         _add_comparison(table, response, values)
     table = table.drop(columns="min_loss_mean")  # it is `mean`
     table["mean_bpb"] = table["mean"] / math.log(2)
-    table["same_as_best"] = table["min_loss_p_holm"].isna() | (table["min_loss_p_holm"] >= 1 - LEVEL)
-    table.loc[table["rank"] == 1, "same_as_best"] = True
+    table["same_as_best"] = same_as_best(table["rank"], table["min_loss_p_holm"])
     return table
+
+
+def same_as_best(rank: Any, p_holm: Any) -> Any:
+    """Whether a design (a number or a column of them) cannot be told from #1: it is #1, or the
+    Holm-corrected p of its difference is missing or not below 1 - LEVEL."""
+    return np.logical_or(rank == 1, np.logical_not(p_holm < 1 - LEVEL))
 
 
 def _add_comparison(table: pd.DataFrame, response: str, values: list[np.ndarray]) -> None:

@@ -139,8 +139,9 @@ def stage_status(stage_dir: Path, data_id: str | None, now: float | None = None,
                 status.best.append((result, run))
             ended = (run_dir(stage_dir, run.id) / RESULT).stat().st_mtime
             wall = max(float(result["wall_s"]), 1e-9)
-            if _overlap(ended - wall, ended, now):
-                worked += result["steps"] * _overlap(ended - wall, ended, now) / wall
+            inside = _overlap(ended - wall, ended, now)
+            if inside:
+                worked += result["steps"] * inside / wall
                 starts.append(ended - wall)
         elif run.id in held:
             status.left += run.steps - held[run.id].step
