@@ -24,6 +24,7 @@ include: "workflow/rules/select.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/samples.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/tokenizers.smk"
 
 
 # Only training goes to the queue on a cluster: every other job is small, or (aggregation
@@ -31,6 +32,7 @@ include: "workflow/rules/baselines.smk"
 localrules:
     all,
     corpus,
+    tokenize,
     grid,
     aggregate,
     table,
@@ -40,6 +42,8 @@ localrules:
     headline,
     baselines,
     compare,
+    retokenize,
+    tokenizers,
 
 
 rule all:

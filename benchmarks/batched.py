@@ -47,14 +47,14 @@ from cost_model import sync  # benchmarks/cost_model.py, beside this script
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def step_s(designs: list, superset: bool, batch: int, device: torch.device, steps: int) -> float:
-    """Seconds per step of one model of `designs` (after one warm-up step)."""
+def step_s(designs: list, superset: bool, batch: int, device: torch.device, steps: int, vocab: int = 256) -> float:
+    """Seconds per step of one model of `designs` over `vocab` ids (after one warm-up step)."""
     from rnnsweep.model import ByteModel
     from rnnsweep.optim import Adam
 
-    model = ByteModel(designs, list(range(len(designs))), device=device, superset=superset)
+    model = ByteModel(designs, list(range(len(designs))), device=device, superset=superset, vocab=vocab)
     opt = Adam(model.theta, model.grad, 1e-3)
-    data = torch.randint(0, 256, (steps + 2, len(designs), batch), device=device)
+    data = torch.randint(0, vocab, (steps + 2, len(designs), batch), device=device)
     states = model.initial_state(batch)
     for j in range(steps + 1):
         if j == 1:

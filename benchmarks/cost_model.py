@@ -33,7 +33,7 @@ from rnnsweep.grid import SWITCHES, Design
 from rnnsweep.model import ByteModel, superset_layout
 from rnnsweep.optim import Adam
 from rnnsweep.policy import step_elements, step_flops
-from rnnsweep.train import keep_freed_memory
+from rnnsweep.memory import keep_freed_memory
 
 YAML = Path(__file__).resolve().parents[1] / "src" / "rnnsweep" / "cost_model.yaml"
 ALL_DESIGNS = [  # the 96 switch settings of a stage-1 shape

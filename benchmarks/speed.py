@@ -42,7 +42,7 @@ from rnnsweep.model import ByteModel
 from rnnsweep.optim import Adam
 from rnnsweep.policy import step_flops
 from rnnsweep.reference import ReferenceModel
-from rnnsweep.train import keep_freed_memory
+from rnnsweep.memory import keep_freed_memory
 
 ALL_ON = dict.fromkeys(SWITCHES, True)
 FSR = dict.fromkeys(SWITCHES, False) | {"use_forget_gate": True, "use_state_gate": True, "use_residual": True, "use_new_state": True}

@@ -519,7 +519,7 @@ def test_select_on_a_summary_without_status_or_rows(tmp_path, finished_stage, da
     argv = ["select", "--stage", "stage2", "--summary", str(summary), "--out", str(results / "stage2" / "manifest.csv"),
             "--keep-fraction", "0.5", "--wide-state-size", "8", "--deep-layers", "3", "--deep-state-sizes", "8",
             *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()],
-            "--precision", "fp32", "--batch-designs", "off", "--device", "cpu", "--seed", "0"]
+            "--precision", "fp32", "--batch-designs", "off", "--device", "cpu", "--seed", "0", "--tokenizer", "bytes"]
     for broken, expected in ((good.drop(columns="status"), "status"), (good.head(0), "no rows")):
         broken.to_csv(summary, index=False)
         before = snapshot(tmp_path)

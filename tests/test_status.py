@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from conftest import worker_args
-from rnnsweep import provenance
 from rnnsweep.data import SPLITS, load_split, prepare_corpus
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import DATA_DIR, PROGRESS_DIR, run_dir
@@ -63,7 +62,7 @@ def test_a_stage_with_runs_done_held_failed_and_waiting(tmp_path, one_thread):
         held.update(7, 2.5, 100.0)
         time.sleep(1.5)  # the dead worker's heartbeat is now 1.5 s old; the live one 0.05 s at most
         before = _files(study)
-        status = stage_status(stage_dir, provenance.data_id(*splits), stale_s=1.0)
+        status = stage_status(stage_dir, study / DATA_DIR, stale_s=1.0)
         text = render(tmp_path / "results")
         assert _files(study) == before, "status must not write, move or lock anything"
     finally:

@@ -21,7 +21,7 @@ import rnnsweep.train as train_mod
 from rnnsweep import config, policy, provenance
 from rnnsweep.claims import Worker
 from rnnsweep.results import read_result
-from rnnsweep.grid import COLUMNS, SWITCHES, Design, ManifestError, make_runs, read_manifest, stage1_designs, write_manifest
+from rnnsweep.grid import COLUMNS, READING, SWITCHES, Design, ManifestError, make_runs, read_manifest, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, manifest_path
 from rnnsweep.model import ByteModel, initial_weights, superset_layout
 from rnnsweep.train import Interrupted, train_runs
@@ -150,7 +150,7 @@ def test_the_path_is_a_manifest_column_and_part_of_the_fingerprint(tmp_path):
     assert [r.engine for r in read_manifest(path)] == ["superset", "superset", "design"]
     moved = dataclasses.replace(runs[0], engine="design")
     assert provenance.fingerprint(moved, "0" * 16) != provenance.fingerprint(runs[0], "0" * 16)
-    text = path.read_text().replace(",superset\n", ",turbo\n", 1)
+    text = path.read_text().replace(",superset,", ",turbo,", 1)
     path.write_text(text)
     with pytest.raises(ManifestError, match="engine 'turbo' is not one of design, superset"):
         read_manifest(path)
@@ -158,18 +158,18 @@ def test_the_path_is_a_manifest_column_and_part_of_the_fingerprint(tmp_path):
 
 def test_results_from_before_paths_existed_are_still_used(tmp_path, data_dir, splits, one_thread):
     """The design path computes what the engine always computed: a result written before the `engine`
-    column and field existed (its fingerprint made without a path) is reused, not retrained."""
+    column and field and the tokenizer columns existed (its fingerprint made without them) is reused, not retrained."""
     (run,) = make_runs(DESIGNS[:1], TINY)
     stage_dir = tmp_path / "stage1"
     write_manifest(manifest_path(stage_dir), [run])
     folder = stage_dir / "runs" / run.id
     result = _train(stage_dir / "runs", [run], splits)[0]
     data = provenance.data_id(*splits)
-    row = {k: v for k, v in run.row().items() if k != "engine"}
+    row = {k: v for k, v in run.row().items() if k not in ("engine", *READING)}  # nor tokenizers
     canonical = json.dumps({"run": row, "data": data, "engine": provenance.ENGINE}, sort_keys=True, separators=(",", ":"))
     old = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert result["fingerprint"] == old
-    record = {k: v for k, v in result.items() if k != "engine"}
+    record = {k: v for k, v in result.items() if k not in ("engine", "valid_tokens", "test_tokens")}
     (folder / "result.json").write_text(json.dumps(record))
     assert read_result(stage_dir, run.id, provenance.fingerprint(run, data))["engine"] == "design"
     assert Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run() == 0
@@ -179,8 +179,8 @@ def test_a_manifest_from_before_the_column_reads_as_the_design_path(tmp_path):
     runs = make_runs(DESIGNS[:2], TINY)
     path = manifest_path(tmp_path / "stage1")
     write_manifest(path, runs)
-    lines = [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]
-    assert lines[0] == ",".join(COLUMNS[:-1])
+    lines = [line.rsplit(",", 3)[0] for line in path.read_text().splitlines()]  # nor the tokenizer columns
+    assert lines[0] == ",".join(COLUMNS[:-3])
     path.write_text("\n".join(lines) + "\n")
     assert read_manifest(path) == runs
 
@@ -271,7 +271,7 @@ def test_grid_command_writes_the_chosen_paths(tmp_path):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     manifest = manifest_path(tmp_path / "stage1")
     args = ["grid", "--out", str(manifest), "--n-layers", "1", "--state-sizes", "8", "512", *flags, "--device", "cpu",
-            "--precision", "fp32", "--seed", "0"]
+            "--precision", "fp32", "--seed", "0", "--tokenizer", "bytes"]
     assert main(args + ["--batch-designs", "off"]) == 0
     assert {r.engine for r in read_manifest(manifest)} == {"design"}
     assert main(args + ["--batch-designs", "auto"]) == 0

@@ -15,6 +15,7 @@ import math
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -323,20 +324,42 @@ def test_held_out_windows_score_each_byte_of_the_slice_once(eval_bytes, length, 
     assert (got[1:, 0] == got[:-1, -1]).all()  # a window starts where the previous one ended
 
 
-def test_held_out_bpb_is_the_mean_loss_of_independent_windows(splits, one_thread, monkeypatch):
-    """Recomputed one window at a time, state reset per window, against the batched and chunked evaluation."""
+def test_held_out_windows_of_tokens_lie_within_the_slice_of_bytes():
+    """Token windows cover the tokens wholly within the first eval_bytes bytes: each once, none past it."""
+    rng = np.random.default_rng(1)
+    widths = rng.integers(1, 6, size=300)
+    data = rng.integers(300, size=500).astype(np.uint16)
+    ends = np.cumsum(widths[data])
+    got = train_mod.held_out_windows(data, 400, 8, widths)
+    last = got.shape[0] * 7  # index of the last token predicted
+    assert (got.ravel()[: 8] == data[:8]).all() and (got[1:, 0] == got[:-1, -1]).all()
+    assert ends[last] <= 400 < ends[last + 7]  # within the slice, and no further window would be
+
+
+@pytest.mark.parametrize("vocab", [256, 300])
+def test_held_out_bpb_is_summed_nats_over_the_bytes_predicted(splits, one_thread, monkeypatch, vocab):
+    """Recomputed one window at a time, state reset per window, against the batched and chunked evaluation;
+    for tokens of several bytes, over the bytes the predicted tokens cover."""
     _, valid, _ = splits
-    model = ByteModel(DESIGN, [3])
-    windows = train_mod.held_out_windows(valid, 100, 8)
+    rng = np.random.default_rng(2)
+    data, widths = (valid, None) if vocab == 256 else (rng.integers(vocab, size=len(valid)).astype(np.uint16), rng.integers(1, 6, size=vocab))
+    model = ByteModel(DESIGN, [3], vocab=vocab)
+    windows = train_mod.held_out_windows(data, 100, 8, widths)
     total = 0.0
-    for window in torch.from_numpy(windows).long():
+    for window in torch.from_numpy(windows.astype(np.int64)):
         states = model.initial_state(1)
         for j in range(7):
             logits, states = model.logits(window[j].view(1, 1), states)
             total += torch.nn.functional.cross_entropy(logits[0], window[j + 1].view(1), reduction="sum").item()
-    expected = total / (len(windows) * 7) / math.log(2)
-    (whole,), predicted = train_mod.evaluate_bpb(model, valid, 100, 8)
+    covered = len(windows) * 7 if widths is None else int(widths[windows[:, 1:]].sum())
+    expected = total / covered / math.log(2)
+    score = train_mod.evaluate_bpb(model, data, 100, 8, widths)
     monkeypatch.setattr(train_mod, "EVAL_CHUNK", 5)
-    (chunked,), _ = train_mod.evaluate_bpb(model, valid, 100, 8)
-    assert predicted == len(windows) * 7 == 98
+    (chunked,) = train_mod.evaluate_bpb(model, data, 100, 8, widths).bpb
+    assert score.tokens == len(windows) * 7 and score.bytes == covered
+    if widths is None:
+        assert score.tokens == 98
+    else:  # the first token's bytes are not predicted, as the first byte's are not
+        assert int(np.cumsum(widths[data])[score.tokens]) == covered + widths[data[0]] <= 100
+    (whole,) = score.bpb
     assert whole == pytest.approx(expected, rel=1e-6) and chunked == pytest.approx(expected, rel=1e-6)

@@ -21,7 +21,7 @@ from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
 from rnnsweep.layout import (
     BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, FIGURE_SUFFIX, HEADLINE, SAMPLES, STAGE_FIGURES,
-    STAGE_TABLES, SUMMARY, TABLE_SUFFIX,
+    STAGE_TABLES, SUMMARY, TABLE_SUFFIX, TOKENIZERS, TOKENIZERS_FIGURE, retrained_stage,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +171,42 @@ def test_rerun_does_nothing_and_one_figure_rerenders(study):
     assert log.count("rule plot:") == 1 and "figure=swarm_all" in log
     assert target.stat().st_mtime_ns > before
     assert other.stat().st_mtime_ns == other_before
+
+
+def _results(study: Path, stage: str) -> dict[str, tuple[int, str]]:
+    """Each finished run of a stage: when its result was written, and its fingerprint."""
+    return {
+        path.parent.name: (path.stat().st_mtime_ns, json.loads(path.read_text())["fingerprint"])
+        for path in (study / RESULTS / stage / "runs").glob("*/result.json")
+    }
+
+
+def test_the_bpe_comparison_trains_the_last_stage_again_and_a_new_vocabulary_retrains_only_it(study):
+    """Run last in this file: it adds the comparison to the study the tests above read."""
+    stages = config.STAGES
+    before = {stage: _results(study, stage) for stage in stages}
+    retrained = retrained_stage(stages[-1], "bpe")
+    snakemake(study, "--config", "compare_tokenizers=true", "vocab_size=300")
+    last = pd.read_csv(study / RESULTS / stages[-1] / SUMMARY)
+    again = pd.read_csv(study / RESULTS / retrained / SUMMARY)
+    same = ["id", "config_id", "seed", "steps", "batch_size", "history_size", "eval_bytes", "engine"]
+    pd.testing.assert_frame_equal(again[same], last[same])
+    assert set(again["tokenizer"]) == {"bpe"} and set(again["vocab_size"]) == {300}
+    assert (again["test_bytes"] > again["test_tokens"]).all() and (last["test_bytes"] == last["test_tokens"]).all()
+    table = pd.read_csv(study / RESULTS / TOKENIZERS)
+    assert sorted(table.groupby("config_id")["tokenizer"].agg(sorted)) == [["bpe", "bytes"]] * last["config_id"].nunique()
+    both = set(last.loc[last["status"] == "ok", "id"]) & set(again.loc[again["status"] == "ok", "id"])
+    assert table.groupby("config_id")["n"].max().to_dict() == last[last["id"].isin(both)].groupby("config_id").size().to_dict()
+    pixels = matplotlib.image.imread(study / FIGURES_DIR / f"{TOKENIZERS_FIGURE}{FIGURE_SUFFIX}")
+    assert pixels.shape[0] > 300 and pixels[..., :3].std() > 0.05
+    assert {stage: _results(study, stage) for stage in stages} == before, "the byte runs must not train again"
+
+    first = _results(study, retrained)
+    snakemake(study, "--config", "compare_tokenizers=true", "vocab_size=320")
+    second = _results(study, retrained)
+    assert first.keys() == second.keys()
+    assert all(second[run][0] > first[run][0] and second[run][1] != first[run][1] for run in first)
+    for run, (_, fingerprint) in first.items():  # the results of the old vocabulary are kept aside
+        assert (study / RESULTS / retrained / "runs" / run / "superseded" / fingerprint / "result.json").is_file()
+    assert set(pd.read_csv(study / RESULTS / TOKENIZERS).query("tokenizer == 'bpe'")["vocab_size"]) == {320}
+    assert {stage: _results(study, stage) for stage in stages} == before, "the byte runs must not train again"

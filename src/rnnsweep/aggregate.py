@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rnnsweep import data, provenance
+from rnnsweep.tokens import text_of, texts_for
 from rnnsweep.results import read_result
 from rnnsweep.fsutil import atomic_open
-from rnnsweep.grid import COLUMNS, ManifestError, read_manifest
+from rnnsweep.grid import COLUMNS, OPTIONAL_COLUMNS, ManifestError, read_manifest
 from rnnsweep.layout import CURVE, CURVE_COLUMNS, RESULT_FIELDS, curves_path, manifest_path, run_dir, summary_path
 
 # The record's fields that the manifest row does not already hold (its `steps` becomes `steps_done`).
@@ -45,6 +45,13 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path} is not a valid CSV table ({err})") from None
     needed, numeric = (CURVES_COLUMNS, CURVE_COLUMNS) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb", "test_bpb"))
+    if not curves:  # a table written before these columns existed: read as its runs were made
+        for column, value in OPTIONAL_COLUMNS.items():
+            if column not in frame.columns:
+                frame[column] = int(value) if value.isdigit() else value
+        for split in ("valid", "test"):  # as result records of then: a byte run predicts a token per byte
+            if f"{split}_tokens" not in frame.columns and f"{split}_bytes" in frame.columns:
+                frame[f"{split}_tokens"] = frame[f"{split}_bytes"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise SummaryError(f"{path} lacks the columns {', '.join(missing)}; rerun the stage's aggregation")
@@ -63,10 +70,10 @@ def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
     record's fingerprint is the one the manifest row and the data's splits give now.
     """
     runs = read_manifest(manifest_path(stage_dir))
-    data_id = provenance.data_id(*(data.load_split(data_dir, split) for split in data.SPLITS))
     if not runs:
         raise ManifestError(f"{manifest_path(stage_dir)} lists no runs")
-    records = {run.id: read_result(stage_dir, run.id, provenance.fingerprint(run, data_id)) for run in runs}
+    texts = texts_for(runs, data_dir)
+    records = {run.id: read_result(stage_dir, run.id, text_of(texts, run).fingerprint(run)) for run in runs}
     missing = [run.id for run in runs if records[run.id] is None]
     if missing:
         raise MissingResults(stage_dir, missing, len(runs))

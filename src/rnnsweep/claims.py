@@ -29,12 +29,13 @@ from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
 
-from rnnsweep import data, provenance
+from rnnsweep import data
 from rnnsweep.fsutil import real_dirs
 from rnnsweep.grid import ManifestError, Run, read_manifest
-from rnnsweep.layout import lock_path, manifest_path, run_dir
+from rnnsweep.layout import TOKENIZER, TOKENS_META, lock_path, manifest_path, run_dir
 from rnnsweep.progress import Heartbeat, ProgressBar
 from rnnsweep.results import read_result, settle_result
+from rnnsweep.tokens import text_of, texts_for
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,10 @@ class Worker:
     # One lock object per run, kept across scans: a soft lease is judged stale by
     # how long *this* object has watched it go unrefreshed.
     locks: dict[str, BaseFileLock] = field(default_factory=dict)
-    data_id: str = ""  # of the splits this worker trains on, set by run()
+    texts: dict = field(default_factory=dict)  # (tokenizer, vocab_size) -> what its runs read (rnnsweep.tokens), set by run()
     fingerprints: dict[str, str] = field(default_factory=dict)  # run id -> what its result must carry
     inputs: tuple = ()  # _input_stamp() when run() started
+    reads_tokens: bool = False  # whether any run reads BPE ids: then the token files are inputs too
     heartbeat: Heartbeat | None = None  # this process's status file while run() works
 
     def stop_on_signals(self) -> None:
@@ -96,11 +98,11 @@ class Worker:
         from rnnsweep.train import resolve_device
 
         runs = read_manifest(manifest_path(self.stage_dir))
+        self.reads_tokens = any(run.tokenizer != "bytes" for run in runs)
         self.inputs = self._input_stamp()
         device = resolve_device(self.device)
-        splits = [data.load_split(self.data_dir, split) for split in data.SPLITS]
-        self.data_id = provenance.data_id(*splits)
-        self.fingerprints = {run.id: provenance.fingerprint(run, self.data_id) for run in runs}
+        self.texts = texts_for(runs, self.data_dir)
+        self.fingerprints = {run.id: text_of(self.texts, run).fingerprint(run) for run in runs}
         groups = policy.run_groups(runs, self.count, policy.device_kind(self.device))
         # Longest first; worker i starts at the i-th longest, so the workers begin on different groups.
         offset = self.index % len(groups) if groups else 0
@@ -109,11 +111,11 @@ class Worker:
                  self.index, self.count, os.getpid(), socket.gethostname(), self.stage_dir.name, len(runs), len(groups))
         self.heartbeat = Heartbeat(self.stage_dir, self.index, self.count).start()
         try:
-            return self._work(pending, len(runs), splits, device)
+            return self._work(pending, len(runs), device)
         finally:
             self.heartbeat.close()
 
-    def _work(self, pending: list[list[Run]], total: int, splits: list, device) -> int:
+    def _work(self, pending: list[list[Run]], total: int, device) -> int:
         """Claim and train pending groups until none is left; return how many runs were trained here."""
         trained = 0
         while True:
@@ -123,15 +125,18 @@ class Worker:
             if not pending:
                 log.info("worker %d: stage finished, %d runs trained here", self.index, trained)
                 return trained
-            claimed = self._claim_and_train(pending, total, splits, device)
+            claimed = self._claim_and_train(pending, total, device)
             trained += claimed
             if not claimed and self.stop.wait(self.poll_s):  # all pending runs are held by other workers
                 log.info("worker %d: stopped while waiting", self.index)
                 return trained
 
     def _input_stamp(self) -> tuple:
-        """When and how large the manifest and the three splits are: what this worker's fingerprints were made from."""
+        """When and how large the manifest, the splits and (for BPE runs) the token files are: what this
+        worker's fingerprints were made from."""
         files = [manifest_path(self.stage_dir), *(data.split_path(self.data_dir, split) for split in data.SPLITS)]
+        if self.reads_tokens:
+            files += [Path(self.data_dir) / TOKENIZER, Path(self.data_dir) / TOKENS_META]
         return tuple((st.st_mtime_ns, st.st_size) for st in (f.stat() for f in files))
 
     def _check_inputs(self) -> None:
@@ -157,7 +162,7 @@ class Worker:
             return False
         return True
 
-    def _claim_and_train(self, pending: list[list[Run]], total: int, splits: list, device) -> int:
+    def _claim_and_train(self, pending: list[list[Run]], total: int, device) -> int:
         """Claim and train the pending runs of the first group with any lock free; return how many were trained."""
         from rnnsweep.train import train_runs
 
@@ -188,9 +193,10 @@ class Worker:
                     self.heartbeat.update(step, ema, steps_per_s)
 
                 dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
+                text = text_of(self.texts, first)
                 try:
                     results = train_runs(
-                        claimed, *splits, dirs, device, self.checkpoint_every, report, self.stop, self.data_id
+                        claimed, *text.splits, dirs, device, self.checkpoint_every, report, self.stop, text.data_id, text.vocab
                     )
                 finally:
                     self.heartbeat.claim([], 0)

@@ -11,6 +11,7 @@ profile into them: the one place where the two meet.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
@@ -23,7 +24,10 @@ from rnnsweep.baselines import MAX_ORDER
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import LOCKS, Worker
 from rnnsweep.fsutil import UnsafePath
-from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS, ManifestError, make_runs, stage1_designs, write_manifest
+from rnnsweep.grid import (
+    BATCH_DESIGNS, BYTE_VOCAB, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
+    vocabulary_problem, write_manifest,
+)
 from rnnsweep.layout import STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 
 log = logging.getLogger("rnnsweep")
@@ -40,6 +44,8 @@ WORKER_KEYS = ("device", "lock", "lock_lease_s", "checkpoint_every")
 THREADS_KEY = "threads_per_worker"
 #: Profile keys, beside a stage's design keys and training settings, that a manifest's rows depend on.
 MANIFEST_KEYS = ("precision", "batch_designs", "device", "seed")
+#: Profile keys that say what a study's runs read: bytes, or BPE tokens of a vocabulary of `vocab_size`.
+TOKENIZER_KEY, VOCAB_KEY = "tokenizer", "vocab_size"
 #: Profile keys (of its `samples` block) that the samples page takes, beside `seed`.
 SAMPLE_KEYS = ("bytes", "temperature", "prompt_bytes")
 #: Profile keys (of its `plots` block) that every figure takes.
@@ -68,7 +74,17 @@ def profile_options(block: Mapping[str, object], keys: Iterable[str]) -> list[st
 def manifest_options(profile: Mapping, stage: str) -> list[str]:
     """What `grid` (stage 1) or `select` (stages 2, 3) needs from a profile besides its files."""
     block = profile[stage]
-    return profile_options(block, (*config.design_keys(stage), *SETTINGS)) + profile_options(profile, MANIFEST_KEYS)
+    options = profile_options(block, (*config.design_keys(stage), *SETTINGS)) + profile_options(profile, MANIFEST_KEYS)
+    return options + reading_options(profile, profile[TOKENIZER_KEY])
+
+
+def reading_options(profile: Mapping, tokenizer: str) -> list[str]:
+    """The options that make runs read `tokenizer`: its name, and for BPE the profile's vocabulary size.
+
+    A byte study is not passed the vocabulary size, so editing it changes no byte study's manifests.
+    """
+    vocab = profile_options(profile, [VOCAB_KEY]) if tokenizer == "bpe" else []
+    return [option(TOKENIZER_KEY), tokenizer, *vocab]
 
 
 def worker_options(profile: Mapping) -> list[str]:
@@ -124,6 +140,23 @@ def _manifest_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", required=True, help="where the workers will train: picks the cost model's device")
     group.add_argument("--seed", type=int, required=True, help="base of every run's seed")
+    _reading_options(group)
+
+
+def _reading_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(option(TOKENIZER_KEY), choices=TOKENIZERS, required=True, help="what the runs read: bytes or BPE tokens")
+    parser.add_argument(option(VOCAB_KEY), type=int, help="with --tokenizer bpe: ids in the vocabulary (rnnsweep tokenize)")
+
+
+def _reading(args: argparse.Namespace) -> dict:
+    """The runs' tokenizer and vocabulary size from the options, checked."""
+    vocab = BYTE_VOCAB if args.tokenizer == "bytes" else args.vocab_size
+    if vocab is None:
+        raise config.ConfigError(f"--tokenizer {args.tokenizer} needs {option(VOCAB_KEY)}")
+    problem = vocabulary_problem(args.tokenizer, vocab)
+    if problem:
+        raise config.ConfigError(problem)
+    return {TOKENIZER_KEY: args.tokenizer, VOCAB_KEY: vocab}
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +194,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
     from rnnsweep.policy import engine_paths  # the cost model needs torch's view of the device
 
     designs = stage1_designs(args.n_layers, args.state_sizes)
-    runs = make_runs(designs, vars(args), base_seed=args.seed, engine=engine_paths(designs, vars(args)))
+    settings = {**vars(args), **_reading(args)}
+    runs = make_runs(designs, settings, base_seed=args.seed, engine=engine_paths(designs, settings))
     written = write_manifest(Path(args.out), runs)
     log.info("stage1 manifest: %d runs", len(written))
 
@@ -175,11 +209,39 @@ def cmd_select(args: argparse.Namespace) -> None:
     missing = [option(key) for key in config.design_keys(stage) if getattr(args, key) is None]
     if missing:
         raise config.ConfigError(f"select --stage {stage} needs {' '.join(missing)}")
-    runs = select.SELECTIONS[stage](read_summary(Path(args.summary)), vars(args))
+    runs = select.SELECTIONS[stage](read_summary(Path(args.summary)), {**vars(args), **_reading(args)})
     if not runs:
         raise config.ConfigError(f"no run of {args.summary} qualifies for {stage} (none finished ok, or the share kept rounds to 0)")
     written = write_manifest(Path(args.out), runs)
     log.info("%s manifest: %d runs from %s", stage, len(written), args.summary)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from rnnsweep.tokens import prepare_tokens
+
+    meta = prepare_tokens(Path(args.data), args.vocab_size)
+    counts = ", ".join(f"{split} {part['tokens']:,} ids for {part['bytes']:,} bytes" for split, part in meta["splits"].items())
+    log.info("vocabulary of %d pieces: %s", meta["vocab_size"], counts)
+
+
+def cmd_retokenize(args: argparse.Namespace) -> None:
+    """The manifest's runs again, reading other tokens: the same ids, seeds, settings and paths."""
+    reading = _reading(args)
+    runs = [dataclasses.replace(run, **reading) for run in read_manifest(Path(args.manifest))]
+    if not runs:
+        raise ManifestError(f"{args.manifest} lists no runs")
+    write_manifest(Path(args.out), runs)
+    log.info("%d runs of %s, reading %s", len(runs), args.manifest, args.tokenizer)
+
+
+def cmd_tokenizers(args: argparse.Namespace) -> None:
+    from rnnsweep import plots
+    from rnnsweep.stats import tokenizer_table
+
+    summaries = [read_summary(Path(path)) for path in args.summary]
+    table = tokenizer_table(*summaries)
+    write_csv(table, Path(args.out))
+    plots.tokenizers(table, summaries, Path(args.figure))
 
 
 def _worker(args: argparse.Namespace) -> Worker:
@@ -305,9 +367,11 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from rnnsweep.sample import generate, load_run
+    from rnnsweep.sample import generate, load_run, reading_of
 
-    text = generate(load_run(Path(args.run)), args.prompt.encode(), args.bytes, args.temperature, args.seed)
+    folder = Path(args.run)
+    vocab, encode_prompt = reading_of(folder, Path(args.data) if args.data else data_dir_of(folder.parent.parent))
+    text = generate(load_run(folder), encode_prompt(args.prompt.encode()), args.bytes, args.temperature, args.seed, vocab)
     sys.stdout.buffer.write(args.prompt.encode() + text + b"\n")
 
 
@@ -341,6 +405,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="corpus 'generated': its seed")
     p.add_argument("--min-bytes", type=int, default=2, help="fail if a split is shorter (one window)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("tokenize", help="learn a BPE vocabulary from the training split and write each split as token ids")
+    p.add_argument("--data", required=True, help="the folder of the splits; the vocabulary and id files are written beside them")
+    p.add_argument(option(VOCAB_KEY), type=int, required=True, help="pieces in the vocabulary: the 256 bytes, then merges")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("retokenize", help="write a manifest of another manifest's runs reading other tokens")
+    p.add_argument("--manifest", required=True, help="the runs to train again (the last stage's manifest)")
+    p.add_argument("--out", required=True, help="the manifest to write")
+    _reading_options(p)
+    p.set_defaults(func=cmd_retokenize)
+
+    p = sub.add_parser("tokenizers", help="compare the same runs read as bytes and as BPE tokens: a table and a figure")
+    p.add_argument("--summary", nargs=2, required=True, help="the study's last stage's summary, then its runs' under the other tokenizer")
+    p.add_argument("--out", required=True, help="the table to write")
+    p.add_argument("--figure", required=True, help="the figure to draw")
+    p.set_defaults(func=cmd_tokenizers)
 
     p = sub.add_parser("grid", help="write the stage-1 manifest (runs already listed keep their order)")
     p.add_argument("--out", required=True, help="the manifest to write")
@@ -397,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="print text a trained run generates after a prompt")
     p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")
     p.add_argument("--prompt", default="", help="text fed to the run first")
+    p.add_argument("--data", help="a BPE run's data folder, with its vocabulary (default: data/ beside the stage folders)")
     _sample_options(p)
     p.set_defaults(func=cmd_sample)
 

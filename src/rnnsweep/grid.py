@@ -40,6 +40,12 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 ENGINE_PATHS: tuple[str, ...] = ("design", "superset")
 #: How a manifest picks each design's path (`batch_designs`): by the cost model (rnnsweep.policy), or always `design`.
 BATCH_DESIGNS: tuple[str, ...] = ("auto", "off")
+#: What a run reads, the manifest's `tokenizer` column: `bytes` (ids are the bytes, 256 of them) or `bpe`
+#: (ids of a byte-pair vocabulary of `vocab_size` learnt from the training split, rnnsweep.tokens).
+TOKENIZERS: tuple[str, ...] = ("bytes", "bpe")
+BYTE_VOCAB = 256
+#: The largest vocabulary: token ids are stored as 16-bit integers.
+MAX_VOCAB = 1 << 16
 #: A run id: the design id, then `-r<replicate>` for replicates after the first. Nothing else is ever a
 #: path component under a stage folder.
 RUN_ID = re.compile(r"[0-9a-f]{10}(-r[1-9][0-9]*)?")
@@ -102,11 +108,13 @@ class Run:
     eval_bytes: int
     precision: str = "fp32"
     engine: str = "design"
+    tokenizer: str = "bytes"
+    vocab_size: int = BYTE_VOCAB
 
     def row(self) -> dict[str, object]:
         design = asdict(self.design)
         head = {"id": self.id, "config_id": self.config_id}
-        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS, "precision", "engine")}
+        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS, "precision", "engine", *READING)}
         return {**head, **design, **tail}
 
     @property
@@ -116,14 +124,18 @@ class Run:
 
     @property
     def batch_key(self) -> tuple:
-        """Runs with equal keys can train as one batched model: the same settings and path, and one design
-        (stage 3's seeds) on the design path, or one shape on the superset path."""
+        """Runs with equal keys can train as one batched model: the same settings, path and tokens, and one
+        design (stage 3's seeds) on the design path, or one shape on the superset path."""
         model = self.design if self.engine == "design" else self.shape
-        return (self.engine, model, *(getattr(self, k) for k in SETTINGS), self.precision)
+        return (self.engine, model, *(getattr(self, k) for k in SETTINGS), self.precision, self.tokenizer, self.vocab_size)
 
 
 DESIGN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Design))
-COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS, "precision", "engine")
+#: The manifest columns that say what a run reads; a manifest without them reads bytes.
+READING: tuple[str, ...] = ("tokenizer", "vocab_size")
+COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS, "precision", "engine", *READING)
+#: Columns a manifest written before them may lack, and the values such a manifest means.
+OPTIONAL_COLUMNS: dict[str, str] = {"engine": "design", "tokenizer": "bytes", "vocab_size": str(BYTE_VOCAB)}
 
 
 def stage1_designs(n_layers: Iterable[int], state_sizes: Iterable[int]) -> list[Design]:
@@ -160,16 +172,19 @@ def run_id(config_id: str, replicate: int) -> str:
 def make_runs(
     designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0, engine: Callable[[Design], str] | None = None
 ) -> list[Run]:
-    """Runs for each design × replicate, with `settings` (SETTINGS, and `precision`, fp32 unless given);
-    `engine` picks each design's path (rnnsweep.policy), `design` unless given."""
+    """Runs for each design × replicate, with `settings` (SETTINGS, and `precision`, fp32 unless given, and
+    `tokenizer` with its `vocab_size`, bytes unless given); `engine` picks each design's path
+    (rnnsweep.policy), `design` unless given."""
     picked = {k: settings[k] for k in SETTINGS}
     precision = settings.get("precision") or "fp32"
+    tokenizer = settings.get("tokenizer") or "bytes"
+    reading = {"tokenizer": tokenizer, "vocab_size": BYTE_VOCAB if tokenizer == "bytes" else settings["vocab_size"]}
     runs = []
     for design in designs:
         path = engine(design) if engine else "design"
         for rep in range(replicates):
             seed = run_seed(design.id, rep, base_seed)
-            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, **picked, precision=precision, engine=path))
+            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, **picked, precision=precision, engine=path, **reading))
     return runs
 
 
@@ -184,10 +199,11 @@ def _parse_bool(text: str, where: str) -> bool:
 def _parse_row(row: dict[str, str], where: str) -> Run:
     try:
         design = Design.from_mapping(row)
-        ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_bytes")}
+        row = {**OPTIONAL_COLUMNS, **row}
+        ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_bytes", "vocab_size")}
         run = Run(
             id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), precision=row["precision"],
-            engine=row.get("engine", "design"), **ints,
+            engine=row["engine"], tokenizer=row["tokenizer"], **ints,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ManifestError(f"{where}: {err}") from None
@@ -199,7 +215,22 @@ def _parse_row(row: dict[str, str], where: str) -> Run:
         raise ManifestError(f"{where}: precision {run.precision!r} is not one of {', '.join(PRECISIONS)}")
     if run.engine not in ENGINE_PATHS:
         raise ManifestError(f"{where}: engine {run.engine!r} is not one of {', '.join(ENGINE_PATHS)}")
+    problem = vocabulary_problem(run.tokenizer, run.vocab_size)
+    if problem:
+        raise ManifestError(f"{where}: {problem}")
     return run
+
+
+def vocabulary_problem(tokenizer: str, vocab_size: int) -> str | None:
+    """What is wrong with a tokenizer and vocabulary size, or None: bytes have 256 ids, a BPE vocabulary
+    the 256 bytes and at least one merge, and at most MAX_VOCAB ids."""
+    if tokenizer not in TOKENIZERS:
+        return f"tokenizer {tokenizer!r} is not one of {', '.join(TOKENIZERS)}"
+    if tokenizer == "bytes" and vocab_size != BYTE_VOCAB:
+        return f"tokenizer bytes has vocab_size {BYTE_VOCAB}, not {vocab_size}"
+    if tokenizer == "bpe" and not BYTE_VOCAB < vocab_size <= MAX_VOCAB:
+        return f"tokenizer bpe needs vocab_size above {BYTE_VOCAB} (the bytes) and at most {MAX_VOCAB}, not {vocab_size}"
+    return None
 
 
 def read_manifest(path: Path) -> list[Run]:
@@ -219,8 +250,7 @@ def read_manifest(path: Path) -> list[Run]:
 
 
 def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
-    # A manifest written before the `engine` column existed was trained on the design path.
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c != "engine"]
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
     if missing:
         raise ManifestError(f"{path}: not a manifest, missing columns {', '.join(missing)}")
     runs, seen = [], set()

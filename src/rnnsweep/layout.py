@@ -11,6 +11,9 @@ from pathlib import Path
 
 DATA_DIR = "data"  # results/<study>/data/: the corpus splits beside the stages
 CORPUS_META = "corpus.json"  # written last by `rnnsweep data`: the splits are ready
+TOKENIZER = "tokenizer.json"  # data/tokenizer.json: the BPE vocabulary learnt from the training split
+TOKENS_META = "tokens.json"  # written last by `rnnsweep tokenize`: the id files (data/<split>.ids) are ready
+IDS_SUFFIX = ".ids"  # data/<split>.ids: a split as BPE token ids, little-endian uint16
 
 # ---------------------------------------------------------------- a stage's files
 MANIFEST = "manifest.csv"  # one row per run: design, replicate, seed, settings, path
@@ -41,6 +44,10 @@ SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of eac
 #: results/<study>/baselines.csv: n-gram models and compressors on the test slice (rnnsweep.baselines);
 #: figures/<study>/baselines.png sets them beside the best run of each stage.
 BASELINES = "baselines.csv"
+#: results/<study>/tokenizers.csv and figures/<study>/tokenizers.png: the last stage's designs under the
+#: study's tokenizer and, trained again in the folder `retrained_stage`, under the other (rnnsweep.compare).
+TOKENIZERS = "tokenizers.csv"
+TOKENIZERS_FIGURE = "tokenizers"
 BASELINES_FIGURE = "baselines"
 #: Figures that also draw the best baseline, as a line (`rnnsweep plot --baselines`).
 WITH_BASELINES = ("swarm_all", "swarm")
@@ -48,7 +55,7 @@ WITH_BASELINES = ("swarm_all", "swarm")
 # ---------------------------------------------------------------- a run's files
 RESULT = "result.json"  # written last, atomically: its presence marks a run finished
 RESULT_FIELDS = (
-    "id", "status", "min_loss", "final_loss", "valid_bpb", "test_bpb", "valid_bytes", "test_bytes", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
+    "id", "status", "min_loss", "final_loss", "valid_bpb", "test_bpb", "valid_bytes", "test_bytes", "valid_tokens", "test_tokens", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
     "engine", "fingerprint", "data",
 )
 CURVE = "curve.csv"
@@ -77,6 +84,11 @@ def curves_path(stage_dir: Path) -> Path:
 def stage_of(manifest: Path) -> Path:
     """The stage folder a manifest describes: the folder that holds it."""
     return Path(manifest).parent
+
+
+def retrained_stage(last_stage: str, tokenizer: str) -> str:
+    """The folder of the last stage's runs trained again on another tokenizer's ids: `stage3-bpe`."""
+    return f"{last_stage}-{tokenizer}"
 
 
 def data_dir_of(stage_dir: Path) -> Path:

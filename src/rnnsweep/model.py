@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnsweep.grid import SWITCHES, Design
+from rnnsweep.grid import BYTE_VOCAB, SWITCHES, Design
 
-VOCAB = 256  # the byte vocabulary; a model may take another (token ids 0 .. vocab-1)
+VOCAB = BYTE_VOCAB  # the byte vocabulary; a model may take another (token ids 0 .. vocab-1)
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward  # (grad, σ(z)) → grad·σ(z)·(1−σ(z))
 _silu_backward = torch.ops.aten.silu_backward  # (grad, z) → grad·d silu(z)/dz

@@ -269,7 +269,9 @@ def _swarm_grid(runs: pd.DataFrame, reference: pd.DataFrame, out: Path, threshol
         return
     fig, axes = plt.subplots(3, 3, figsize=(12, 11), dpi=DPI, sharey=True, layout="constrained")
     size = _start_size(len(runs))
-    baseline = _best_baseline(baselines)
+    unit = _unit(runs)
+    # The baselines are per byte: they share an axis with a training loss per byte only.
+    baseline = _best_baseline(baselines) if unit == "byte" else None
     ylim = _swarm_ylim(runs, baseline)
     for ax, factor in zip(axes.flat, FACTORS):
         size = _factor_swarm(ax, runs, factor, sorted(reference[factor].unique()), size, ylim)
@@ -281,9 +283,9 @@ def _swarm_grid(runs: pd.DataFrame, reference: pd.DataFrame, out: Path, threshol
         ax.set_ylim(limits)
         ax.grid(axis="y", lw=0.4, alpha=0.5)
     for ax in axes[:, 0]:
-        ax.set_ylabel("min_loss (nats/byte)")
+        ax.set_ylabel(f"min_loss (nats/{unit})")
     for ax in axes[:, -1]:
-        _bits_axis(ax, "y")
+        _bits_axis(ax, "y", unit)
     low, high = axes[0, 0].get_ylim()
     off_scale = "" if low <= threshold <= high else " (outside the y range)"
     lines = f"black bar = level mean, dashed red = threshold {threshold:g}{off_scale}"
@@ -352,15 +354,16 @@ def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
         ax.plot(line["step"], line["ema_loss"], color="tab:red", lw=2,
                 label=f"best: {design_label(best)} (min_loss {best['min_loss']:.3f}; {_held_out_text(best)})")
     low, high = _full_ylim(finite["ema_loss"])
-    if high >= UNIFORM_LOSS:
+    unit = _unit(summary)
+    if high >= UNIFORM_LOSS and unit == "byte":
         ax.axhline(UNIFORM_LOSS, ls=":", color="black", lw=1, label="uniform guess (ln 256)")
     ax.autoscale_view()
     ax.set_ylim(low, high)
     _step_axis(ax)
     n_div = int((summary["status"] != "ok").sum())
-    ax.set(xlabel="step", ylabel="EMA training loss (nats/byte)",
+    ax.set(xlabel="step", ylabel=f"EMA training loss (nats/{unit})",
            title=f"Training loss of all {len(summary)} runs ({n_div} diverged)")
-    _bits_axis(ax, "y")
+    _bits_axis(ax, "y", unit)
     _design_key(fig)
     ax.legend(loc="upper right")
     ax.grid(lw=0.4, alpha=0.5)
@@ -427,12 +430,13 @@ def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, best_
     _step_axis(ax, log=True)
     # Only good runs here, so show their whole descent (up to uniform) rather than a quantile.
     ax.set_ylim(*_robust_ylim(finite.loc[finite["id"].isin(best_ids), "ema_loss"], quantile=1.0))
-    _bits_axis(ax, "y")
+    unit = _unit(summary)
+    _bits_axis(ax, "y", unit)
     _design_key(fig)
-    ax.set(xlabel="step (log scale)", ylabel="EMA training loss (nats/byte)",
+    ax.set(xlabel="step (log scale)", ylabel=f"EMA training loss (nats/{unit})",
            title=f"Best {best_curves} runs by min_loss (local linear fit over {smooth} logged points)")
     if best_ids:
-        ax.legend(title="design (min_loss, nats/byte; held-out bits/byte)", loc="upper right", fontsize=9)
+        ax.legend(title=f"design (min_loss, nats/{unit}; held-out bits/byte)", loc="upper right", fontsize=9)
     ax.grid(which="both", lw=0.4, alpha=0.4)
     _save(fig, out)
 
@@ -462,9 +466,9 @@ def group_swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.grid(axis="y", lw=0.4, alpha=0.5)
-    _bits_axis(ax, "y")
+    _bits_axis(ax, "y", _unit(summary))
     _design_key(fig)
-    ax.set(xlabel="", ylabel="min_loss (nats/byte)",
+    ax.set(xlabel="", ylabel=f"min_loss (nats/{_unit(summary)})",
            title=f"{title}\nblack bar = mean; text = mean ± std, n replicates")
     _save(fig, out)
 
@@ -492,9 +496,9 @@ def group_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: ob
     _step_axis(axes[0, 0])
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.supylabel("EMA training loss (nats/byte)")
+    fig.supylabel(f"EMA training loss (nats/{_unit(summary)})")
     for ax in axes[:, -1]:
-        _bits_axis(ax, "y")
+        _bits_axis(ax, "y", _unit(summary))
     _design_key(fig)
     fig.suptitle("Stage 3: replicate curves (blue) and their mean (black) per design\n"
                  "y zoomed on late training")
@@ -525,13 +529,14 @@ def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
                 label=f"#{row.rank} {row.label} {_number(row.mean, 3)} {_ci_text(row.min_loss_ci_low, row.min_loss_ci_high)}{same}")
     ax.set_ylim(*_tail_ylim(pd.concat(means)))
     _step_axis(ax)
-    ax.set(xlabel="step", ylabel="mean EMA training loss (nats/byte)",
+    unit = _unit(summary)
+    ax.set(xlabel="step", ylabel=f"mean EMA training loss (nats/{unit})",
            title="mean training curve per design (y focused on late training)")
-    _bits_axis(ax, "y")
+    _bits_axis(ax, "y", unit)
     ax.legend(title="rank, design, mean min_loss [95 % CI]", loc="upper center",
               bbox_to_anchor=(0.5, -0.12), fontsize=8, ncol=2)
     ax.grid(which="both", lw=0.4, alpha=0.4)
-    _interval_panel(right[0], table, colors, "min_loss", "mean min_loss (nats/byte)")
+    _interval_panel(right[0], table, colors, "min_loss", f"mean min_loss (nats/{unit})")
     _interval_panel(right[1], table, colors, "test_bpb", "mean test_bpb (bits/byte)")
     right[1].set_yticklabels([])
     fig.suptitle(f"Stage 3: {len(table)} designs over their seeds; intervals are 95 % t-intervals of the mean\n"
@@ -569,9 +574,14 @@ def _design_key(fig: Figure) -> None:
     fig.text(0.5, 0.005, DESIGN_KEY, ha="center", va="bottom", fontsize=7.5, color="0.3")
 
 
-def _bits_axis(ax: Axes, which: str) -> None:
-    """A second axis in bits per byte beside one in nats."""
-    _twin_axis(ax, which, (lambda v: v / math.log(2), lambda v: v * math.log(2)), "bits per byte")
+def _unit(summary: pd.DataFrame) -> str:
+    """What a stage's training loss is per: a byte, or (tokenizer bpe) a token of the runs' vocabulary."""
+    return "token" if "tokenizer" in summary and (summary["tokenizer"] != "bytes").any() else "byte"
+
+
+def _bits_axis(ax: Axes, which: str, unit: str = "byte") -> None:
+    """A second axis in bits per byte (or per token) beside one in nats."""
+    _twin_axis(ax, which, (lambda v: v / math.log(2), lambda v: v * math.log(2)), f"bits per {unit}")
 
 
 def _nats_axis(ax: Axes, which: str) -> None:
@@ -595,7 +605,8 @@ def effects_bars(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: ob
     order = table.loc[table["response"] == "min_loss"].sort_values("estimate")["term"].tolist()
     fig, axes = plt.subplots(1, 2, figsize=(13, max(5.0, 0.24 * len(order) + 1.8)), dpi=DPI, sharey=True,
                              layout="constrained")
-    for ax, (response, unit) in zip(axes, (("min_loss", "min_loss (nats/byte)"), ("valid_bpb", "valid_bpb (bits/byte)"))):
+    per = _unit(summary)
+    for ax, (response, unit) in zip(axes, (("min_loss", f"min_loss (nats/{per})"), ("valid_bpb", "valid_bpb (bits/byte)"))):
         rows = table.loc[table["response"] == response].set_index("term").reindex(order)
         y = np.arange(len(order))
         colors = ["tab:green" if h < 0 else "tab:red" if lo > 0 else "0.55"
@@ -606,7 +617,7 @@ def effects_bars(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: ob
         ax.set_xlabel(f"effect on {unit}")
         ax.grid(axis="x", lw=0.4, alpha=0.5)
         if response == "min_loss":
-            _bits_axis(ax, "x")
+            _bits_axis(ax, "x", per)
     axes[0].set_yticks(np.arange(len(order)), [_term_name(t) for t in order], fontsize=8)
     n = int(table["n"].iloc[0])
     fig.suptitle(f"Effects with 95 % intervals, linear model of {n} runs (switches and their two-way interactions; "
@@ -643,7 +654,7 @@ def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: o
         if row == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("0.88")
-    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss (nats/byte) over replicates;\n"
+    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss (nats/{_unit(summary)}) over replicates;\n"
                  "≈ #1: a Holm-corrected Welch test cannot tell it from the best at 5 %")
     _design_key(fig)
     _save(fig, out)
@@ -682,6 +693,53 @@ def compare(baselines: pd.DataFrame, summaries: dict[str, pd.DataFrame], out: Pa
     ax.set_title("Bits per byte on the same bytes, lower is better\n"
                  "RNNs and n-grams learn from the training split and are scored on bytes they have not seen;\n"
                  "a compressor starts from nothing and learns as it reads the slice", fontsize=10)
+    _design_key(fig)
+    _save(fig, out)
+
+
+def _tokenizer_name(row: Any) -> str:
+    if row["tokenizer"] == "bytes":
+        return "bytes (256 ids)"
+    return f"{row['tokenizer']} ({int(row['vocab_size'])} ids, {row['bytes_per_token']:.2f} bytes/token)"
+
+
+def tokenizers(table: pd.DataFrame, summaries: list[pd.DataFrame], out: Path) -> None:
+    """The last stage's designs under two tokenizers: test bits per byte over seeds, steps per second, wall time."""
+    if table.empty:
+        _message_figure(out, "Tokenizers", "no design finished under both tokenizers")
+        return
+    designs = list(dict.fromkeys(table["config_id"]))
+    kinds = list(dict.fromkeys(table["tokenizer"]))
+    colors = dict(zip(kinds, ("tab:blue", "tab:orange")))
+    y = {config_id: len(designs) - 1 - i for i, config_id in enumerate(designs)}
+    offset = dict(zip(kinds, (0.15, -0.15)))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 2.2 + 0.5 * len(designs)), dpi=DPI, layout="constrained",
+                             sharey=True, gridspec_kw={"width_ratios": (3, 1.2, 1.2)})
+    runs = pd.concat(summaries, ignore_index=True)
+    runs = runs[runs["id"].isin(usable_runs(runs)["id"])]
+    for kind in kinds:
+        rows = table[table["tokenizer"] == kind]
+        at = np.array([y[c] for c in rows["config_id"]]) + offset[kind]
+        seeds = runs[(runs["tokenizer"] == kind) & runs["config_id"].isin(designs)]
+        axes[0].scatter(seeds["test_bpb"], [y[c] + offset[kind] for c in seeds["config_id"]], s=9, alpha=0.35,
+                        color=colors[kind], lw=0)
+        error = np.vstack([rows["test_bpb_mean"] - rows["test_bpb_ci_low"], rows["test_bpb_ci_high"] - rows["test_bpb_mean"]])
+        axes[0].errorbar(rows["test_bpb_mean"], at, xerr=np.nan_to_num(error), fmt="o", ms=5, capsize=3,
+                         color=colors[kind], label=_tokenizer_name(rows.iloc[0]))
+        for ax, column in zip(axes[1:], ("steps_per_s", "wall_s")):
+            bars = ax.barh(at, rows[column], height=0.3, color=colors[kind])
+            ax.bar_label(bars, fmt="%.3g", padding=2, fontsize=7)
+    labels = table.drop_duplicates("config_id").set_index("config_id")["label"]
+    axes[0].set_yticks([y[c] for c in designs], [labels[c] for c in designs], fontsize=8)
+    axes[0].set_xlabel("test_bpb: bits per byte on the test slice (mean, 95 % interval over seeds, each seed)")
+    axes[0].legend(loc="best", fontsize=8)
+    axes[0].grid(axis="x", lw=0.4, alpha=0.5)
+    axes[1].set_xlabel("steps per second (a step: one token\nof every window of the batch)")
+    axes[2].set_xlabel("wall time of a run (s)")
+    for ax in axes[1:]:
+        ax.margins(x=0.2)
+    fig.suptitle("The same designs, seeds and settings read as bytes and as BPE tokens, scored in bits per byte;\n"
+                 "a window holds history_size tokens, so a BPE window spans several times more bytes", fontsize=10)
     _design_key(fig)
     _save(fig, out)
 

@@ -44,7 +44,7 @@ BYTES = 4  # float32 parameters, gradients, Adam moments and activations
 #: Floats of activations one layer keeps per batch row and unit of width (xs, a, c, z, h0, g, h1, f, u, yz, q, y and
 #: their gradients, rounded up), and the head's per batch row: logits, softmax, gradient.
 ACTIVATIONS_PER_LAYER = 40
-ACTIVATIONS_HEAD = 4 * VOCAB
+ACTIVATIONS_HEAD = 4  # per entry of the vocabulary
 
 
 @dataclass(frozen=True)
@@ -96,54 +96,56 @@ def device_kind(device: str) -> str:
     return device.split(":")[0]
 
 
-def step_flops(layout: Design, batch_size: int) -> float:
+def step_flops(layout: Design, batch_size: int, vocab: int = VOCAB) -> float:
     """Forward + backward FLOPs of one replicate's step: 3 × 2·batch·(entries of every matrix it multiplies by)."""
-    return 6 * batch_size * sum(p.numel for p in plan(layout) if len(p.shape) == 2 and p.name != "embed_w")
+    return 6 * batch_size * sum(p.numel for p in plan(layout, vocab) if len(p.shape) == 2 and p.name != "embed_w")
 
 
-def step_elements(layout: Design, batch_size: int) -> int:
-    """One replicate's activations of a step, the memory-bound share of its time: batch × (L·n + 256)."""
-    return batch_size * (layout.n_layers * layout.state_size + VOCAB)
+def step_elements(layout: Design, batch_size: int, vocab: int = VOCAB) -> int:
+    """One replicate's activations of a step, the memory-bound share of its time: batch × (L·n + vocab)."""
+    return batch_size * (layout.n_layers * layout.state_size + vocab)
 
 
-def replicate_bytes(layout: Design, batch_size: int) -> int:
+def replicate_bytes(layout: Design, batch_size: int, vocab: int = VOCAB) -> int:
     """Memory of one replicate in a group: parameters, gradient and two Adam moments, and one step's activations."""
-    params = sum(p.numel for p in plan(layout))
-    activations = batch_size * (layout.n_layers * layout.state_size * ACTIVATIONS_PER_LAYER + ACTIVATIONS_HEAD)
+    params = sum(p.numel for p in plan(layout, vocab))
+    activations = batch_size * (layout.n_layers * layout.state_size * ACTIVATIONS_PER_LAYER + ACTIVATIONS_HEAD * vocab)
     return BYTES * (4 * params + activations)
 
 
-def max_group(layout: Design, batch_size: int, kind: str) -> int:
+def max_group(layout: Design, batch_size: int, kind: str, vocab: int = VOCAB) -> int:
     """The most replicates one group of this layout may hold within the device's memory budget (at least 1)."""
-    return max(1, device_cost(kind).memory_bytes // replicate_bytes(layout, batch_size))
+    return max(1, device_cost(kind).memory_bytes // replicate_bytes(layout, batch_size, vocab))
 
 
-def group_step_s(layout: Design, replicates: int, batch_size: int, path: str, kind: str) -> float:
+def group_step_s(layout: Design, replicates: int, batch_size: int, path: str, kind: str, vocab: int = VOCAB) -> float:
     """Predicted seconds of one step of a group of `replicates` on `path`."""
     cost = getattr(device_cost(kind), path)
-    flops, elements = step_flops(layout, batch_size), step_elements(layout, batch_size)
+    flops, elements = step_flops(layout, batch_size, vocab), step_elements(layout, batch_size, vocab)
     return cost.step_s(layout.n_layers, replicates, replicates * flops, replicates * elements)
 
 
-def _in_groups_s(layout: Design, replicates: int, batch_size: int, path: str, kind: str) -> float:
+def _in_groups_s(layout: Design, replicates: int, batch_size: int, path: str, kind: str, vocab: int) -> float:
     """Seconds per step to train `replicates` of one layout in groups as large as memory allows."""
-    cap = max_group(layout, batch_size, kind)
+    cap = max_group(layout, batch_size, kind, vocab)
     full, rest = divmod(replicates, cap)
-    last = group_step_s(layout, rest, batch_size, path, kind) if rest else 0.0
-    return full * group_step_s(layout, cap, batch_size, path, kind) + last
+    last = group_step_s(layout, rest, batch_size, path, kind, vocab) if rest else 0.0
+    return full * group_step_s(layout, cap, batch_size, path, kind, vocab) + last
 
 
-def superset_s(designs: list[Design], copies: int, batch_size: int, kind: str) -> float:
+def superset_s(designs: list[Design], copies: int, batch_size: int, kind: str, vocab: int = VOCAB) -> float:
     """Predicted seconds per step to train `copies` of each design (all of one shape) on the superset path."""
-    return _in_groups_s(superset_layout(designs[0]), len(designs) * copies, batch_size, "superset", kind)
+    return _in_groups_s(superset_layout(designs[0]), len(designs) * copies, batch_size, "superset", kind, vocab)
 
 
-def design_s(designs: list[Design], copies: int, batch_size: int, kind: str) -> float:
+def design_s(designs: list[Design], copies: int, batch_size: int, kind: str, vocab: int = VOCAB) -> float:
     """Predicted seconds per step to train `copies` of each design on the design path, a design's copies together."""
-    return sum(_in_groups_s(d, copies, batch_size, "design", kind) for d in designs)
+    return sum(_in_groups_s(d, copies, batch_size, "design", kind, vocab) for d in designs)
 
 
-def choose_paths(designs: Iterable[Design], batch_size: int, copies: int, mode: str, kind: str) -> dict[Design, str]:
+def choose_paths(
+    designs: Iterable[Design], batch_size: int, copies: int, mode: str, kind: str, vocab: int = VOCAB
+) -> dict[Design, str]:
     """Each design's path: for `auto`, per shape, the superset path where it is predicted MARGIN times faster."""
     if mode not in BATCH_DESIGNS:
         raise ConfigError(f"batch_designs must be one of {', '.join(BATCH_DESIGNS)}, not {mode!r}")
@@ -152,15 +154,18 @@ def choose_paths(designs: Iterable[Design], batch_size: int, copies: int, mode: 
         by_shape.setdefault((design.n_layers, design.state_size), []).append(design)
     paths = {}
     for group in by_shape.values():
-        faster = mode == "auto" and MARGIN * superset_s(group, copies, batch_size, kind) < design_s(group, copies, batch_size, kind)
+        superset = superset_s(group, copies, batch_size, kind, vocab)
+        faster = mode == "auto" and MARGIN * superset < design_s(group, copies, batch_size, kind, vocab)
         paths.update(dict.fromkeys(group, "superset" if faster else "design"))
     return paths
 
 
 def engine_paths(designs: list[Design], settings: dict, copies: int = 1) -> Callable[[Design], str]:
-    """The path of each design as a manifest asks: `settings` holds batch_size, batch_designs and device."""
+    """The path of each design as a manifest asks: `settings` holds batch_size, batch_designs and device, and
+    the vocabulary's size where the runs read BPE tokens."""
     kind = device_kind(settings["device"])
-    return choose_paths(designs, settings["batch_size"], copies, settings["batch_designs"], kind).__getitem__
+    vocab = settings.get("vocab_size") if settings.get("tokenizer") == "bpe" else VOCAB
+    return choose_paths(designs, settings["batch_size"], copies, settings["batch_designs"], kind, vocab).__getitem__
 
 
 def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
@@ -181,7 +186,7 @@ def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
         first = members[0]
         layout = _run_layout(first)
         share = math.ceil(len(members) * workers / len(runs))
-        size = min(max_group(layout, first.batch_size, kind), math.ceil(len(members) / share))
+        size = min(max_group(layout, first.batch_size, kind, first.vocab_size), math.ceil(len(members) / share))
         groups += [members[i : i + size] for i in range(0, len(members), size)]
 
     return sorted(groups, key=lambda group: group_seconds(group, kind), reverse=True)
@@ -190,7 +195,7 @@ def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
 def group_seconds(group: list[Run], kind: str) -> float:
     """Predicted seconds to train a group (of one batch key) from its first step to its last."""
     run = group[0]
-    return run.steps * group_step_s(_run_layout(run), len(group), run.batch_size, run.engine, kind)
+    return run.steps * group_step_s(_run_layout(run), len(group), run.batch_size, run.engine, kind, run.vocab_size)
 
 
 def _run_layout(run: Run) -> Design:

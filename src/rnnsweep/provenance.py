@@ -1,8 +1,10 @@
 """What a run's numbers depend on, as one fingerprint that its result and checkpoint carry.
 
 A run's curve, weights and losses are determined by its manifest row (design,
-replicate, seed, training settings, precision), by the bytes it trains and is
-evaluated on, and by the engine's arithmetic: its version and the path that
+replicate, seed, training settings, precision, tokenizer and vocabulary size),
+by the bytes it trains and is evaluated on, by the token ids it reads of them
+(for a BPE run: the tokenizer file and the id files, as `tokens_id`), and by
+the engine's arithmetic: its version and the path that
 trains the run (the row's `engine`: its design's own model, or a superset
 model of its shape). The fingerprint hashes all three. A result or checkpoint is used only where its fingerprint equals the
 one its manifest row and the data folder give now; anything else belongs to
@@ -17,7 +19,7 @@ import re
 
 import numpy as np
 
-from rnnsweep.grid import Run
+from rnnsweep.grid import READING, Run
 
 #: The engine's arithmetic. Bump it with any change to model.py, optim.py or the
 #: training loop that can change a single number a run produces: every result
@@ -34,19 +36,34 @@ def split_sha256(data: np.ndarray) -> str:
 
 def data_id(train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> str:
     """The identity of the bytes a run reads: the training split and the two it is scored on, by content."""
-    splits = f"train:{split_sha256(train)}\nvalid:{split_sha256(valid)}\ntest:{split_sha256(test)}\n"
-    return hashlib.sha256(splits.encode()).hexdigest()[:16]
+    return digest_of({split: split_sha256(data) for split, data in zip(("train", "valid", "test"), (train, valid, test))})
 
 
-def fingerprint(run: Run, data: str) -> str:
+def digest_of(parts: dict[str, str]) -> str:
+    """16 hex digits naming an ordered set of named hashes (of splits, of files)."""
+    return hashlib.sha256("".join(f"{name}:{sha}\n" for name, sha in parts.items()).encode()).hexdigest()[:16]
+
+
+def fingerprint(run: Run, data: str, tokens: str | None = None) -> str:
     """16 hex digits that change whenever anything that determines the run's numbers changes.
 
-    The engine is the version and the path together. The design path is the
-    arithmetic `ENGINE` always named, so its runs keep the fingerprints they
-    had before paths existed, and their results stay valid.
+    `tokens` names the tokenizer and id files a BPE run reads (rnnsweep.tokens);
+    a byte run reads the bytes alone. The engine is the version and the path
+    together. The design path is the arithmetic `ENGINE` always named, and a
+    byte run's row leaves out its tokenizer columns, so byte runs on the design
+    path keep the fingerprints they had before paths and tokenizers existed,
+    and their results stay valid.
     """
     row = run.row()
     path = row.pop("engine")
     engine = ENGINE if path == "design" else f"{ENGINE}/{path}"
-    canonical = json.dumps({"run": row, "data": data, "engine": engine}, sort_keys=True, separators=(",", ":"))
+    content: dict[str, object] = {"run": row, "data": data, "engine": engine}
+    if run.tokenizer == "bytes":
+        for key in READING:
+            row.pop(key)
+    elif tokens is None:
+        raise ValueError(f"run {run.id} reads {run.tokenizer} tokens: its fingerprint needs the tokens' id")
+    else:
+        content["tokens"] = tokens
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: Result fields and the types they must have; numbers may be NaN (a diverged run's losses).
 _NUMBERS = ("min_loss", "final_loss", "valid_bpb", "test_bpb", "wall_s", "steps_per_s")
-_INTEGERS = ("params", "steps", "seed", "valid_bytes", "test_bytes")
+_INTEGERS = ("params", "steps", "seed", "valid_bytes", "test_bytes", "valid_tokens", "test_tokens")
 _TEXTS = ("id", "status", "device", "precision", "engine")
 _HASHES = ("fingerprint", "data")  # also path components (superseded/<fingerprint>/): never anything but hex
 
@@ -75,6 +75,9 @@ def _finished_record(folder: Path, run_id: str) -> tuple[dict | None, str | None
         return None, f"it does not parse ({err})"
     if isinstance(record, dict):
         record.setdefault("engine", "design")  # written before paths existed: the design path trained it
+        for split in ("valid", "test"):  # written before tokenizers existed: a byte run predicts one token per byte
+            if f"{split}_bytes" in record:
+                record.setdefault(f"{split}_tokens", record[f"{split}_bytes"])
     problem = _record_problem(record, run_id) or _curve_problem(folder / CURVE)
     return (None, problem) if problem else (record, None)
 

@@ -1,53 +1,79 @@
-"""Text from a trained run: feed it a prompt, then draw one byte at a time from its prediction.
+"""Text from a trained run: feed it a prompt, then draw one token (a byte, or a BPE piece) at a time from its prediction.
 
-A run's folder holds everything needed: `config.json` names its design and
-`weights.pt` holds its parameters in that design's layout (whatever path
-trained it). Sampling is seeded, so the same call prints the same text.
+A run's folder holds everything needed but the vocabulary: `config.json`
+names its design and what it read, and `weights.pt` holds its parameters in
+that design's layout (whatever path trained it). A BPE run's vocabulary is
+the data folder's, used only if it is the one the run was trained on.
+Sampling is seeded, so the same call prints the same text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
 
 from rnnsweep.data import DataError, load_split
-from rnnsweep.grid import Design
+from rnnsweep.grid import BYTE_VOCAB, Design
 from rnnsweep.layout import RUN_CONFIG, WEIGHTS, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.stats import design_label, usable_runs
+from rnnsweep.tokens import BYTES, Vocabulary, encode, load_text, read_tokenizer
+
+
+def _run_config(folder: Path) -> pd.Series:
+    try:
+        return pd.read_json(Path(folder) / RUN_CONFIG, typ="series")
+    except (OSError, ValueError) as err:
+        raise DataError(f"{folder} is not a finished run's folder ({err})") from None
 
 
 def load_run(folder: Path) -> ByteModel:
     """The trained model of a finished run's folder, on the CPU."""
     folder = Path(folder)
+    row = _run_config(folder)
     try:
-        row = pd.read_json(folder / RUN_CONFIG, typ="series")
         weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     except (OSError, ValueError) as err:
         raise DataError(f"{folder} is not a finished run's folder ({err})") from None
-    model = ByteModel(Design.from_mapping(row), [0], torch.device("cpu"))
+    model = ByteModel(Design.from_mapping(row), [0], torch.device("cpu"), vocab=int(row.get("vocab_size", BYTE_VOCAB)))
     model.load_replicate(0, weights)
     return model
 
 
+def reading_of(folder: Path, data_dir: Path) -> tuple[Vocabulary, Callable[[bytes], list[int]]]:
+    """What a run's ids stand for, and how a prompt becomes its ids; a BPE run needs the vocabulary it was trained on."""
+    row = _run_config(folder)
+    if row.get("tokenizer", "bytes") == "bytes":
+        return BYTES, list
+    text = load_text(data_dir, row["tokenizer"], int(row["vocab_size"]))
+    if text.vocab.id != row.get("tokens"):
+        raise DataError(f"{folder} was trained on other BPE ids than {data_dir} holds now; train it again first")
+    tokenizer = read_tokenizer(data_dir)
+    return text.vocab, lambda prompt: encode(tokenizer, prompt).tolist()
+
+
 @torch.no_grad()
-def generate(model: ByteModel, prompt: bytes, n_bytes: int, temperature: float, seed: int) -> bytes:
-    """`n_bytes` bytes that continue `prompt`, each drawn from softmax(logits / temperature)."""
+def generate(
+    model: ByteModel, prompt: bytes | list[int], n_bytes: int, temperature: float, seed: int, vocab: Vocabulary = BYTES
+) -> bytes:
+    """`n_bytes` bytes that continue the ids of `prompt`, each id drawn from softmax(logits / temperature)."""
     generator = torch.Generator().manual_seed(seed)
     states = model.initial_state(1)
     logits = None
-    for byte in prompt:
-        logits, states = model.logits(torch.tensor([[byte]]), states)  # (1, 1, 256)
+    for token in prompt:
+        logits, states = model.logits(torch.tensor([[token]]), states)  # (1, 1, vocab)
     out = bytearray()
-    for _ in range(n_bytes):
-        probs = torch.softmax(logits[0, 0].double() / temperature, dim=0) if logits is not None else torch.full((256,), 1 / 256)
-        byte = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(byte)
-        logits, states = model.logits(torch.tensor([[byte]]), states)
-    return bytes(out)
+    while len(out) < n_bytes:
+        uniform = torch.full((model.vocab,), 1 / model.vocab, dtype=torch.float64)
+        probs = torch.softmax(logits[0, 0].double() / temperature, dim=0) if logits is not None else uniform
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        out += vocab.pieces[token]
+        logits, states = model.logits(torch.tensor([[token]]), states)
+    return bytes(out[:n_bytes])
 
 
 @dataclass(frozen=True)
@@ -84,10 +110,12 @@ def samples_markdown(summaries: dict[str, Path], data_dir: Path, settings: Sampl
             lines.append("No usable run.")
             continue
         row = best.iloc[0]
-        model = load_run(run_dir(Path(path).parent, row["id"]))
-        text = generate(model, prompt, settings.bytes, settings.temperature, settings.seed)
+        folder = run_dir(Path(path).parent, row["id"])
+        vocab, encode_prompt = reading_of(folder, Path(data_dir))
+        text = generate(load_run(folder), encode_prompt(prompt), settings.bytes, settings.temperature, settings.seed, vocab)
+        unit = "byte" if vocab is BYTES else "token"
         lines += [
-            f"Run `{row['id']}`, {design_label(row)}: min_loss {row['min_loss']:.4f} nats/byte, "
+            f"Run `{row['id']}`, {design_label(row)}: min_loss {row['min_loss']:.4f} nats/{unit}, "
             f"test_bpb {row['test_bpb']:.4f} bits/byte.",
             "",
             _fence(text.decode("utf-8", errors="replace")),

@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
+from rnnsweep.aggregate import SummaryError
 from rnnsweep.grid import SWITCHES
 
 FACTORS: tuple[str, ...] = SWITCHES + ("n_layers", "state_size")
@@ -140,3 +141,38 @@ def design_label(row: Mapping[str, Any] | pd.Series) -> str:
     sources = "+".join(abbrev for name, abbrev in _SOURCE_ABBREV if bool(row[name])) or "nostate"
     return f"L{int(row['n_layers'])} S{int(row['state_size'])} {gates} {sources}"
 
+
+
+#: Columns of the tokenizer comparison that are means over a design's seeds: its cost and what it predicted.
+_COST_COLUMNS = ("steps_per_s", "wall_s", "test_tokens", "test_bytes", "min_loss")
+
+
+def tokenizer_table(base: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """The same runs (design and seed) under two tokenizers: per design and tokenizer, test_bpb with its 95 %
+    t-interval over seeds, and what training cost; on the rows of `other`, the paired difference from `base`.
+
+    Designs come in `base`'s ranking by mean test_bpb. A seed counts where its run finished ok under both
+    tokenizers, so the difference is paired seed by seed; `n` is how many did. `min_loss` is in nats per
+    token of its own tokenizer; `bytes_per_token` says how many bytes one token covers on the test slice.
+    """
+    if set(base["id"]) != set(other["id"]) or set(base["tokenizer"]) & set(other["tokenizer"]):
+        raise SummaryError("the tokenizer comparison needs the same runs (ids) read with two different tokenizers")
+    both = set(usable_runs(base)["id"]) & set(usable_runs(other)["id"])
+    runs = {name: frame[frame["id"].isin(both)].set_index("id") for name, frame in (("base", base), ("other", other))}
+    order = runs["base"].groupby("config_id")["test_bpb"].mean().sort_values(kind="stable").index
+    rows = []
+    for config_id in order:
+        for name, frame in runs.items():
+            mine = frame[frame["config_id"] == config_id]
+            values = mine["test_bpb"].to_numpy(float)
+            low, high = _t_interval(values)
+            row = {"config_id": config_id, "label": design_label(mine.iloc[0]), "tokenizer": mine["tokenizer"].iloc[0],
+                   "vocab_size": int(mine["vocab_size"].iloc[0]), "n": len(values), "test_bpb_mean": values.mean(),
+                   "test_bpb_ci_low": low, "test_bpb_ci_high": high, "params": int(mine["params"].iloc[0]),
+                   **{column: mine[column].mean() for column in _COST_COLUMNS}}
+            row["bytes_per_token"] = row["test_bytes"] / row["test_tokens"]
+            diff = values - runs["base"].loc[mine.index, "test_bpb"].to_numpy(float)
+            low, high = _t_interval(diff) if name == "other" else (np.nan, np.nan)
+            row.update(diff_mean=diff.mean() if name == "other" else np.nan, diff_ci_low=low, diff_ci_high=high)
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -21,16 +21,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rnnsweep import data, provenance
+from rnnsweep import data
 from rnnsweep.config import STAGES
-from rnnsweep.grid import ManifestError, Run, read_manifest
-from rnnsweep.layout import DATA_DIR, RESULT, manifest_path, progress_dir, run_dir
+from rnnsweep.grid import TOKENIZERS, ManifestError, Run, read_manifest
+from rnnsweep.layout import DATA_DIR, RESULT, manifest_path, progress_dir, retrained_stage, run_dir
 from rnnsweep.progress import STALE_S
 from rnnsweep.results import read_result
 from rnnsweep.stats import design_label
+from rnnsweep.tokens import text_of, texts_for
 
 RATE_WINDOW_S = 300.0  # design-steps per second are averaged over this many recent seconds
 BEST = 5  # how many of the best runs so far are listed
+#: The stage folders a study may have: its stages, then its last stage's runs trained on another tokenizer.
+STUDY_STAGES = (*STAGES, *(retrained_stage(STAGES[-1], tokenizer) for tokenizer in TOKENIZERS))
 
 
 @dataclass
@@ -73,20 +76,20 @@ def studies(results: Path) -> list[Path]:
     results = Path(results)
 
     def is_study(folder: Path) -> bool:
-        return (folder / DATA_DIR).is_dir() or any((folder / stage).is_dir() for stage in STAGES)
+        return (folder / DATA_DIR).is_dir() or any((folder / stage).is_dir() for stage in STUDY_STAGES)
 
     if is_study(results):
         return [results]
     return sorted(folder for folder in results.iterdir() if folder.is_dir() and is_study(folder)) if results.is_dir() else []
 
 
-def _data_id(study: Path) -> str | None:
-    """The id of the study's splits, or None while they are not all written."""
-    folder = study / DATA_DIR
+def _fingerprints(runs: list[Run], data_dir: Path) -> dict[str, str]:
+    """Each run's fingerprint under the data folder as it is; none while what the runs read is not all written."""
     try:
-        return provenance.data_id(*(data.load_split(folder, split) for split in data.SPLITS))
+        texts = texts_for(runs, data_dir)
     except (OSError, ValueError, data.DataError):
-        return None
+        return {}
+    return {run.id: text_of(texts, run).fingerprint(run) for run in runs}
 
 
 def _heartbeats(stage_dir: Path) -> list[dict]:
@@ -114,7 +117,7 @@ def _overlap(start: float, end: float, now: float) -> float:
     return max(0.0, min(end, now) - max(start, now - RATE_WINDOW_S))
 
 
-def stage_status(stage_dir: Path, data_id: str | None, now: float | None = None, stale_s: float = STALE_S) -> StageStatus:
+def stage_status(stage_dir: Path, data_dir: Path, now: float | None = None, stale_s: float = STALE_S) -> StageStatus:
     """Read one stage: each run's state, the design-steps per second of the last minutes, the best runs so far."""
     now = time.time() if now is None else now
     status = StageStatus(stage_dir.name)
@@ -124,6 +127,7 @@ def stage_status(stage_dir: Path, data_id: str | None, now: float | None = None,
         status.problem = str(err)
         return status
     status.total = len(runs)
+    fingerprints = _fingerprints(runs, data_dir)
     beats = [_holder(beat) for beat in _heartbeats(stage_dir)]
     live = [h for h in beats if now - h.updated <= stale_s]
     status.stale = [h for h in beats if now - h.updated > stale_s and h.runs]
@@ -131,7 +135,7 @@ def stage_status(stage_dir: Path, data_id: str | None, now: float | None = None,
     abandoned = {run_id for h in status.stale for run_id in h.runs}
     worked, starts = 0.0, [now]  # design-steps trained inside the window; when the training in it began
     for run in runs:
-        result = read_result(stage_dir, run.id, provenance.fingerprint(run, data_id)) if data_id else None
+        result = read_result(stage_dir, run.id, fingerprints[run.id]) if fingerprints else None
         if result is not None:
             status.diverged += result["status"] == "diverged"
             status.done += result["status"] == "ok"
@@ -163,9 +167,8 @@ def stage_status(stage_dir: Path, data_id: str | None, now: float | None = None,
 
 
 def study_status(study: Path, now: float | None = None) -> list[StageStatus]:
-    """Every stage of a study that has a folder, in study order."""
-    data_id = _data_id(study)
-    return [stage_status(study / stage, data_id, now) for stage in STAGES if (study / stage).is_dir()]
+    """Every stage of a study that has a folder, in study order, then its last stage trained on other tokens."""
+    return [stage_status(study / stage, study / DATA_DIR, now) for stage in STUDY_STAGES if (study / stage).is_dir()]
 
 
 def _duration(seconds: float) -> str:

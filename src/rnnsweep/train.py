@@ -1,8 +1,9 @@
 """The one training loop of every stage: docs/study.md §3, truncated to a single step.
 
-The state is detached after every step, so each byte position is its own
-optimiser step: feed byte j, predict byte j+1, step Adam. A window of
-`history_size` bytes gives history_size − 1 steps; then a fresh batch is drawn
+The state is detached after every step, so each position is its own
+optimiser step: feed token j, predict token j+1, step Adam. A token is a byte,
+or with a BPE tokenizer a piece of a learnt vocabulary (rnnsweep.tokens). A
+window of `history_size` tokens gives history_size − 1 steps; then a fresh batch is drawn
 and the state reset. The loop is flat (one iteration = one step) so that a
 checkpoint taken at any step — mid-window included — resumes exactly.
 
@@ -25,6 +26,7 @@ import socket
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,16 +36,20 @@ import torch.nn.functional as F
 
 from rnnsweep import checkpoint, provenance
 from rnnsweep.checkpoint import BUFFERS, Progress
-from rnnsweep.data import DataError
+from rnnsweep.data import SPLITS, DataError
 from rnnsweep.fsutil import append_line, atomic_write_json, real_dirs
 from rnnsweep.grid import Run
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RUN_CONFIG
 from rnnsweep.model import ByteModel, count_params
 from rnnsweep.optim import Adam
 from rnnsweep.results import write_finished
+from rnnsweep.tokens import BYTES, Text, Vocabulary
 
 log = logging.getLogger(__name__)
 
+#: Where a run's EMA loss starts, in nats per byte (docs/study.md §3). A BPE run starts at the same value per
+#: byte: this times the training split's bytes per token, so that `min_loss` ranks BPE runs by their training,
+#: not by how far the EMA had climbed from a start far below their per-token loss.
 EMA_START = 3.0
 EMA_DECAY = 0.95
 #: A run's `precision` (grid.PRECISIONS) → the dtype of each step's arithmetic (parameters and Adam stay float32).
@@ -72,11 +78,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Sampler:
-    """Batches of windows at uniformly random offsets, read straight from a uint8 array."""
+    """Batches of windows at uniformly random offsets, read straight from an array of bytes or token ids."""
 
     def __init__(self, data: np.ndarray, batch_size: int, history_size: int, seed: int) -> None:
         if len(data) < history_size:
-            raise DataError(f"the training split has {len(data)} bytes, fewer than one window of {history_size}")
+            raise DataError(f"the training split has {len(data)} tokens, fewer than one window of {history_size}")
         self.data, self.batch_size, self.history_size = data, batch_size, history_size
         self.generator = torch.Generator().manual_seed(seed)
         self._span = np.arange(history_size)
@@ -84,7 +90,12 @@ class Sampler:
     def next(self) -> torch.Tensor:
         high = len(self.data) - self.history_size + 1
         starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
-        return torch.from_numpy(self.data[starts[:, None] + self._span])
+        return _tensor(self.data[starts[:, None] + self._span])
+
+
+def _tensor(ids: np.ndarray) -> torch.Tensor:
+    """Bytes stay uint8; 16-bit token ids widen to int32, which torch computes with."""
+    return torch.from_numpy(ids if ids.dtype == np.uint8 else ids.astype(np.int32))
 
 
 def _positions_first(windows: list[torch.Tensor]) -> torch.Tensor:
@@ -96,32 +107,52 @@ def _positions_first(windows: list[torch.Tensor]) -> torch.Tensor:
 EVAL_CHUNK = 256
 
 
-def held_out_windows(data: np.ndarray, eval_bytes: int, history_size: int) -> np.ndarray:
+def held_out_windows(data: np.ndarray, eval_bytes: int, history_size: int, widths: np.ndarray | None = None) -> np.ndarray:
     """The (n, history_size) windows a split is scored on: the same fixed slice for every run.
 
-    The slice is the split's first `eval_bytes` bytes (all of it if shorter). Windows of `history_size` bytes
-    overlap by one, so that every byte of the slice after the first is predicted exactly once, from the
-    state reset at the start of its window, as in training.
+    The slice is the tokens that lie wholly within the split's first `eval_bytes` bytes (all of it if
+    shorter; at least one window). `widths` gives the bytes each id stands for (None: ids are bytes).
+    Windows of `history_size` tokens overlap by one, so that every token of the slice after the first is
+    predicted exactly once, from the state reset at the start of its window, as in training.
     """
     step = history_size - 1
-    usable = min(max(eval_bytes, history_size), len(data))
+    within = eval_bytes
+    if widths is not None:  # tokens whose last byte is within the slice
+        within = int(np.searchsorted(np.cumsum(widths[data[:eval_bytes]]), eval_bytes, side="right"))
+    usable = min(max(within, history_size), len(data))
     starts = np.arange((usable - 1) // step) * step
     return data[starts[:, None] + np.arange(history_size)]
 
 
-def evaluate_bpb(model: ByteModel, data: np.ndarray, eval_bytes: int, history_size: int) -> tuple[list[float], int]:
-    """(bits per byte of every replicate, bytes predicted) on the held-out slice of `data`, without gradients."""
-    windows = held_out_windows(data, eval_bytes, history_size)
+@dataclass(frozen=True)
+class Score:
+    """A held-out score: bits per byte of every replicate, the tokens predicted and the bytes they cover."""
+
+    bpb: list[float]
+    tokens: int
+    bytes: int
+
+
+def evaluate_bpb(
+    model: ByteModel, data: np.ndarray, eval_bytes: int, history_size: int, widths: np.ndarray | None = None
+) -> Score:
+    """The held-out slice of `data` scored without gradients: summed nats over ln 2 × the bytes predicted.
+
+    `widths` gives the bytes each id stands for (None: ids are bytes, one each), so that runs on bytes and
+    on tokens are scored on one scale.
+    """
+    windows = held_out_windows(data, eval_bytes, history_size, widths)
     total = torch.zeros(model.replicates, dtype=torch.float64, device=model.device)
     for first in range(0, len(windows), EVAL_CHUNK):
-        part = torch.from_numpy(windows[first:first + EVAL_CHUNK])
+        part = _tensor(windows[first:first + EVAL_CHUNK])
         text = _positions_first([part]).to(model.device, torch.long).expand(-1, model.replicates, -1)  # (H, R, n)
         states = model.initial_state(len(part))
         for j in range(history_size - 1):
-            logits, states = model.logits(text[j], states)  # (R, n, 256)
+            logits, states = model.logits(text[j], states)  # (R, n, vocab)
             total += F.cross_entropy(logits.transpose(1, 2), text[j + 1], reduction="none").sum(1, dtype=torch.float64)
-    predicted = len(windows) * (history_size - 1)
-    return [t / predicted / math.log(2) for t in total.tolist()], predicted
+    predicted = windows[:, 1:]
+    covered = int(predicted.size if widths is None else widths[predicted].sum())
+    return Score([t / covered / math.log(2) for t in total.tolist()], int(predicted.size), covered)
 
 
 def _record_attempt(run_dir: Path, start_step: int) -> None:
@@ -146,15 +177,16 @@ class _Group:
         progress: list[Progress],
         samplers: list[Sampler],
         device: torch.device,
-        data_id: str,
+        text: Text,
         fingerprints: list[str],
     ) -> None:
         self.runs, self.run_dirs, self.progress, self.samplers, self.device = runs, run_dirs, progress, samplers, device
-        self.settings = runs[0]  # every run of a group has the same settings and path
-        self.data_id, self.fingerprints = data_id, fingerprints
+        self.settings = runs[0]  # every run of a group has the same settings, path and tokens
+        self.text, self.fingerprints = text, fingerprints
         self.model = ByteModel(
             [run.design for run in runs], [run.seed for run in runs], device,
             compute_dtype=COMPUTE_DTYPES[self.settings.precision], superset=self.settings.engine == "superset",
+            vocab=self.settings.vocab_size,
         )
         self.opt = Adam(self.model.theta, self.model.grad, self.settings.lr)
         self.buffers = dict(zip(BUFFERS, (self.model.theta, self.opt.exp_avg, self.opt.exp_avg_sq)))
@@ -175,9 +207,7 @@ class _Group:
     def _train_s(self, r: int, now: float) -> float:
         return self.progress[r].train_s + now - self.started
 
-    def train(
-        self, held_out: dict[str, np.ndarray], checkpoint_every: int, report: Reporter | None, stop: threading.Event | None
-    ) -> list[dict]:
+    def train(self, checkpoint_every: int, report: Reporter | None, stop: threading.Event | None) -> list[dict]:
         """Train to `steps` (or until every run diverged); return the runs' result records in order."""
         s, model, opt = self.settings, self.model, self.opt
         results: dict[int, dict] = {}
@@ -198,9 +228,11 @@ class _Group:
             if checkpoint_every and self.step % checkpoint_every == 0 and self.step < s.steps:
                 self._checkpoint()
         ended = time.perf_counter()
-        scores = {split: evaluate_bpb(model, data, s.eval_bytes, s.history_size) for split, data in held_out.items()}
+        widths = None if self.text.vocab is BYTES else self.text.vocab.widths
+        held_out = dict(zip(SPLITS, self.text.splits))
+        scores = {split: evaluate_bpb(model, held_out[split], s.eval_bytes, s.history_size, widths) for split in HELD_OUT}
         for r in self.live:
-            results[r] = self._finish(r, "ok", {split: (bpb[r], n) for split, (bpb, n) in scores.items()}, ended)
+            results[r] = self._finish(r, "ok", {split: (score.bpb[r], score.tokens, score.bytes) for split, score in scores.items()}, ended)
         return [results[r] for r in range(len(self.runs))]
 
     def _log(self, results: dict[int, dict], report: Reporter | None) -> None:
@@ -211,7 +243,7 @@ class _Group:
             p.ema = emas[r]
             if not math.isfinite(p.ema):
                 self.live.remove(r)
-                results[r] = self._finish(r, "diverged", {split: (float("nan"), 0) for split in HELD_OUT}, now)
+                results[r] = self._finish(r, "diverged", {split: (float("nan"), 0, 0) for split in HELD_OUT}, now)
             elif self.step % self.settings.log_every == 0:
                 p.curve.append((self.step, p.ema))
         if report is not None and self.live:
@@ -227,15 +259,19 @@ class _Group:
         for r in self.live:
             progress = Progress(
                 emas[r], self.step, self.progress[r].curve, self.position,
-                # The window as bytes (8x smaller) and the states: copies, not views of the whole group.
-                self.windows[:, r].T.to("cpu", torch.uint8) if self.position else None,
+                # The window as bytes (8x smaller) or ids, and the states: copies, not views of the whole group.
+                self.windows[:, r].T.to("cpu", self._window_dtype) if self.position else None,
                 [s[r].to("cpu", copy=True) for s in self.states] if self.position else None,
                 self._train_s(r, now),
                 {key: self._replicate(flat, r) for key, flat in self.buffers.items()},
             )
             checkpoint.save(self.run_dirs[r] / CHECKPOINT, self.fingerprints[r], progress, self.samplers[r].generator.get_state())
 
-    def _finish(self, r: int, status: str, held_out: dict[str, tuple[float, int]], ended: float) -> dict:
+    @property
+    def _window_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.settings.vocab_size <= 256 else torch.int32
+
+    def _finish(self, r: int, status: str, held_out: dict[str, tuple[float, int, int]], ended: float) -> dict:
         """Write the run's curve, weights and, last and atomically, its result record."""
         run, run_dir, p = self.runs[r], self.run_dirs[r], self.progress[r]
         train_s = self._train_s(r, ended)
@@ -245,9 +281,10 @@ class _Group:
             "status": status,
             "min_loss": min((e for _, e in p.curve), default=float("nan")),
             "final_loss": p.ema if ok else float("nan"),
-            **{f"{split}_bpb": bpb for split, (bpb, _) in held_out.items()},
-            **{f"{split}_bytes": n for split, (_, n) in held_out.items()},
-            "params": count_params(run.design),
+            **{f"{split}_bpb": bpb for split, (bpb, _, _) in held_out.items()},
+            **{f"{split}_bytes": n for split, (_, _, n) in held_out.items()},
+            **{f"{split}_tokens": n for split, (_, n, _) in held_out.items()},
+            "params": count_params(run.design, run.vocab_size),
             "steps": self.step,
             "wall_s": round(self._train_s(r, time.perf_counter()), 3),
             "steps_per_s": round(self.step / max(train_s, 1e-9), 2),
@@ -256,7 +293,7 @@ class _Group:
             "seed": run.seed,
             "engine": run.engine,
             "fingerprint": self.fingerprints[r],
-            "data": self.data_id,
+            "data": self.text.data_id,
         }
         write_finished(run_dir, result, p.curve, self._replicate(self.model.theta, r))
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -274,6 +311,7 @@ def train_runs(
     report: Reporter | None = None,
     stop: threading.Event | None = None,
     data_id: str | None = None,
+    vocab: Vocabulary = BYTES,
 ) -> list[dict]:
     """Train runs of one batch key (grid.Run.batch_key) to exactly `steps` steps; return their result records.
 
@@ -283,29 +321,31 @@ def train_runs(
     last, atomically: its presence is what marks the run as finished, so a
     crash at any earlier point leaves the run to be claimed again. When `stop`
     is set every run of the batch in training checkpoints and Interrupted is raised.
-    `data_id` is provenance.data_id of the three splits, when the caller has it already.
+    `data_id` is provenance.data_id of the three splits' bytes, when the caller has it already; the splits
+    are token ids of `vocab` (rnnsweep.tokens.load_text) where the runs read BPE tokens.
     """
     if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
         raise ValueError(
             "train_runs needs one folder per run, and runs of one design (on the superset path: one shape) with the same settings"
         )
-    data_id = data_id or provenance.data_id(train_data, valid_data, test_data)
-    fingerprints = [provenance.fingerprint(run, data_id) for run in runs]
+    if (runs[0].tokenizer == "bytes") != (vocab is BYTES) or runs[0].vocab_size != vocab.size:
+        raise ValueError(f"runs of {runs[0].tokenizer} with vocab_size {runs[0].vocab_size} cannot read ids of a vocabulary of {vocab.size}")
+    text = Text((train_data, valid_data, test_data), data_id or provenance.data_id(train_data, valid_data, test_data), vocab)
+    fingerprints = [text.fingerprint(run) for run in runs]
     progress, samplers = [], []
     for run, run_dir, fingerprint in zip(runs, run_dirs, fingerprints):
         real_dirs(run_dir.parent.parent, run_dir)  # the stage folder's runs/<id>, through no symbolic link
         _remove_stale_temps(run_dir)
-        atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": data_id})
+        atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": text.data_id, "tokens": vocab.id})
         samplers.append(Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1))
-        progress.append(checkpoint.resume(run, fingerprint, run_dir, samplers[-1].generator, Progress(EMA_START)))
+        progress.append(checkpoint.resume(run, fingerprint, run_dir, samplers[-1].generator, Progress(EMA_START * vocab.bytes_per_token)))
         _record_attempt(run_dir, progress[-1].step)
     results: dict[int, dict] = {}
     for step in sorted({p.step for p in progress}, reverse=True):  # the runs closest to done first
         part = [i for i, p in enumerate(progress) if p.step == step]
         pick = lambda seq: [seq[i] for i in part]  # noqa: E731
-        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, data_id, pick(fingerprints))
-        held_out = dict(zip(HELD_OUT, (valid_data, test_data)))
-        results.update(zip(part, group.train(held_out, checkpoint_every, report, stop)))
+        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, text, pick(fingerprints))
+        results.update(zip(part, group.train(checkpoint_every, report, stop)))
     return [results[i] for i in range(len(runs))]
 
 
@@ -320,6 +360,7 @@ def train_run(
     report: Reporter | None = None,
     stop: threading.Event | None = None,
     data_id: str | None = None,
+    vocab: Vocabulary = BYTES,
 ) -> dict:
     """Train one run alone: `train_runs` with a group of one."""
-    return train_runs([run], train_data, valid_data, test_data, [run_dir], device, checkpoint_every, report, stop, data_id)[0]
+    return train_runs([run], train_data, valid_data, test_data, [run_dir], device, checkpoint_every, report, stop, data_id, vocab)[0]

@@ -8,6 +8,7 @@ rule aggregate:
         flags=worker_flags,
         manifest=stage_file("{stage}", MANIFEST),
         corpus=f"{DATA}/{CORPUS_META}",
+        tokens=tokens_input,
     output:
         summary=in_report(stage_file("{stage}", SUMMARY), "summary"),
         curves=in_report(stage_file("{stage}", CURVES), "curves"),

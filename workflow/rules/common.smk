@@ -12,12 +12,15 @@ from rnnsweep.cli import (
     PLOT_KEYS,
     SAMPLE_KEYS,
     SCORING_KEYS,
+    VOCAB_KEY,
     WORKER_KEYS,
     manifest_options,
     profile_options,
+    reading_options,
     shell_words,
 )
 from rnnsweep.data import NAMED_CORPORA, SPLITS, split_path
+from rnnsweep.grid import TOKENIZERS
 from rnnsweep.layout import (
     BASELINES,
     BASELINES_FIGURE,
@@ -33,11 +36,17 @@ from rnnsweep.layout import (
     STAGE_TABLES,
     SUMMARY,
     TABLE_SUFFIX,
+    TOKENIZER,
+    TOKENIZERS as TOKENIZERS_TABLE,
+    TOKENIZERS_FIGURE,
+    TOKENS_META,
     WITH_BASELINES,
     WORKERS_DIR,
+    retrained_stage,
 )
 from rnnsweep.provenance import ENGINE
 from rnnsweep.report import front_page
+from rnnsweep.tokens import ids_path
 
 try:
     study_config.validate(study_config.coerce(config))
@@ -73,6 +82,10 @@ FIGURES_DIR = f"figures/{config['study']}"
 LOGS = f"{RESULTS}/{LOGS_DIR}"
 DATA = f"{RESULTS}/{DATA_DIR}"
 STAGES = study_config.STAGES
+# With compare_tokenizers, the last stage's runs are trained again reading the other tokenizer, in
+# their own stage folder (stage3-bpe for a byte study).
+OTHER_TOKENIZER = next(t for t in TOKENIZERS if t != config["tokenizer"])
+RETRAINED = retrained_stage(STAGES[-1], OTHER_TOKENIZER)
 WORKERS = list(range(config["workers"]))
 # How runs are trained: by the workers, and by aggregation for a run it finds without a valid
 # result. Threads are the rule's `threads`, which Snakemake may lower to fit --cores.
@@ -84,7 +97,7 @@ STUDY_CATEGORY = "study"  # the report's category for what belongs to no one sta
 
 
 wildcard_constraints:
-    stage="|".join(STAGES),
+    stage="|".join([*STAGES, RETRAINED]),
     worker=r"\d+",
     figure="|".join(
         sorted({name for names in STAGE_FIGURES.values() for name in names})
@@ -114,6 +127,18 @@ def corpus_input(wildcards):
     """A local corpus file is an input, so editing it retrains; a named corpus is not a file yet."""
     corpus = config["corpus"]
     return [] if corpus in NAMED_CORPORA else [os.path.expanduser(corpus)]
+
+
+def stage_tokenizer(stage):
+    """What a stage's runs read: the study's tokenizer, or for the retrained last stage the other one."""
+    return OTHER_TOKENIZER if stage == RETRAINED else config["tokenizer"]
+
+
+def tokens_input(wildcards):
+    """The BPE token files, for a stage whose runs read them: a new vocabulary retrains them."""
+    return (
+        [f"{DATA}/{TOKENS_META}"] if stage_tokenizer(wildcards.stage) == "bpe" else []
+    )
 
 
 def worker_flags(wildcards):
@@ -154,4 +179,9 @@ def all_targets():
         for stage, names in STAGE_FIGURES.items()
         for name in names
     ]
+    if config["compare_tokenizers"]:
+        targets += [
+            f"{RESULTS}/{TOKENIZERS_TABLE}",
+            f"{FIGURES_DIR}/{TOKENIZERS_FIGURE}{FIGURE_SUFFIX}",
+        ]
     return targets

@@ -18,3 +18,24 @@ rule corpus:
         min_bytes=max(config[stage]["history_size"] for stage in STAGES),
     shell:
         "python -m rnnsweep data --out {params.out} {params.options} --min-bytes {params.min_bytes} 2> {log}"
+
+
+# A byte-pair vocabulary learnt from the training split, and each split as its token ids; only
+# for studies or comparisons that read BPE tokens. A new vocab_size makes a new vocabulary, and
+# the runs that read it train again.
+rule tokenize:
+    input:
+        f"{DATA}/{CORPUS_META}",
+    output:
+        tokenizer=in_report(f"{DATA}/{TOKENIZER}", "tokenizer", STUDY_CATEGORY),
+        ids=[str(ids_path(Path(DATA), split)) for split in SPLITS],
+        meta=f"{DATA}/{TOKENS_META}",
+    log:
+        f"{LOGS}/tokenize.log",
+    conda:
+        ENV
+    params:
+        data=lambda wildcards, input: folder_of(input[0]),
+        options=shell_words(profile_options(config, [VOCAB_KEY])),
+    shell:
+        "python -m rnnsweep tokenize --data {params.data} {params.options} 2> {log}"

@@ -8,6 +8,7 @@ rule train:
     input:
         manifest=stage_file("{stage}", MANIFEST),
         corpus=f"{DATA}/{CORPUS_META}",
+        tokens=tokens_input,
     output:
         touch(stage_file("{stage}", f"{WORKERS_DIR}/{{worker}}.done")),
     log:
