@@ -22,3 +22,6 @@ timeout 150 python3 benchmarks/batched.py groups --device cuda --rounds 3 --step
   --shapes 1x32 2x32 3x32 1x256 2x256 3x256 2>&1 | tee "$out/groups.md"
 # 4. Stage 1 and 2 of configs/default.yaml on one GPU, from the constants just fitted.
 timeout 60 python3 benchmarks/batched.py project --device cuda 2>&1 | tee "$out/project.txt"
+# 5. A training step on BPE ids against one on bytes, at paper-scale widths (stage 3's 10 seeds, batch 256).
+timeout 90 python3 benchmarks/tokens.py --device cuda --widths 256 512 --batch 256 --vocabs 2048 8192 \
+  --rounds 3 --steps 20 2>&1 | tee "$out/tokens.txt"

@@ -330,6 +330,8 @@ def train_runs(
         )
     if (runs[0].tokenizer == "bytes") != (vocab is BYTES) or runs[0].vocab_size != vocab.size:
         raise ValueError(f"runs of {runs[0].tokenizer} with vocab_size {runs[0].vocab_size} cannot read ids of a vocabulary of {vocab.size}")
+    if data_id is None and vocab is not BYTES:
+        raise ValueError("runs that read BPE ids need the data id of the splits' bytes (rnnsweep.tokens.load_text)")
     text = Text((train_data, valid_data, test_data), data_id or provenance.data_id(train_data, valid_data, test_data), vocab)
     fingerprints = [text.fingerprint(run) for run in runs]
     progress, samplers = [], []
