@@ -25,6 +25,12 @@ def test_engine_matches_reference_on_cuda(switches, n_layers, superset):
     check_against_reference(Design(**switches, n_layers=n_layers, state_size=5), superset, CUDA)
 
 
+@pytest.mark.parametrize("vocab", [300, 2048])
+@pytest.mark.parametrize("superset", [False, True], ids=["design-path", "superset-path"])
+def test_engine_matches_reference_over_bpe_ids_on_cuda(superset, vocab):
+    check_against_reference(Design(**ALL_SWITCHES[-1], n_layers=2, state_size=5), superset, CUDA, vocab)
+
+
 def _assert_close_runs(got, want) -> None:
     assert [s for s, _ in read_curve(got)] == [s for s, _ in read_curve(want)]
     assert [e for _, e in read_curve(got)] == pytest.approx([e for _, e in read_curve(want)], rel=1e-4, abs=0)
