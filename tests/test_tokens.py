@@ -120,11 +120,18 @@ def _damaged_ids(data: Path, vocab: int) -> None:
     ids_path(data, "train").write_bytes(ids_path(data, "train").read_bytes()[:-2] + b"\x00\x00")
 
 
+def _damaged_record(data: Path, vocab: int) -> None:
+    meta = json.loads((data / TOKENS_META).read_text())
+    meta["splits"]["test"]["tokens"] = None
+    (data / TOKENS_META).write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize("damage, message", [
     (_tokenizer_of_other_text, "not the tokenizer the id files were made with"),
     (_ids_out_of_range, "holds id 300, out of range for a vocabulary of 300"),
     (_other_bytes, "made from other bytes than the split"),
     (_damaged_ids, "not the id file tokens.json records"),
+    (_damaged_record, "tokens.json is damaged .*test.tokens of the wrong type"),
 ])
 def test_ids_that_do_not_belong_to_the_splits_are_refused(bpe_dir, tmp_path, damage, message):
     data = _copy(bpe_dir, tmp_path)
@@ -144,6 +151,23 @@ def test_a_worker_on_ids_that_do_not_belong_stops_with_one_line(bpe_dir, tmp_pat
     code = cli.main(args)
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "not the tokenizer the id files were made with" in lines[0]
+    assert not (stage / "runs").exists()
+
+
+def test_a_split_shorter_than_a_window_of_tokens_stops_the_worker_before_it_writes(bpe_dir, tmp_path, capsys):
+    """The corpus step checks each split holds a window of bytes; in tokens a split is shorter, so it is checked again."""
+    valid = load_text(bpe_dir, "bpe", VOCAB).splits[1]
+    history = len(valid) + 1
+    assert history < len(load_split(bpe_dir, "valid"))  # enough bytes, too few tokens
+    stage = tmp_path / "results" / "stage1"
+    settings = {**SETTINGS, "history_size": history, "tokenizer": "bpe", "vocab_size": VOCAB}
+    write_manifest(stage / "manifest.csv", make_runs([all_on(n_layers=1, state_size=4)], settings))
+    args = ["worker", "--manifest", str(stage / "manifest.csv"), "--data", str(bpe_dir), "--device", "cpu",
+            "--threads-per-worker", "1", "--lock", "filelock", "--checkpoint-every", "0"]
+    code = cli.main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert f"the valid split in {bpe_dir} holds {len(valid):,} bpe tokens, fewer than one window of {history:,}" in lines[0]
     assert not (stage / "runs").exists()
 
 
@@ -261,6 +285,7 @@ def _summary(tokenizer: str, vocab: int, bpb: dict[str, list[float]]) -> pd.Data
                 "id": f"{config_id}-r{replicate}", "config_id": config_id, **dict.fromkeys(
                     ("use_input_gate", "use_forget_gate", "use_output_gate", "use_state_gate", "use_residual"), k == 0),
                 "use_new_state": True, "use_old_state": False, "n_layers": 1, "state_size": 8,
+                "seed": replicate, "steps": 10, "batch_size": 4, "history_size": 8, "lr": 0.01, "eval_bytes": 100,
                 "tokenizer": tokenizer, "vocab_size": vocab, "status": "ok", "min_loss": value, "test_bpb": value,
                 "steps_per_s": 100.0 if tokenizer == "bytes" else 60.0, "wall_s": 2.0, "test_tokens": 50,
                 "test_bytes": 50 if tokenizer == "bytes" else 150, "params": 1000,
@@ -282,6 +307,8 @@ def test_the_comparison_pairs_each_seed_with_itself():
     assert math.isnan(table.iloc[0]["diff_mean"])
     with pytest.raises(SummaryError, match="same runs"):
         tokenizer_table(base, base)
+    with pytest.raises(SummaryError, match="same runs"):  # the same ids, but other seeds: not a pairing
+        tokenizer_table(base, other.assign(seed=1))
 
 
 def test_a_bpe_runs_ema_starts_at_the_byte_start_per_byte(bpe_dir, tmp_path, one_thread):

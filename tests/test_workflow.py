@@ -21,7 +21,7 @@ from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
 from rnnsweep.layout import (
     BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, FIGURE_SUFFIX, HEADLINE, SAMPLES, STAGE_FIGURES,
-    STAGE_TABLES, SUMMARY, TABLE_SUFFIX, TOKENIZERS, TOKENIZERS_FIGURE, retrained_stage,
+    STAGE_TABLES, SUMMARY, TABLE_SUFFIX, TOKENIZER, TOKENIZERS, TOKENIZERS_FIGURE, retrained_stage,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +186,7 @@ def test_the_bpe_comparison_trains_the_last_stage_again_and_a_new_vocabulary_ret
     stages = config.STAGES
     before = {stage: _results(study, stage) for stage in stages}
     retrained = retrained_stage(stages[-1], "bpe")
+    assert not (study / RESULTS / DATA_DIR / TOKENIZER).exists(), "a byte study learns no vocabulary"
     snakemake(study, "--config", "compare_tokenizers=true", "vocab_size=300")
     last = pd.read_csv(study / RESULTS / stages[-1] / SUMMARY)
     again = pd.read_csv(study / RESULTS / retrained / SUMMARY)

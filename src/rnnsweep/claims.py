@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 LOCKS = ("filelock", "soft")
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When and how large a file is; None while it is missing (loading it then says which step writes it)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def make_lock(stage_dir: Path, run_id: str, kind: str, lease_s: float | None = None) -> BaseFileLock:
     """The lock of a run: `filelock` (flock), or `soft`, a lease that may be taken over after `lease_s` unrefreshed."""
     path = lock_path(stage_dir, run_id)
@@ -137,7 +146,7 @@ class Worker:
         files = [manifest_path(self.stage_dir), *(data.split_path(self.data_dir, split) for split in data.SPLITS)]
         if self.reads_tokens:
             files += [Path(self.data_dir) / TOKENIZER, Path(self.data_dir) / TOKENS_META]
-        return tuple((st.st_mtime_ns, st.st_size) for st in (f.stat() for f in files))
+        return tuple(_stamp(f) for f in files)
 
     def _check_inputs(self) -> None:
         """Refuse to act on a manifest or data that changed since this worker started (a worker left running

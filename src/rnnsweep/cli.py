@@ -240,8 +240,8 @@ def cmd_tokenizers(args: argparse.Namespace) -> None:
 
     summaries = [read_summary(Path(path)) for path in args.summary]
     table = tokenizer_table(*summaries)
-    write_csv(table, Path(args.out))
     plots.tokenizers(table, summaries, Path(args.figure))
+    write_csv(table, Path(args.out))
 
 
 def _worker(args: argparse.Namespace) -> Worker:

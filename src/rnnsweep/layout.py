@@ -45,7 +45,8 @@ SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of eac
 #: figures/<study>/baselines.png sets them beside the best run of each stage.
 BASELINES = "baselines.csv"
 #: results/<study>/tokenizers.csv and figures/<study>/tokenizers.png: the last stage's designs under the
-#: study's tokenizer and, trained again in the folder `retrained_stage`, under the other (rnnsweep.compare).
+#: study's tokenizer and, trained again in the folder `retrained_stage`, under the other (stats.tokenizer_table,
+#: plots.tokenizers).
 TOKENIZERS = "tokenizers.csv"
 TOKENIZERS_FIGURE = "tokenizers"
 BASELINES_FIGURE = "baselines"

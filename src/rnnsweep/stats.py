@@ -155,8 +155,10 @@ def tokenizer_table(base: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     tokenizers, so the difference is paired seed by seed; `n` is how many did. `min_loss` is in nats per
     token of its own tokenizer; `bytes_per_token` says how many bytes one token covers on the test slice.
     """
-    if set(base["id"]) != set(other["id"]) or set(base["tokenizer"]) & set(other["tokenizer"]):
-        raise SummaryError("the tokenizer comparison needs the same runs (ids) read with two different tokenizers")
+    same = ["id", "seed", "steps", "batch_size", "history_size", "lr", "eval_bytes"]
+    if not base[same].sort_values("id", ignore_index=True).equals(other[same].sort_values("id", ignore_index=True)) \
+            or set(base["tokenizer"]) & set(other["tokenizer"]):
+        raise SummaryError("the tokenizer comparison needs the same runs (ids, seeds, settings) read with two different tokenizers")
     both = set(usable_runs(base)["id"]) & set(usable_runs(other)["id"])
     runs = {name: frame[frame["id"].isin(both)].set_index("id") for name, frame in (("base", base), ("other", other))}
     order = runs["base"].groupby("config_id")["test_bpb"].mean().sort_values(kind="stable").index

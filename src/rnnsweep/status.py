@@ -203,7 +203,8 @@ def render_stage(status: StageStatus, now: float) -> list[str]:
         lines.append(f"  failed   {h.name}: {_runs(h.runs)}, no heartbeat since {_clock(h.updated)} "
                      f"({_duration(now - h.updated)} ago); the next free worker resumes them")
     if status.best:
-        lines.append(f"  best {len(status.best)} so far by min_loss (nats, bits per byte), with valid_bpb:")
+        unit = "byte" if status.best[0][1].tokenizer == "bytes" else "token"
+        lines.append(f"  best {len(status.best)} so far by min_loss (nats, bits per {unit}), with valid_bpb:")
         for rank, (result, run) in enumerate(status.best, 1):
             row = {**run.row(), **result}
             lines.append(f"    {rank}. {run.id}  {design_label(row):<28} {result['min_loss']:.4f} nats "

@@ -42,6 +42,14 @@ from rnnsweep.layout import IDS_SUFFIX, TOKENIZER, TOKENS_META
 PIECES_PATTERN = r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+"
 #: A merge must occur at least this often in the training split to be learnt.
 MIN_FREQUENCY = 2
+
+
+def recipe() -> str:
+    """How a vocabulary is made: the cut, the threshold and the library's version. The tokenize rule takes it
+    as a parameter, so a change to any of them learns the vocabulary again."""
+    from importlib.metadata import version
+
+    return f"{PIECES_PATTERN} min_frequency={MIN_FREQUENCY} tokenizers=={version('tokenizers')}"
 IDS_DTYPE = np.dtype("<u2")  # holds every id below grid.MAX_VOCAB
 
 
@@ -136,12 +144,18 @@ def pieces_of(tokenizer) -> tuple[bytes, ...]:
     return tuple(piece.encode("latin-1") for _, piece in by_id)
 
 
+#: Lines encoded at once: bounds the memory the library's encodings take on a large split.
+ENCODE_LINES = 1 << 16
+
+
 def encode(tokenizer, data: np.ndarray | bytes) -> np.ndarray:
     """The ids of `data`, as uint16, line by line (the same as encoding it whole)."""
     lines = _as_text(data)
-    ids = [encoding.ids for encoding in tokenizer.encode_batch(lines)] if lines else []
-    flat = np.fromiter((i for line in ids for i in line), dtype=np.int64)
-    return flat.astype(IDS_DTYPE)
+    parts = [np.zeros(0, dtype=IDS_DTYPE)]
+    for first in range(0, len(lines), ENCODE_LINES):
+        encodings = tokenizer.encode_batch(lines[first:first + ENCODE_LINES])
+        parts.append(np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64).astype(IDS_DTYPE))
+    return np.concatenate(parts)
 
 
 def read_tokenizer(data_dir: Path):
@@ -199,12 +213,20 @@ def prepare_tokens(data_dir: Path, vocab_size: int) -> dict:
     return meta
 
 
+#: What tokens.json records of each split, and the types it must have.
+_SPLIT_RECORD = {"bytes": int, "tokens": int, "bytes_sha256": str, "ids_sha256": str}
+
+
 def _read_meta(data_dir: Path) -> dict:
     path = Path(data_dir) / TOKENS_META
     try:
         meta = json.loads(path.read_text())
-        return {"vocab_size": int(meta["vocab_size"]), "tokenizer_sha256": str(meta["tokenizer_sha256"]),
-                "splits": {split: dict(meta["splits"][split]) for split in SPLITS}}
+        splits = {split: {key: meta["splits"][split][key] for key in _SPLIT_RECORD} for split in SPLITS}
+        wrong = [f"{split}.{key}" for split, record in splits.items() for key, kind in _SPLIT_RECORD.items()
+                 if type(record[key]) is not kind]
+        if wrong:
+            raise TypeError(f"{', '.join(wrong)} of the wrong type")
+        return {"vocab_size": int(meta["vocab_size"]), "tokenizer_sha256": str(meta["tokenizer_sha256"]), "splits": splits}
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; run the tokenize step (`rnnsweep tokenize`) first") from None
     except (ValueError, KeyError, TypeError) as err:
@@ -253,15 +275,24 @@ def load_text(data_dir: Path, tokenizer: str = "bytes", vocab_size: int = BYTE_V
                         f"{vocab_size}; run the tokenize step and write the manifests again")
     ids = tuple(_bpe_ids(data_dir, split, meta["splits"][split], len(pieces)) for split in SPLITS)
     files = {"tokenizer": tokenizer_sha, **{split: meta["splits"][split]["ids_sha256"] for split in SPLITS}}
-    train = meta["splits"]["train"]
-    vocab = Vocabulary(pieces, provenance.digest_of(files), train["bytes"] / max(train["tokens"], 1))
+    # From the split and its checked ids, not from tokens.json's counts, which no hash covers.
+    vocab = Vocabulary(pieces, provenance.digest_of(files), len(raw[0]) / max(len(ids[0]), 1))
     return Text(ids, data_id, vocab)  # type: ignore[arg-type]
 
 
 def texts_for(runs: list[Run], data_dir: Path) -> dict[tuple[str, int], Text]:
-    """What each tokenizer and vocabulary size among `runs` reads, loaded once each."""
+    """What each tokenizer and vocabulary size among `runs` reads, loaded once each; every split must hold
+    one window of each run (the corpus step checks that in bytes, which BPE shortens)."""
     keys = dict.fromkeys((run.tokenizer, run.vocab_size) for run in runs)
-    return {key: load_text(data_dir, *key) for key in keys}
+    texts = {key: load_text(data_dir, *key) for key in keys}
+    for run in runs:
+        for split, ids in zip(SPLITS, text_of(texts, run).splits):
+            if len(ids) < run.history_size:
+                raise DataError(
+                    f"the {split} split in {data_dir} holds {len(ids):,} {run.tokenizer} tokens, fewer than one window "
+                    f"of {run.history_size}; use a smaller history_size or a longer corpus"
+                )
+    return texts
 
 
 def text_of(texts: dict[tuple[str, int], Text], run: Run) -> Text:

@@ -334,13 +334,13 @@ def train_runs(
         raise ValueError("runs that read BPE ids need the data id of the splits' bytes (rnnsweep.tokens.load_text)")
     text = Text((train_data, valid_data, test_data), data_id or provenance.data_id(train_data, valid_data, test_data), vocab)
     fingerprints = [text.fingerprint(run) for run in runs]
-    progress, samplers = [], []
-    for run, run_dir, fingerprint in zip(runs, run_dirs, fingerprints):
+    samplers = [Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1) for run in runs]  # before any write
+    progress = []
+    for run, run_dir, fingerprint, sampler in zip(runs, run_dirs, fingerprints, samplers):
         real_dirs(run_dir.parent.parent, run_dir)  # the stage folder's runs/<id>, through no symbolic link
         _remove_stale_temps(run_dir)
         atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": text.data_id, "tokens": vocab.id})
-        samplers.append(Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1))
-        progress.append(checkpoint.resume(run, fingerprint, run_dir, samplers[-1].generator, Progress(EMA_START * vocab.bytes_per_token)))
+        progress.append(checkpoint.resume(run, fingerprint, run_dir, sampler.generator, Progress(EMA_START * vocab.bytes_per_token)))
         _record_attempt(run_dir, progress[-1].step)
     results: dict[int, dict] = {}
     for step in sorted({p.step for p in progress}, reverse=True):  # the runs closest to done first

@@ -46,7 +46,7 @@ from rnnsweep.layout import (
 )
 from rnnsweep.provenance import ENGINE
 from rnnsweep.report import front_page
-from rnnsweep.tokens import ids_path
+from rnnsweep.tokens import ids_path, recipe
 
 try:
     study_config.validate(study_config.coerce(config))

@@ -37,5 +37,6 @@ rule tokenize:
     params:
         data=lambda wildcards, input: folder_of(input[0]),
         options=shell_words(profile_options(config, [VOCAB_KEY])),
+        recipe=recipe(),  # a new cut, threshold or library version learns the vocabulary again
     shell:
         "python -m rnnsweep tokenize --data {params.data} {params.options} 2> {log}"
