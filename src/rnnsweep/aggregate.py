@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rnnsweep.tokens import text_of, texts_for
+from rnnsweep.tokens import fingerprints, texts_for
 from rnnsweep.results import read_result
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import COLUMNS, OPTIONAL_COLUMNS, ManifestError, read_manifest
@@ -72,8 +72,8 @@ def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
     runs = read_manifest(manifest_path(stage_dir))
     if not runs:
         raise ManifestError(f"{manifest_path(stage_dir)} lists no runs")
-    texts = texts_for(runs, data_dir)
-    records = {run.id: read_result(stage_dir, run.id, text_of(texts, run).fingerprint(run)) for run in runs}
+    prints = fingerprints(runs, texts_for(runs, data_dir))
+    records = {run.id: read_result(stage_dir, run.id, prints[run.id]) for run in runs}
     missing = [run.id for run in runs if records[run.id] is None]
     if missing:
         raise MissingResults(stage_dir, missing, len(runs))

@@ -35,7 +35,7 @@ from rnnsweep.grid import ManifestError, Run, read_manifest
 from rnnsweep.layout import TOKENIZER, TOKENS_META, lock_path, manifest_path, run_dir
 from rnnsweep.progress import Heartbeat, ProgressBar
 from rnnsweep.results import read_result, settle_result
-from rnnsweep.tokens import text_of, texts_for
+from rnnsweep.tokens import fingerprints, text_of, texts_for
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Worker:
         self.inputs = self._input_stamp()
         device = resolve_device(self.device)
         self.texts = texts_for(runs, self.data_dir)
-        self.fingerprints = {run.id: text_of(self.texts, run).fingerprint(run) for run in runs}
+        self.fingerprints = fingerprints(runs, self.texts)
         groups = policy.run_groups(runs, self.count, policy.device_kind(self.device))
         # Longest first; worker i starts at the i-th longest, so the workers begin on different groups.
         offset = self.index % len(groups) if groups else 0

@@ -74,7 +74,7 @@ def _copy_stream(src: BinaryIO, dst: BinaryIO, what: str) -> int:
     return done
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
@@ -88,7 +88,7 @@ def _enwik8_problem(path: Path, expected_bytes: int, sha256: str | None) -> str 
     if size != expected_bytes:
         return f"has {size:,} bytes instead of {expected_bytes:,}"
     if sha256 is not None:
-        digest = _file_sha256(path)
+        digest = file_sha256(path)
         if digest != sha256.lower():
             return f"has sha256 {digest} instead of {sha256.lower()}"
     return None

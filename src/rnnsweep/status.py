@@ -28,7 +28,7 @@ from rnnsweep.layout import DATA_DIR, RESULT, manifest_path, progress_dir, retra
 from rnnsweep.progress import STALE_S
 from rnnsweep.results import read_result
 from rnnsweep.stats import design_label
-from rnnsweep.tokens import text_of, texts_for
+from rnnsweep.tokens import fingerprints, texts_for
 
 RATE_WINDOW_S = 300.0  # design-steps per second are averaged over this many recent seconds
 BEST = 5  # how many of the best runs so far are listed
@@ -83,13 +83,13 @@ def studies(results: Path) -> list[Path]:
     return sorted(folder for folder in results.iterdir() if folder.is_dir() and is_study(folder)) if results.is_dir() else []
 
 
-def _fingerprints(runs: list[Run], data_dir: Path) -> dict[str, str]:
-    """Each run's fingerprint under the data folder as it is; none while what the runs read is not all written."""
+def _fingerprints(runs: list[Run], data_dir: Path, loaded: dict) -> dict[str, str]:
+    """Each run's fingerprint under the data folder as it is; none while what the runs read is not all written.
+    `loaded` keeps what was read for the study's other stages, so each split is hashed once per look."""
     try:
-        texts = texts_for(runs, data_dir)
+        return fingerprints(runs, texts_for(runs, data_dir, loaded))
     except (OSError, ValueError, data.DataError):
         return {}
-    return {run.id: text_of(texts, run).fingerprint(run) for run in runs}
 
 
 def _heartbeats(stage_dir: Path) -> list[dict]:
@@ -117,8 +117,12 @@ def _overlap(start: float, end: float, now: float) -> float:
     return max(0.0, min(end, now) - max(start, now - RATE_WINDOW_S))
 
 
-def stage_status(stage_dir: Path, data_dir: Path, now: float | None = None, stale_s: float = STALE_S) -> StageStatus:
-    """Read one stage: each run's state, the design-steps per second of the last minutes, the best runs so far."""
+def stage_status(
+    stage_dir: Path, data_dir: Path, now: float | None = None, stale_s: float = STALE_S, loaded: dict | None = None
+) -> StageStatus:
+    """Read one stage: each run's state, the design-steps per second of the last minutes, the best runs so far.
+
+    `loaded` is what its study's other stages read (rnnsweep.tokens.texts_for), shared so it is read once."""
     now = time.time() if now is None else now
     status = StageStatus(stage_dir.name)
     try:
@@ -127,7 +131,7 @@ def stage_status(stage_dir: Path, data_dir: Path, now: float | None = None, stal
         status.problem = str(err)
         return status
     status.total = len(runs)
-    fingerprints = _fingerprints(runs, data_dir)
+    prints = _fingerprints(runs, data_dir, {} if loaded is None else loaded)
     beats = [_holder(beat) for beat in _heartbeats(stage_dir)]
     live = [h for h in beats if now - h.updated <= stale_s]
     status.stale = [h for h in beats if now - h.updated > stale_s and h.runs]
@@ -135,7 +139,7 @@ def stage_status(stage_dir: Path, data_dir: Path, now: float | None = None, stal
     abandoned = {run_id for h in status.stale for run_id in h.runs}
     worked, starts = 0.0, [now]  # design-steps trained inside the window; when the training in it began
     for run in runs:
-        result = read_result(stage_dir, run.id, fingerprints[run.id]) if fingerprints else None
+        result = read_result(stage_dir, run.id, prints[run.id]) if prints else None
         if result is not None:
             status.diverged += result["status"] == "diverged"
             status.done += result["status"] == "ok"
@@ -168,7 +172,8 @@ def stage_status(stage_dir: Path, data_dir: Path, now: float | None = None, stal
 
 def study_status(study: Path, now: float | None = None) -> list[StageStatus]:
     """Every stage of a study that has a folder, in study order, then its last stage trained on other tokens."""
-    return [stage_status(study / stage, study / DATA_DIR, now) for stage in STUDY_STAGES if (study / stage).is_dir()]
+    loaded: dict = {}
+    return [stage_status(study / stage, study / DATA_DIR, now, loaded=loaded) for stage in STUDY_STAGES if (study / stage).is_dir()]
 
 
 def _duration(seconds: float) -> str:

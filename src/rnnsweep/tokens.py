@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnsweep import provenance
-from rnnsweep.data import SPLITS, DataError, load_split
+from rnnsweep.data import SPLITS, DataError, file_sha256, load_split
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
 from rnnsweep.grid import BYTE_VOCAB, Run, vocabulary_problem
 from rnnsweep.layout import IDS_SUFFIX, TOKENIZER, TOKENS_META
@@ -42,6 +42,7 @@ from rnnsweep.layout import IDS_SUFFIX, TOKENIZER, TOKENS_META
 PIECES_PATTERN = r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+"
 #: A merge must occur at least this often in the training split to be learnt.
 MIN_FREQUENCY = 2
+IDS_DTYPE = np.dtype("<u2")  # holds every id below grid.MAX_VOCAB
 
 
 def recipe() -> str:
@@ -50,7 +51,6 @@ def recipe() -> str:
     from importlib.metadata import version
 
     return f"{PIECES_PATTERN} min_frequency={MIN_FREQUENCY} tokenizers=={version('tokenizers')}"
-IDS_DTYPE = np.dtype("<u2")  # holds every id below grid.MAX_VOCAB
 
 
 @dataclass(frozen=True)
@@ -178,14 +178,6 @@ def ids_path(data_dir: Path, split: str) -> Path:
     return Path(data_dir) / f"{split}{IDS_SUFFIX}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def prepare_tokens(data_dir: Path, vocab_size: int) -> dict:
     """Learn the vocabulary from data_dir's training split, encode the three splits, write the files; return tokens.json.
 
@@ -200,7 +192,7 @@ def prepare_tokens(data_dir: Path, vocab_size: int) -> dict:
     meta_path = data_dir / TOKENS_META
     meta_path.unlink(missing_ok=True)
     atomic_write_text(data_dir / TOKENIZER, tokenizer.to_str(pretty=True))
-    meta: dict = {"vocab_size": len(vocab), "tokenizer_sha256": _sha256(data_dir / TOKENIZER), "splits": {}}
+    meta: dict = {"vocab_size": len(vocab), "tokenizer_sha256": file_sha256(data_dir / TOKENIZER), "splits": {}}
     for split, data in splits.items():
         ids = encode(tokenizer, data)
         with atomic_open(ids_path(data_dir, split), "wb") as handle:
@@ -240,7 +232,7 @@ def _bpe_ids(data_dir: Path, split: str, record: dict, size: int) -> np.ndarray:
         raise DataError(f"{path} does not exist; run the tokenize step again")
     if path.stat().st_size != record["tokens"] * IDS_DTYPE.itemsize:
         raise DataError(f"{path} holds {path.stat().st_size} bytes, not {record['tokens']} ids; run the tokenize step again")
-    if _sha256(path) != record["ids_sha256"]:
+    if file_sha256(path) != record["ids_sha256"]:
         raise DataError(f"{path} is not the id file tokens.json records; run the tokenize step again")
     ids = np.memmap(path, dtype=IDS_DTYPE, mode="r") if record["tokens"] else np.zeros(0, IDS_DTYPE)
     top = int(ids.max(initial=0))
@@ -261,7 +253,7 @@ def load_text(data_dir: Path, tokenizer: str = "bytes", vocab_size: int = BYTE_V
     if tokenizer == "bytes":
         return Text(raw, data_id, BYTES)  # type: ignore[arg-type]
     meta = _read_meta(data_dir)
-    tokenizer_sha = _sha256(data_dir / TOKENIZER) if (data_dir / TOKENIZER).is_file() else None
+    tokenizer_sha = file_sha256(data_dir / TOKENIZER) if (data_dir / TOKENIZER).is_file() else None
     if tokenizer_sha != meta["tokenizer_sha256"]:
         raise DataError(f"{data_dir / TOKENIZER} is missing or not the tokenizer the id files were made with; "
                         "run the tokenize step again")
@@ -280,11 +272,14 @@ def load_text(data_dir: Path, tokenizer: str = "bytes", vocab_size: int = BYTE_V
     return Text(ids, data_id, vocab)  # type: ignore[arg-type]
 
 
-def texts_for(runs: list[Run], data_dir: Path) -> dict[tuple[str, int], Text]:
-    """What each tokenizer and vocabulary size among `runs` reads, loaded once each; every split must hold
-    one window of each run (the corpus step checks that in bytes, which BPE shortens)."""
-    keys = dict.fromkeys((run.tokenizer, run.vocab_size) for run in runs)
-    texts = {key: load_text(data_dir, *key) for key in keys}
+def texts_for(runs: list[Run], data_dir: Path, loaded: dict[tuple[str, int], Text] | None = None) -> dict[tuple[str, int], Text]:
+    """What each tokenizer and vocabulary size among `runs` reads, loaded once each (not again if in `loaded`,
+    which this fills: readers of several stages share it); every split must hold one window of each run (the
+    corpus step checks that in bytes, which BPE shortens)."""
+    texts = {} if loaded is None else loaded
+    for key in dict.fromkeys((run.tokenizer, run.vocab_size) for run in runs):
+        if key not in texts:
+            texts[key] = load_text(data_dir, *key)
     for run in runs:
         for split, ids in zip(SPLITS, text_of(texts, run).splits):
             if len(ids) < run.history_size:
@@ -297,4 +292,9 @@ def texts_for(runs: list[Run], data_dir: Path) -> dict[tuple[str, int], Text]:
 
 def text_of(texts: dict[tuple[str, int], Text], run: Run) -> Text:
     return texts[run.tokenizer, run.vocab_size]
+
+
+def fingerprints(runs: list[Run], texts: dict[tuple[str, int], Text]) -> dict[str, str]:
+    """Run id -> the fingerprint its result must carry, given what its runs read (`texts_for`)."""
+    return {run.id: text_of(texts, run).fingerprint(run) for run in runs}
 

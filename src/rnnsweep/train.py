@@ -228,8 +228,7 @@ class _Group:
             if checkpoint_every and self.step % checkpoint_every == 0 and self.step < s.steps:
                 self._checkpoint()
         ended = time.perf_counter()
-        widths = None if self.text.vocab is BYTES else self.text.vocab.widths
-        held_out = dict(zip(SPLITS, self.text.splits))
+        held_out, widths = dict(zip(SPLITS, self.text.splits)), self.text.vocab.widths  # a byte's width is 1
         scores = {split: evaluate_bpb(model, held_out[split], s.eval_bytes, s.history_size, widths) for split in HELD_OUT}
         for r in self.live:
             results[r] = self._finish(r, "ok", {split: (score.bpb[r], score.tokens, score.bytes) for split, score in scores.items()}, ended)
