@@ -135,3 +135,33 @@ def start_lease_holder(path: Path, lease_s: float, host: str | None = None) -> s
         pytest.fail(f"lease holder did not acquire {path}: {line!r} {proc.stderr.read()[-2000:]}")
     assert path.exists()
     return proc
+
+
+def fake_result(
+    folder: Path, run_id: str, n_steps: int = 20, log_every: int = 5, curve: list | None = None, **changes: object
+) -> dict:
+    """A finished run's files that agree with each other (curve, weights, record), with `changes` to the record.
+
+    For tests of what reads results: a record made this way is accepted unless a change contradicts it.
+    """
+    import hashlib
+    import json
+
+    from rnnsweep.layout import RESULT_FIELDS
+    from rnnsweep.results import FILES_FIELD
+
+    folder.mkdir(parents=True, exist_ok=True)
+    curve = curve or [(step, 3.0 - step / 100) for step in range(log_every, n_steps + 1, log_every)]
+    files = {"curve.csv": ("step,ema_loss\n" + "".join(f"{s},{e!r}\n" for s, e in curve)).encode(),
+             "weights.pt": b"weights of " + run_id.encode()}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    record = {key: 0 for key in RESULT_FIELDS} | {
+        "id": run_id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
+        "valid_bpb": 3.5, "test_bpb": 3.6, "valid_bytes": 100, "test_bytes": 100, "valid_tokens": 100, "test_tokens": 100,
+        "params": 1, "steps": n_steps, "wall_s": 1.0, "steps_per_s": 20.0, "device": "cpu", "precision": "fp32",
+        "engine": "design", "fingerprint": "f" * 16, "data": "d" * 16,
+        FILES_FIELD: {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()},
+    } | changes
+    (folder / "result.json").write_text(json.dumps(record))
+    return record

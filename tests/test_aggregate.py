@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import fake_result
 from rnnsweep import provenance
 from rnnsweep.aggregate import MissingResults, aggregate
 from rnnsweep.layout import run_dir
 from rnnsweep.results import settle_result
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
+from rnnsweep.model import count_params
 from rnnsweep.train import train_run
 
 TINY = dict(steps=10, batch_size=4, history_size=6, log_every=5, lr=1e-3, eval_bytes=16)
@@ -33,23 +35,14 @@ def _stage(tmp_path: Path, n_designs: int, replicates: int = 1):
 
 
 def _fake_result(stage_dir: Path, run, k: int, splits) -> dict:
-    """A finished run written by hand: result.json and a curve with known values, for the `splits` data."""
+    """A finished run written by hand: result.json, weights and a curve with known values, for the `splits` data."""
     data = provenance.data_id(*splits)
-    folder = run_dir(stage_dir, run.id)
-    folder.mkdir(parents=True, exist_ok=True)
     curve = [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]
-    record = {
-        "id": run.id, "status": "ok", "min_loss": min(e for _, e in curve), "final_loss": curve[-1][1],
-        "valid_bpb": 4.0 + k, "test_bpb": 4.5 + k, "valid_bytes": 120, "test_bytes": 120, "params": 1000 + k, "steps": run.steps, "wall_s": 1.5, "steps_per_s": 6.6,
-        "device": "cpu", "precision": "fp32", "seed": run.seed, "engine": run.engine,
-        "fingerprint": provenance.fingerprint(run, data), "data": data,
-    }
-    (folder / "result.json").write_text(json.dumps(record))
-    with (folder / "curve.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(("step", "ema_loss"))
-        writer.writerows(curve)
-    return record
+    return fake_result(
+        run_dir(stage_dir, run.id), run.id, run.steps, run.log_every, curve, valid_bpb=4.0 + k, test_bpb=4.5 + k,
+        params=count_params(run.design), seed=run.seed, engine=run.engine, fingerprint=provenance.fingerprint(run, data),
+        data=data,
+    )
 
 
 def _manifest_frame(stage_dir: Path) -> pd.DataFrame:
@@ -98,7 +91,7 @@ def test_summary_of_hand_written_results(tmp_path, data_dir, splits):
     for frame in (summary, on_disk):
         assert list(frame["min_loss"]) == [r["min_loss"] for r in records]
         assert list(frame["valid_bpb"]) == [r["valid_bpb"] for r in records]
-        assert list(frame["params"]) == [r["params"] for r in records]
+        assert list(frame["params"]) == [count_params(r.design) for r in runs]
         assert list(frame["seed"]) == [r.seed for r in runs]
         assert list(frame["steps"]) == [r.steps for r in runs]
         assert list(frame["replicate"]) == [0] * len(runs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -12,16 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-from filelock import Timeout
+import torch
 
-from conftest import run_worker_processes, start_lease_holder
+from conftest import fake_result, run_worker_processes, start_lease_holder
 from rnnsweep import provenance
-from rnnsweep.claims import Worker, make_lock
+from rnnsweep.claims import RunLock, Worker
 from rnnsweep.results import read_result, settle_result
 from rnnsweep.data import SPLITS, load_split
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import RESULT_FIELDS, lock_path, run_dir
+from rnnsweep.train import train_run
+from rnnsweep.layout import lock_path, run_dir
+from rnnsweep.model import count_params
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 OK_LINE = re.compile(r"worker (\d+): (\S+) ok\b")
@@ -115,6 +118,73 @@ def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_d
     assert read_result(stage_dir, held.id)["status"] == "ok"
 
 
+def _train_in_thread(stage_dir: Path, data_dir: Path) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["trained"] = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
+        except BaseException as err:  # reported by the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _attempts(stage_dir: Path, run_id: str) -> list[dict]:
+    path = run_dir(stage_dir, run_id) / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_holder_whose_lock_file_is_deleted_checkpoints_and_claims_again(tmp_path, data_dir, one_thread, caplog):
+    """Deleting the lock file under a training worker: it stops training through the lost lock, and the
+    run finishes exactly as if nothing had happened, from the checkpoint taken when it noticed."""
+    run = make_runs(stage1_designs([1], [4])[3:4], {**TINY, "steps": 3000, "log_every": 20})[0]
+    stage_dir = tmp_path / "results" / "stage1"
+    write_manifest(stage_dir / "manifest.csv", [run])
+    thread, outcome = _train_in_thread(stage_dir, data_dir)
+    _wait_for(lambda: _attempts(stage_dir, run.id), "the worker to claim the run")
+    lock_path(stage_dir, run.id).unlink()
+    thread.join(timeout=120)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["trained"] == 1
+    assert "lock file of " + run.id + " was removed or replaced" in caplog.text
+    starts = [a["start_step"] for a in _attempts(stage_dir, run.id)]
+    assert len(starts) == 2 and starts[0] == 0 < starts[1] < run.steps  # resumed, not started again
+    alone = tmp_path / "alone"
+    train_run(run, *(load_split(data_dir, split) for split in SPLITS), alone, torch.device("cpu"))
+    assert (run_dir(stage_dir, run.id) / "curve.csv").read_bytes() == (alone / "curve.csv").read_bytes()
+
+
+def test_a_run_another_live_worker_trains_is_not_trained_even_with_its_lock_free(tmp_path, data_dir, one_thread, caplog):
+    """The claimant's side: a lock it could take because the file was deleted is no licence to train the run
+    that a live worker's heartbeat says it trains; once that worker is gone, the run is trained."""
+    stage_dir, runs = _stage(tmp_path, 2)
+    busy, free = runs
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        beat = {"host": socket.gethostname(), "pid": other.pid, "runs": [busy.id], "updated": time.time()}
+        (stage_dir / "progress").mkdir()
+        (stage_dir / "progress" / f"{socket.gethostname()}-{other.pid}.json").write_text(json.dumps(beat))
+        thread, outcome = _train_in_thread(stage_dir, data_dir)
+        _wait_for(lambda: "not training it twice" in caplog.text and read_result(stage_dir, free.id), "the worker to skip the run")
+        assert thread.is_alive() and not _attempts(stage_dir, busy.id)
+    finally:
+        other.kill()
+        other.wait()
+    thread.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["trained"] == 2 and read_result(stage_dir, busy.id)["status"] == "ok"
+
+
 # --------------------------------------------------------------------------- finished and damaged results
 
 
@@ -122,9 +192,7 @@ def _first_take_s(lock, give_up_s: float) -> float | None:
     """Seconds from the first try until `lock` is taken (tried every 50 ms), or None after `give_up_s`."""
     start = time.monotonic()
     while time.monotonic() - start < give_up_s:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        if not lock.acquire():
             time.sleep(0.05)
             continue
         lock.release()
@@ -142,7 +210,7 @@ def test_soft_lease_of_a_dead_holder_is_taken_over(tmp_path, where):
     holder = start_lease_holder(lock_path(stage_dir, "run0"), lease_s, "node-elsewhere" if where == "another host" else None)
     holder.kill()
     holder.wait()
-    taken_s = _first_take_s(make_lock(stage_dir, "run0", "soft", lease_s), give_up_s=4 * lease_s)
+    taken_s = _first_take_s(RunLock(stage_dir, "run0", "soft", lease_s), give_up_s=4 * lease_s)
     assert taken_s is not None, "a dead holder's lease was never taken over"
     if where == "this host":
         assert taken_s < lease_s / 2
@@ -156,7 +224,7 @@ def test_soft_lease_of_a_live_holder_on_another_host_is_kept(tmp_path):
     stage_dir = tmp_path / "stage1"
     holder = start_lease_holder(lock_path(stage_dir, "run0"), lease_s, "node-elsewhere")
     try:
-        assert _first_take_s(make_lock(stage_dir, "run0", "soft", lease_s), give_up_s=2.5 * lease_s) is None
+        assert _first_take_s(RunLock(stage_dir, "run0", "soft", lease_s), give_up_s=2.5 * lease_s) is None
     finally:
         holder.kill()
         holder.wait()
@@ -166,11 +234,9 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
     stage_dir, runs = _stage(tmp_path, 3)
     done, damaged, fresh = runs
     done_path = run_dir(stage_dir, done.id) / "result.json"
-    done_path.parent.mkdir(parents=True)
     fingerprint = provenance.fingerprint(done, provenance.data_id(*(load_split(data_dir, split) for split in SPLITS)))
-    sentinel = _record(done.id, min_loss=123.0, steps=done.steps, fingerprint=fingerprint, sentinel=True)
-    done_path.write_text(json.dumps(sentinel))
-    (done_path.parent / "curve.csv").write_text("step,ema_loss\n5,123.0\n")
+    fake_result(done_path.parent, done.id, done.steps, done.log_every, fingerprint=fingerprint, sentinel=True,
+                seed=done.seed, params=count_params(done.design))
     before = done_path.read_bytes()
     damaged_path = run_dir(stage_dir, damaged.id) / "result.json"
     damaged_path.parent.mkdir(parents=True)
@@ -180,7 +246,7 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
 
     assert trained == 2
     assert done_path.read_bytes() == before
-    assert sorted(p.name for p in done_path.parent.iterdir()) == ["curve.csv", "result.json"]
+    assert sorted(p.name for p in done_path.parent.iterdir()) == ["curve.csv", "result.json", "weights.pt"]
     assert read_result(stage_dir, damaged.id)["status"] == "ok"
     assert len([n for n in _result_files(stage_dir, damaged.id) if n.startswith("result.json.corrupt-")]) == 1
     assert read_result(stage_dir, fresh.id)["status"] == "ok"
@@ -207,23 +273,17 @@ def test_damaged_result_is_treated_as_missing_and_moved_aside(tmp_path, content)
     assert len(list(path.parent.glob("result.json.corrupt-*"))) == 1
 
 
-def _record(run_id: str, **changes) -> dict:
-    """A complete result record of the right types."""
-    texts = {"id": run_id, "status": "ok", "device": "cpu", "precision": "fp32", "engine": "design", "fingerprint": "f" * 16, "data": "d" * 16}
-    return {k: 0 for k in RESULT_FIELDS} | {"min_loss": 2.5, "valid_bpb": 3.5, "final_loss": float("nan")} | texts | changes
-
-
 def test_read_result_valid_and_missing(tmp_path):
     stage_dir = tmp_path / "stage1"
     assert read_result(stage_dir, "nothing") is None
-    record = _record("abc", status="diverged")
     path = run_dir(stage_dir, "abc") / "result.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
-    assert read_result(stage_dir, "abc") is None  # no curve yet: not a usable result
-    (path.parent / "curve.csv").write_text("step,ema_loss\n5,2.5\n")
-    assert read_result(stage_dir, "abc") == record | {"final_loss": read_result(stage_dir, "abc")["final_loss"]}
-    assert read_result(stage_dir, "abc", fingerprint="f" * 16)["status"] == "diverged"
+    record = fake_result(path.parent, "abc")
+    curve = (path.parent / "curve.csv").read_text()
+    (path.parent / "curve.csv").unlink()
+    assert read_result(stage_dir, "abc") is None  # no curve: not a usable result
+    (path.parent / "curve.csv").write_text(curve)
+    assert read_result(stage_dir, "abc") == record
+    assert read_result(stage_dir, "abc", fingerprint="f" * 16)["status"] == "ok"
     assert read_result(stage_dir, "abc", fingerprint="e" * 16) is None  # finished, but under other settings
     assert path.exists()  # left for settle_result, which holds the run's lock
 
@@ -235,9 +295,7 @@ def test_read_result_valid_and_missing(tmp_path):
 def test_a_result_field_of_the_wrong_type_is_damage(tmp_path, field, value):
     stage_dir = tmp_path / "stage1"
     path = run_dir(stage_dir, "abc") / "result.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(_record("abc", **{field: value})))
-    (path.parent / "curve.csv").write_text("step,ema_loss\n5,2.5\n")
+    fake_result(path.parent, "abc", **{field: value})
     assert read_result(stage_dir, "abc") is None
     assert settle_result(stage_dir, "abc", "f" * 16) is None
     assert list(path.parent.glob("result.json.corrupt-*"))
@@ -247,19 +305,15 @@ def test_settle_result_sets_other_settings_aside_and_restores_them(tmp_path):
     """Under the run's lock: another fingerprint's files move to superseded/<fp>/, and come back when wanted."""
     stage_dir = tmp_path / "stage1"
     folder = run_dir(stage_dir, "abc")
-    folder.mkdir(parents=True)
-    old = _record("abc", fingerprint="a" * 16)
-    (folder / "result.json").write_text(json.dumps(old))
-    for name in ("weights.pt", "config.json"):
-        (folder / name).write_text(f"{name} of a\n")
-    (folder / "curve.csv").write_text("step,ema_loss\n5,2.5\n")
+    fake_result(folder, "abc", fingerprint="a" * 16)
+    (folder / "config.json").write_text("config.json of a\n")
     assert settle_result(stage_dir, "abc", "b" * 16) is None
     assert not (folder / "result.json").exists() and not (folder / "curve.csv").exists()
     aside = folder / "superseded" / ("a" * 16)
     assert sorted(p.name for p in aside.iterdir()) == ["config.json", "curve.csv", "result.json", "weights.pt"]
     back = settle_result(stage_dir, "abc", "a" * 16)
     assert back["fingerprint"] == "a" * 16
-    assert (folder / "weights.pt").read_text() == "weights.pt of a\n"
+    assert (folder / "weights.pt").read_bytes() == b"weights of abc"
     assert not any(aside.iterdir())
 
 

@@ -356,3 +356,28 @@ def test_corpus_json_records_each_split_hash(tmp_path: Path) -> None:
     meta = prepare_corpus(str(source), tmp_path / "data", cache_dir=tmp_path)
     for split in SPLITS:
         assert meta["split_sha256"][split] == hashlib.sha256((tmp_path / "data" / f"{split}.bin").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["byte flipped", "cut", "corpus.json missing", "corpus.json damaged"])
+def test_a_split_that_is_not_the_one_corpus_json_records_is_refused(tmp_path: Path, damage: str) -> None:
+    """What runs read is checked against the corpus step's record before any run trains or is scored."""
+    from rnnsweep.tokens import load_text
+
+    data = tmp_path / "data"
+    prepare_corpus("generated", data, cache_dir=tmp_path, generated_bytes=SMALL, seed=3)
+    load_text(data)  # as written: accepted
+    valid = data / "valid.bin"
+    if damage == "byte flipped":
+        raw = bytearray(valid.read_bytes())
+        raw[17] ^= 1
+        valid.write_bytes(bytes(raw))
+    elif damage == "cut":
+        valid.write_bytes(valid.read_bytes()[:-1])
+    elif damage == "corpus.json missing":
+        (data / "corpus.json").unlink()
+    else:
+        (data / "corpus.json").write_text('{"split_sha256": ')
+    expected = {"byte flipped": "valid.bin is not the split", "cut": "valid.bin is not the split",
+                "corpus.json missing": "corpus step did not finish", "corpus.json damaged": "corpus.json is damaged"}[damage]
+    with pytest.raises(DataError, match=expected):
+        load_text(data)

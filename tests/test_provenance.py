@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +213,23 @@ def test_snakemake_with_another_corpus_retrains_everything(smoke):
     after = _stage1(smoke)
     assert len(set(after["data"])) == 1 and set(after["data"]) != set(before["data"])
     assert (after["min_loss"] != before["min_loss"]).any()
+
+
+def test_a_corpus_edited_in_place_with_its_old_mtime_is_read_again(smoke):
+    """The corpus is known by its bytes: an edit whose modification time is set back still reruns the corpus step."""
+    corpus = smoke / "other-corpus.txt"
+    stat, original = corpus.stat(), corpus.read_bytes()
+    args = ("--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
+    assert "Nothing to be done" in _snakemake(smoke, *args, "-n").stdout
+    edited = bytearray(original)
+    edited[1000] ^= 1
+    corpus.write_bytes(bytes(edited))
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # `touch -d` back to the old time
+    plan = _snakemake(smoke, *args, "-n").stdout
+    assert re.search(r"^rule corpus:", plan, re.M) or re.search(r"\bcorpus\b\s+1\b", plan), plan[-3000:]
+    corpus.write_bytes(original)
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "Nothing to be done" in _snakemake(smoke, *args, "-n").stdout
 
 
 def test_snakemake_heals_a_damaged_result_of_a_finished_stage(smoke):

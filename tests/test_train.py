@@ -25,6 +25,7 @@ from rnnsweep.grid import Design, make_runs
 from rnnsweep.layout import RESULT_FIELDS
 from rnnsweep.model import ByteModel, count_params
 from rnnsweep.optim import Adam
+from rnnsweep.results import FILES_FIELD
 from rnnsweep.train import Sampler, train_run
 
 CPU = torch.device("cpu")
@@ -130,7 +131,7 @@ def test_result_record(tmp_path, splits, one_thread):
     train, valid, test = splits
     run = _run(steps=23)
     result = train_run(run, train, valid, test, tmp_path / "run", CPU)
-    assert set(result) == set(RESULT_FIELDS)
+    assert set(result) == {*RESULT_FIELDS, FILES_FIELD}
     assert result["id"] == run.id
     assert result["status"] == "ok"
     assert result["steps"] == 23
@@ -197,7 +198,7 @@ def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thr
     result = train_run(run, train, valid, test, tmp_path / "run", CPU)
     assert result["status"] == "diverged"
     assert result["steps"] <= steps
-    assert set(result) == set(RESULT_FIELDS)
+    assert set(result) == {*RESULT_FIELDS, FILES_FIELD}
     curve = read_curve(tmp_path / "run")
     assert all(math.isfinite(e) for _, e in curve)
     assert all(s <= after for s, _ in curve)  # nothing logged after the loss went bad

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import math
 import re
 import subprocess
@@ -159,6 +160,37 @@ def test_report_holds_every_figure_and_table_with_a_caption_and_the_headline(stu
     for row in pd.read_csv(study / f"{RESULTS}/{HEADLINE}").itertuples():
         assert f"{row.stage}</strong>: {row.runs} runs, {row.diverged} diverged" in front
         assert html.escape(row.best_design) in front and f"{row.min_loss:.4f}" in front
+    assert "out of date" not in front
+
+
+def _front_page(study: Path, *args: str) -> str:
+    snakemake(study, *args, "--report", "front.html")
+    page = (study / "front.html").read_text()
+    return html.unescape(re.sub("<[^>]+>", "", json.loads(page.split("workflow_desc = ", 1)[1].split("\n", 1)[0].rstrip(";"))))
+
+
+def test_the_report_states_the_study_on_disk_and_says_what_the_command_line_would_change(study, profile):
+    """Asked with other values than the study's, the page still states the study's own and marks itself out of date."""
+    front = _front_page(study, "--config", "stage1={steps: 999}", "seed=7")
+    steps = profile["stage1"]["steps"]
+    assert f"{steps} steps" in front and "999 steps" not in front  # the settings are the manifests'
+    assert "This report is out of date" in front
+    assert f"stage1.steps: the results have {steps}, the configuration asks for 999" in front
+    assert "derive from another base seed than the configuration's (7)" in front
+    assert "This report is out of date" not in _front_page(study)
+
+
+def test_a_report_after_a_partial_rerun_says_which_tables_are_older(study):
+    """A stage's summary written again (here: touched) after the headline: the headline is out of date."""
+    summary = study / f"{RESULTS}/stage1/{SUMMARY}"
+    headline = study / f"{RESULTS}/{HEADLINE}"
+    before = summary.stat()
+    os.utime(summary, ns=(before.st_atime_ns, headline.stat().st_mtime_ns + 10**9))
+    try:
+        front = _front_page(study)
+        assert f"{HEADLINE} is older than stage1/{SUMMARY}" in front
+    finally:
+        os.utime(summary, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def test_rerun_does_nothing_and_one_figure_rerenders(study):

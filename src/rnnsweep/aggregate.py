@@ -66,14 +66,15 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
 def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, curves) of a stage, in manifest order; refuses if any run lacks a valid result.
 
-    Valid means what results.read_result checks: record and curve parse, and the
+    Valid means what results.read_result checks, thoroughly: record and curve parse and
+    agree with each other, with the manifest row and with the weights file (its hash), and the
     record's fingerprint is the one the manifest row and the data's splits give now.
     """
     runs = read_manifest(manifest_path(stage_dir))
     if not runs:
         raise ManifestError(f"{manifest_path(stage_dir)} lists no runs")
     prints = fingerprints(runs, texts_for(runs, data_dir))
-    records = {run.id: read_result(stage_dir, run.id, prints[run.id]) for run in runs}
+    records = {run.id: read_result(stage_dir, run, prints[run.id], thorough=True) for run in runs}
     missing = [run.id for run in runs if records[run.id] is None]
     if missing:
         raise MissingResults(stage_dir, missing, len(runs))

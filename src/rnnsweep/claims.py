@@ -15,6 +15,12 @@ On filesystems without flock (some network filesystems) the `soft` kind uses
 a lock-file lease instead: a heartbeat thread refreshes it while the run
 trains, and a lease left unrefreshed for `lease_s` seconds (its holder died,
 on any host) may be taken over.
+
+A lock is held on the file that is at its path. A lock file removed or
+replaced by hand would let a second worker lock a new file and train the same
+run, so a holder that sees its file gone (`RunLock.intact`) checkpoints its
+runs and claims them again through the new file, and a claimant that took a
+lock trains nothing another live worker's heartbeat says it trains.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import BaseFileLock, FileLock, SoftFileLease, Timeout
+from filelock import FileLock, SoftFileLease, Timeout
 
 from rnnsweep import data
 from rnnsweep.fsutil import real_dirs
 from rnnsweep.grid import ManifestError, Run, read_manifest
 from rnnsweep.layout import TOKENIZER, TOKENS_META, lock_path, manifest_path, run_dir
-from rnnsweep.progress import Heartbeat, ProgressBar
+from rnnsweep.progress import Heartbeat, ProgressBar, trained_elsewhere
 from rnnsweep.results import read_result, settle_result
 from rnnsweep.tokens import fingerprints, text_of, texts_for
 
@@ -51,15 +57,58 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def make_lock(stage_dir: Path, run_id: str, kind: str, lease_s: float | None = None) -> BaseFileLock:
-    """The lock of a run: `filelock` (flock), or `soft`, a lease that may be taken over after `lease_s` unrefreshed."""
-    path = lock_path(stage_dir, run_id)
-    real_dirs(stage_dir, path.parent)
-    if kind == "soft":
-        if lease_s is None:
-            raise ValueError("a soft lock needs its lease (lock_lease_s)")
-        return SoftFileLease(path, lease_duration=lease_s)
-    return FileLock(path)
+class LockReplaced(Exception):
+    """The file a lock was taken on is no longer the file at the lock's path."""
+
+
+class RunLock:
+    """A run's lock: `filelock` (flock on the file), or `soft` (a lease that may be taken over after `lease_s`
+    unrefreshed); either knows whether the file it holds is still the one at its path."""
+
+    def __init__(self, stage_dir: Path, run_id: str, kind: str, lease_s: float | None = None) -> None:
+        self.path = lock_path(stage_dir, run_id)
+        real_dirs(stage_dir, self.path.parent)
+        self.lost = threading.Event()  # set by a soft lease's heartbeat when its marker went missing or changed
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file a flock is held on
+        if kind == "soft":
+            if lease_s is None:
+                raise ValueError("a soft lock needs its lease (lock_lease_s)")
+            self.lock = SoftFileLease(self.path, lease_duration=lease_s, on_compromise=lambda _: self.lost.set())
+        else:
+            self.lock = FileLock(self.path, on_acquired=self._pin)
+
+    def _pin(self, fd: int) -> None:
+        """On taking a flock: the file locked must be the one at the path (it may have been replaced meanwhile)."""
+        held = os.fstat(fd)
+        if _identity(self.path) != (held.st_dev, held.st_ino):
+            raise LockReplaced(str(self.path))
+        self.identity = (held.st_dev, held.st_ino)
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; False while another worker holds it."""
+        self.lost.clear()
+        try:
+            self.lock.acquire(timeout=0)
+        except (Timeout, LockReplaced):
+            return False
+        return True
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def intact(self) -> bool:
+        """Whether the file this lock is held on is still at its path: no one removed or replaced it."""
+        if self.lost.is_set():
+            return False
+        return self.identity is None or _identity(self.path) == self.identity
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass
@@ -76,16 +125,18 @@ class Worker:
     lease_s: float | None = None  # soft locks only: the profile's lock_lease_s
     poll_s: float = 2.0
     progress_s: float = 60.0  # seconds between progress lines in the log; `rnnsweep status` shows it live
+    thorough: bool = False  # also hash each finished run's weights (aggregation's check), not just their size
     stop: threading.Event = field(default_factory=threading.Event)
     stopped_by: int | None = None  # the signal that set `stop`, if one did
     # One lock object per run, kept across scans: a soft lease is judged stale by
     # how long *this* object has watched it go unrefreshed.
-    locks: dict[str, BaseFileLock] = field(default_factory=dict)
+    locks: dict[str, RunLock] = field(default_factory=dict)
     texts: dict = field(default_factory=dict)  # (tokenizer, vocab_size) -> what its runs read (rnnsweep.tokens), set by run()
     fingerprints: dict[str, str] = field(default_factory=dict)  # run id -> what its result must carry
     inputs: tuple = ()  # _input_stamp() when run() started
     reads_tokens: bool = False  # whether any run reads BPE ids: then the token files are inputs too
     heartbeat: Heartbeat | None = None  # this process's status file while run() works
+    halt: threading.Event = field(default_factory=threading.Event)  # stops the training in progress (`_train`)
 
     def stop_on_signals(self) -> None:
         """SIGTERM (scheduler preemption, time limit) and SIGINT (Ctrl-C) ask the worker to stop cleanly."""
@@ -94,6 +145,7 @@ class Worker:
             log.warning("worker %d: received %s, checkpointing and stopping", self.index, signal.Signals(signum).name)
             self.stopped_by = signum
             self.stop.set()
+            self.halt.set()
 
         signal.signal(signal.SIGTERM, request)
         signal.signal(signal.SIGINT, request)
@@ -159,63 +211,81 @@ class Worker:
 
     def _current_result(self, run: Run) -> dict | None:
         """The run's result for its current settings and data, without touching its files."""
-        return read_result(self.stage_dir, run.id, self.fingerprints[run.id])
+        return read_result(self.stage_dir, run, self.fingerprints[run.id], self.thorough)
 
     def _try_lock(self, run: Run) -> bool:
         """Take the run's lock without waiting; False while another worker holds it."""
         if run.id not in self.locks:
-            self.locks[run.id] = make_lock(self.stage_dir, run.id, self.lock, self.lease_s)
-        try:
-            self.locks[run.id].acquire(timeout=0)
-        except Timeout:
-            return False
-        return True
+            self.locks[run.id] = RunLock(self.stage_dir, run.id, self.lock, self.lease_s)
+        return self.locks[run.id].acquire()
+
+    def _free(self, held: list[Run]) -> list[Run]:
+        """The runs of `held` that no other live worker trains: a lock taken only because its file was
+        deleted under its holder is no licence to train the run a second time."""
+        free = []
+        for run in held:
+            other = trained_elsewhere(self.stage_dir, run.id)
+            if other is None:
+                free.append(run)
+            else:
+                log.warning("worker %d: run %s is trained by %s, whose lock file was removed or replaced; "
+                            "not training it twice", self.index, run.id, other)
+        return free
 
     def _claim_and_train(self, pending: list[list[Run]], total: int, device) -> int:
         """Claim and train the pending runs of the first group with any lock free; return how many were trained."""
-        from rnnsweep.train import train_runs
-
         left = sum(len(group) for group in pending)
         for group in pending:
             if self.stop.is_set():
                 return 0
-            held: list[Run] = []
+            held = [run for run in group if self._try_lock(run)]
             try:
-                for run in group:
-                    if self._try_lock(run):
-                        held.append(run)
                 if held:
                     self._check_inputs()
                 # Another worker may have finished some since the scan; results of other settings move aside.
-                claimed = [run for run in held if settle_result(self.stage_dir, run.id, self.fingerprints[run.id]) is None]
-                if not claimed:
-                    continue
-                done = total - left + len(claimed)
-                first = claimed[0]
-                what = first.config_id if first.engine == "design" else "{}x{} superset".format(*first.shape)
-                label = f"{self.stage_dir.name} {done}/{total} {what} x{len(claimed)}"
-                bar = ProgressBar(label, claimed[0].steps, self.progress_s)
-                self.heartbeat.claim([run.id for run in claimed], claimed[0].steps)
-
-                def report(step: int, ema: float, steps_per_s: float) -> None:
-                    bar.update(step, ema, steps_per_s)
-                    self.heartbeat.update(step, ema, steps_per_s)
-
-                dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
-                text = text_of(self.texts, first)
-                try:
-                    results = train_runs(
-                        claimed, *text.splits, dirs, device, self.checkpoint_every, report, self.stop, text.data_id, text.vocab
-                    )
-                finally:
-                    self.heartbeat.claim([], 0)
-                for result in results:
-                    log.info(
-                        "worker %d: %s %s min_loss %.4f (%.1f steps/s)",
-                        self.index, result["id"], result["status"], result["min_loss"], result["steps_per_s"],
-                    )
-                return len(claimed)
+                fingerprints = self.fingerprints
+                claimed = [run for run in self._free(held) if settle_result(self.stage_dir, run, fingerprints[run.id], self.thorough) is None]
+                if claimed:
+                    return self._train(claimed, total - left + len(claimed), total, device)
             finally:
                 for run in held:
                     self.locks[run.id].release()
         return 0
+
+    def _train(self, claimed: list[Run], done: int, total: int, device) -> int:
+        """Train runs whose locks are held; 0 if a lock file of theirs was removed or replaced meanwhile: then
+        they are checkpointed and left unfinished, to be claimed again through the file now at the path."""
+        from rnnsweep.train import Interrupted, train_runs
+
+        first = claimed[0]
+        what = first.config_id if first.engine == "design" else "{}x{} superset".format(*first.shape)
+        bar = ProgressBar(f"{self.stage_dir.name} {done}/{total} {what} x{len(claimed)}", first.steps, self.progress_s)
+        self.halt = halt = threading.Event()  # set by a stop signal, or by a lock found not intact
+        if self.stop.is_set():
+            halt.set()
+
+        def report(step: int, ema: float, steps_per_s: float) -> None:
+            bar.update(step, ema, steps_per_s)
+            self.heartbeat.update(step, ema, steps_per_s)
+            if not all(self.locks[run.id].intact() for run in claimed):
+                halt.set()
+
+        self.heartbeat.claim([run.id for run in claimed], first.steps)
+        text = text_of(self.texts, first)
+        dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
+        try:
+            results = train_runs(claimed, *text.splits, dirs, device, self.checkpoint_every, report, halt, text.data_id, text.vocab)
+        except Interrupted:
+            if self.stop.is_set():
+                raise
+            log.warning("worker %d: a lock file of %s was removed or replaced while training; checkpointed, claiming again",
+                        self.index, " ".join(run.id for run in claimed))
+            return 0
+        finally:
+            self.heartbeat.claim([], 0)
+        for result in results:
+            log.info(
+                "worker %d: %s %s min_loss %.4f (%.1f steps/s)",
+                self.index, result["id"], result["status"], result["min_loss"], result["steps_per_s"],
+            )
+        return len(claimed)

@@ -28,7 +28,7 @@ from rnnsweep.grid import (
     BATCH_DESIGNS, BYTE_VOCAB, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
     vocabulary_problem, write_manifest,
 )
-from rnnsweep.layout import STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
+from rnnsweep.layout import MANIFEST, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 
 log = logging.getLogger("rnnsweep")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -176,6 +176,19 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data) if args.data else data_dir_of(stage_of(args.manifest))
 
 
+def _check_training_options(args: argparse.Namespace) -> None:
+    """What `worker` and `aggregate` are given, checked before anything is read or trained: a stage's manifest
+    (the file `manifest.csv` in the stage's folder, which holds the runs) and a device this machine has."""
+    from rnnsweep.policy import check_device
+
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        raise ManifestError(f"--manifest {manifest}: no such file")
+    if manifest.name != MANIFEST:
+        raise ManifestError(f"--manifest {manifest}: a stage's manifest is the {MANIFEST} in its folder, where its runs live")
+    check_device(args.device)
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     meta = data.prepare_corpus(
         args.corpus,
@@ -244,7 +257,7 @@ def cmd_tokenizers(args: argparse.Namespace) -> None:
     write_csv(table, Path(args.out))
 
 
-def _worker(args: argparse.Namespace) -> Worker:
+def _worker(args: argparse.Namespace, thorough: bool = False) -> Worker:
     """A claiming worker from the command's training options, stopping cleanly on SIGTERM/SIGINT."""
     import torch  # only training needs it; every other command starts faster without
 
@@ -263,6 +276,7 @@ def _worker(args: argparse.Namespace) -> Worker:
         lock=args.lock,
         checkpoint_every=args.checkpoint_every,
         lease_s=args.lock_lease_s,
+        thorough=thorough,
     )
     worker.stop_on_signals()
     return worker
@@ -281,6 +295,7 @@ def _train(worker: Worker) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    _check_training_options(args)
     if not 0 <= args.index < args.count:
         raise config.ConfigError(f"--index {args.index} is not below --count {args.count}")
     if args.history:
@@ -292,13 +307,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     """Aggregate; a run without a valid result (damaged, or made under other settings) is trained here first."""
+    _check_training_options(args)
     stage_dir = stage_of(args.manifest)
     outputs = Path(args.summary or summary_path(stage_dir)), Path(args.curves or curves_path(stage_dir))
     try:
         summary, curves = aggregate(stage_dir, _data_dir(args), *outputs)
     except MissingResults as err:
         log.warning("%s: %d runs have no valid result; training them before aggregating", stage_dir.name, len(err.missing))
-        _train(_worker(args))
+        _train(_worker(args, thorough=True))
         summary, curves = aggregate(stage_dir, _data_dir(args), *outputs)
     log.info("%s: %d runs, %d curve points", stage_dir.name, len(summary), len(curves))
 
@@ -385,9 +401,10 @@ def cmd_samples(args: argparse.Namespace) -> None:
 
 
 def _sample_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bytes", type=_positive, required=True, help="bytes to generate")
-    parser.add_argument("--temperature", type=float, required=True, help="logits are divided by it before sampling")
-    parser.add_argument("--seed", type=int, required=True, help="of the sampler: the same seed prints the same text")
+    """The samples' settings, with the ranges of the profile's `samples` block and `seed`."""
+    for key in SAMPLE_KEYS[:2]:
+        parser.add_argument(option(key), type=config.option_type("samples", key), required=True, help=config.description("samples", key))
+    parser.add_argument("--seed", type=config.option_type("seed"), required=True, help="of the sampler: the same seed prints the same text")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import math
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -112,10 +115,21 @@ def validate(config: dict, source: str = "config") -> dict:
     """Raise ConfigError naming every offending key; return the config unchanged otherwise."""
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"{_key(e)}: {e.message}" for e in errors]
+    lines = [f"{_key(e)}: {e.message}" for e in errors] + [f"{key}: NaN is not a number" for key in _nan_keys(config)]
+    if lines:
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
     return config
+
+
+def _nan_keys(value: object, where: str = "") -> list[str]:
+    """Dotted keys whose value is NaN, which no range of the schema refuses (every comparison with it is false)."""
+    if isinstance(value, float) and math.isnan(value):
+        return [where or "(top level)"]
+    if isinstance(value, dict):
+        return [k for key, v in value.items() for k in _nan_keys(v, f"{where}.{key}" if where else str(key))]
+    if isinstance(value, list):
+        return [k for i, v in enumerate(value) for k in _nan_keys(v, f"{where}.{i}")]
+    return []
 
 
 def load(*paths: Path, overrides: dict | None = None) -> dict:
@@ -166,6 +180,39 @@ def describe(stage: str, key: str) -> tuple[type, bool, str]:
     listed = "array" in kinds
     element = _types(_items(node)) if listed else kinds
     return (int if element == {"integer"} else float), listed, node.get("description") or _resolved(node).get("description", "")
+
+
+def _node(path: tuple[str, ...]) -> dict:
+    node = schema()
+    for key in path:
+        node = node["properties"][key]
+    return node
+
+
+def description(*path: str) -> str:
+    """The schema's description of the profile key at `path`: a command-line option's help."""
+    return _node(path).get("description") or _resolved(_node(path)).get("description", "")
+
+
+def option_type(*path: str) -> Callable[[str], object]:
+    """An argparse `type` for the profile key at `path` (e.g. "samples", "temperature"): its text parsed as the
+    schema's type and checked against the schema's range, so a command and a profile refuse the same values."""
+    node = _node(path)
+    kinds = _types(node)
+    validator = jsonschema.Draft202012Validator({**_resolved(node), "$defs": schema()["$defs"]})
+
+    def parse(text: str) -> object:
+        value = _parse_scalar(text, kinds)
+        if isinstance(value, float) and math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({'.'.join(path)} in the profile schema)")
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {' or '.join(sorted(kinds))}")
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if error is not None:
+            raise argparse.ArgumentTypeError(f"{text}: {error.message} ({'.'.join(path)} in the profile schema)")
+        return value
+
+    return parse
 
 
 def check_stage(stage: str) -> str:

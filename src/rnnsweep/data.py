@@ -10,6 +10,7 @@ Snakemake would otherwise take for a finished output.
 from __future__ import annotations
 
 import hashlib
+import json
 import http.client
 import logging
 import os
@@ -415,6 +416,27 @@ def prepare_corpus(
     }
     atomic_write_json(meta_path, meta)
     return meta
+
+
+def check_splits(data_dir: Path, shas: dict[str, str]) -> None:
+    """Refuse splits whose bytes (`shas`: split -> SHA-256) are not the ones corpus.json records for them.
+
+    The corpus step writes corpus.json last, with the hash of each split it wrote; a split edited, cut or
+    replaced since then would otherwise be trained and scored as if it were the corpus.
+    """
+    path = Path(data_dir).expanduser() / CORPUS_META
+    try:
+        recorded = json.loads(path.read_text())["split_sha256"]
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist: the corpus step did not finish; run it again") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is damaged ({err!r}); run the corpus step again") from None
+    for split, sha in shas.items():
+        if not isinstance(recorded, dict) or recorded.get(split) != sha:
+            raise DataError(
+                f"{split_path(data_dir, split)} is not the split {path.name} records (its SHA-256 differs): "
+                "it was changed after the corpus step; run that step again (snakemake -R corpus)"
+            )
 
 
 def split_path(data_dir: Path, split: str) -> Path:

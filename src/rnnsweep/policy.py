@@ -85,6 +85,18 @@ def device_cost(kind: str) -> DeviceCost:
         raise ConfigError(f"{path}: no usable cost model for {kind} ({err!r}); refit it with benchmarks/cost_model.py") from None
 
 
+def check_device(device: str) -> None:
+    """Refuse a device name this machine has no such device for, before any run is claimed."""
+    if device_kind(device) != "cuda":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= count:
+        raise ConfigError(f"device {device!r}: this machine's PyTorch sees {count} CUDA device{'s' * (count != 1)}; use auto or cpu")
+
+
 def device_kind(device: str) -> str:
     """`cpu` or `cuda` for a device name (auto, cpu, cuda, cuda:N); `auto` is what this machine has."""
     if not DEVICE.fullmatch(device):

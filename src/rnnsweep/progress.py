@@ -8,11 +8,13 @@ machines never share one), rewritten every `HEARTBEAT_S` seconds by a thread
 while the process lives. It says which runs the worker trains, at which step
 and how fast. A clean exit removes it; a file not rewritten for `STALE_S`
 seconds belongs to a worker that died, and its runs will be claimed again.
-Nothing here takes or inspects a lock.
+Nothing here takes or inspects a lock; claims.py asks `trained_elsewhere` before it trains a run whose
+lock it took, so that a lock file deleted under a live holder never lets a second worker in.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -99,3 +101,38 @@ class Heartbeat:
                 self._write()
             except OSError:  # a full or vanished disk must not kill training; the next beat tries again
                 pass
+
+
+def read_heartbeats(stage_dir: Path) -> list[dict]:
+    """The heartbeat files of a stage; one being replaced or half-written is skipped until the next look."""
+    beats = []
+    for path in sorted(progress_dir(stage_dir).glob("*.json")):
+        try:
+            beat = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(beat, dict) and isinstance(beat.get("runs"), list):
+            beats.append(beat)
+    return beats
+
+
+def _alive(beat: dict, now: float) -> bool:
+    """A worker on this host is alive while its pid is; one elsewhere while its heartbeat is fresh."""
+    if beat.get("host") != socket.gethostname():
+        return now - float(beat.get("updated") or 0) <= STALE_S
+    try:
+        os.kill(int(beat.get("pid") or 0), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True  # a process of another user, or a pid this system cannot name: assume it lives
+    return True
+
+
+def trained_elsewhere(stage_dir: Path, run_id: str) -> str | None:
+    """`host:pid` of another live worker whose heartbeat says it trains `run_id`, or None."""
+    me, now = (socket.gethostname(), os.getpid()), time.time()
+    for beat in read_heartbeats(stage_dir):
+        if run_id in beat["runs"] and (beat.get("host"), beat.get("pid")) != me and _alive(beat, now):
+            return f"{beat.get('host')}:{beat.get('pid')}"
+    return None

@@ -3,9 +3,11 @@
 The headline table is a tracked result (`rnnsweep headline`), so it is rebuilt
 whenever a summary changes. Snakemake renders the front page
 (workflow/report/workflow.rst) with Jinja and hands it nothing but the config,
-so the workflow reads this table and the corpus record into the config when it
-starts (`front_page`); the page then states the numbers and the corpus it was
-made from.
+so the workflow reads the study's own record into the config when it starts
+(`front_page`): this table, the corpus record and each stage's manifest. The
+page states those, not the command line's values, and says at its top, line by
+line, where the current configuration or corpus differs from them or a table
+is older than what it is made from.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from rnnsweep import provenance
+from rnnsweep.config import STAGES
+from rnnsweep.data import NAMED_CORPORA, SPLITS
+from rnnsweep.grid import SETTINGS, ManifestError, Run, read_manifest, run_seed
+from rnnsweep.layout import CORPUS_META, DATA_DIR, HEADLINE, manifest_path, summary_path
 from rnnsweep.stats import design_label, usable_runs
 
 HEADLINE_COLUMNS = (
@@ -46,17 +54,101 @@ def headline(summaries: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
 
 
-def front_page(headline_csv: Path, corpus_meta: Path) -> dict[str, object]:
-    """The facts the front page states, from the files a finished study has; empty where one is missing."""
-    facts: dict[str, object] = {"stages": [], "corpus_sha256": None, "corpus_bytes": None}
+def front_page(study: Path, profile: Mapping, corpus_sha256: str | None) -> dict[str, object]:
+    """The facts the front page states, all read from the study's files, and what makes them out of date.
+
+    The page describes what is on disk, never the command that asks for it: the corpus from corpus.json,
+    each stage's settings from its manifest, the best designs from headline.csv. `profile` (the current
+    configuration) and `corpus_sha256` (the current local corpus file's hash, None for a named corpus)
+    are only compared with them: every difference, and every table older than what it is made from
+    (what `snakemake` would make again), is a line of `stale`, which the page shows at its top.
+    """
+    study = Path(study)
+    corpus, stages = _read_json(study / DATA_DIR / CORPUS_META), {}
+    stale: list[str] = []
+    for stage in STAGES:
+        try:
+            runs = read_manifest(manifest_path(study / stage))
+        except ManifestError:
+            continue
+        stages[stage] = recorded_settings(runs)
+        stale += _stage_staleness(study, stage, stages[stage], profile[stage], corpus)
+        if any(run.seed != run_seed(run.config_id, run.replicate, profile["seed"]) for run in runs):
+            stale.append(f"{stage}: its runs' seeds derive from another base seed than the configuration's ({profile['seed']})")
+    if corpus is not None:
+        stale += _corpus_staleness(corpus, profile["corpus"], corpus_sha256)
+    stale += _older_than_inputs(study, list(stages))
+    return {"stages": _headline_rows(study / HEADLINE), "corpus": corpus, "settings": stages, "stale": stale}
+
+
+def recorded_settings(runs: list[Run]) -> dict[str, object]:
+    """What a stage's manifest says its runs are: their count, designs, seeds and training settings."""
+    values = {key: sorted({getattr(run, key) for run in runs}) for key in SETTINGS}
+    return {
+        "runs": len(runs), "designs": len({run.config_id for run in runs}),
+        "replicates": max(run.replicate for run in runs) + 1 if runs else 0,
+        "n_layers": sorted({run.design.n_layers for run in runs}),
+        "state_sizes": sorted({run.design.state_size for run in runs}),
+        **{key: vals[0] if len(vals) == 1 else vals for key, vals in values.items()},
+    }
+
+
+def _stage_staleness(study: Path, stage: str, recorded: dict, block: Mapping, corpus: dict | None) -> list[str]:
+    """How a stage's recorded runs differ from the profile's settings and the corpus record."""
+    lines = [
+        f"{stage}.{key}: the results have {recorded[key]}, the configuration asks for {block[key]}"
+        for key in SETTINGS if key in block and recorded[key] != block[key]
+    ]
+    for key in ("n_layers", "state_sizes") if stage == STAGES[0] else ():
+        if recorded[key] != sorted(set(block[key])):
+            lines.append(f"{stage}.{key}: the results have {recorded[key]}, the configuration asks for {block[key]}")
     try:
-        with open(headline_csv, newline="") as handle:
-            facts["stages"] = list(csv.DictReader(handle))
+        data = set(pd.read_csv(summary_path(study / stage), usecols=["data"])["data"])
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return lines
+    if corpus is not None and data != {_data_id(corpus)}:
+        lines.append(f"{stage}: its summary holds runs of other corpus bytes than {DATA_DIR}/{CORPUS_META} records")
+    return lines
+
+
+def _corpus_staleness(corpus: dict, asked: str, asked_sha256: str | None) -> list[str]:
+    source = asked if asked in NAMED_CORPORA else str(Path(asked).expanduser().resolve())
+    if corpus.get("source") != source:
+        return [f"corpus: the results are of {corpus.get('source')}, the configuration asks for {asked}"]
+    if asked_sha256 is not None and corpus.get("sha256") != asked_sha256:
+        return [f"corpus: {asked} has changed since its splits were made (its SHA-256 differs)"]
+    return []
+
+
+def _older_than_inputs(study: Path, stages: list[str]) -> list[str]:
+    """Tables older than the file they are made from: what Snakemake would make again."""
+    chain = [study / DATA_DIR / CORPUS_META]
+    for stage in stages:
+        chain += [manifest_path(study / stage), summary_path(study / stage)]
+    chain.append(study / HEADLINE)
+    stamps = [(path, path.stat().st_mtime_ns) for path in chain if path.exists()]
+    return [
+        f"{later.relative_to(study)} is older than {earlier.relative_to(study)}: run the study again to bring it up to date"
+        for (earlier, t0), (later, t1) in zip(stamps, stamps[1:]) if t1 < t0
+    ]
+
+
+def _data_id(corpus: dict) -> str | None:
+    shas = corpus.get("split_sha256")
+    return provenance.digest_of({split: shas[split] for split in SPLITS}) if isinstance(shas, dict) else None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _headline_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
     except OSError:
-        pass
-    try:
-        meta = json.loads(Path(corpus_meta).read_text())
-        facts.update(corpus_sha256=meta.get("sha256"), corpus_bytes=meta.get("total_bytes"))
-    except (OSError, ValueError, AttributeError):
-        pass
-    return facts
+        return []

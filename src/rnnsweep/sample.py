@@ -20,6 +20,7 @@ from rnnsweep.data import DataError, load_split
 from rnnsweep.grid import BYTE_VOCAB, Design
 from rnnsweep.layout import RUN_CONFIG, WEIGHTS, run_dir
 from rnnsweep.model import ByteModel
+from rnnsweep.results import finished_record
 from rnnsweep.stats import design_label, usable_runs
 from rnnsweep.tokens import BYTES, Vocabulary, encode, load_text, read_tokenizer
 
@@ -32,10 +33,11 @@ def _run_config(folder: Path) -> pd.Series:
 
 
 def load_run(folder: Path) -> ByteModel:
-    """The trained model of a finished run's folder, on the CPU."""
+    """The trained model of a finished run's folder, on the CPU: only weights its result record names."""
     folder = Path(folder)
     row = _run_config(folder)
     try:
+        finished_record(folder)
         weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     except (OSError, ValueError) as err:
         raise DataError(f"{folder} is not a finished run's folder ({err})") from None

@@ -15,7 +15,6 @@ the folder. A run is
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from rnnsweep import data
 from rnnsweep.config import STAGES
 from rnnsweep.grid import TOKENIZERS, ManifestError, Run, read_manifest
 from rnnsweep.layout import DATA_DIR, RESULT, manifest_path, progress_dir, retrained_stage, run_dir
-from rnnsweep.progress import STALE_S
+from rnnsweep.progress import STALE_S, read_heartbeats
 from rnnsweep.results import read_result
 from rnnsweep.stats import design_label
 from rnnsweep.tokens import fingerprints, texts_for
@@ -92,19 +91,6 @@ def _fingerprints(runs: list[Run], data_dir: Path, loaded: dict) -> dict[str, st
         return {}
 
 
-def _heartbeats(stage_dir: Path) -> list[dict]:
-    """The heartbeat files of a stage; one being replaced or half-written is skipped until the next look."""
-    beats = []
-    for path in sorted(progress_dir(stage_dir).glob("*.json")):
-        try:
-            beat = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(beat, dict) and isinstance(beat.get("runs"), list):
-            beats.append(beat)
-    return beats
-
-
 def _holder(beat: dict) -> Holder:
     name = f"{beat.get('host')}:{beat.get('pid')} (worker {beat.get('worker')} of {beat.get('count')})"
     return Holder(name, [str(r) for r in beat["runs"]], int(beat.get("step") or 0), int(beat.get("steps") or 0),
@@ -132,14 +118,14 @@ def stage_status(
         return status
     status.total = len(runs)
     prints = _fingerprints(runs, data_dir, {} if loaded is None else loaded)
-    beats = [_holder(beat) for beat in _heartbeats(stage_dir)]
+    beats = [_holder(beat) for beat in read_heartbeats(stage_dir)]
     live = [h for h in beats if now - h.updated <= stale_s]
     status.stale = [h for h in beats if now - h.updated > stale_s and h.runs]
     held = {run_id: h for h in live for run_id in h.runs}
     abandoned = {run_id for h in status.stale for run_id in h.runs}
     worked, starts = 0.0, [now]  # design-steps trained inside the window; when the training in it began
     for run in runs:
-        result = read_result(stage_dir, run.id, prints[run.id]) if prints else None
+        result = read_result(stage_dir, run, prints[run.id]) if prints else None
         if result is not None:
             status.diverged += result["status"] == "diverged"
             status.done += result["status"] == "ok"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnsweep import provenance
-from rnnsweep.data import SPLITS, DataError, file_sha256, load_split
+from rnnsweep.data import SPLITS, DataError, check_splits, file_sha256, load_split
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
 from rnnsweep.grid import BYTE_VOCAB, Run, vocabulary_problem
 from rnnsweep.layout import IDS_SUFFIX, TOKENIZER, TOKENS_META
@@ -249,6 +249,7 @@ def load_text(data_dir: Path, tokenizer: str = "bytes", vocab_size: int = BYTE_V
     data_dir = Path(data_dir)
     raw = tuple(load_split(data_dir, split) for split in SPLITS)
     shas = {split: provenance.split_sha256(data) for split, data in zip(SPLITS, raw)}
+    check_splits(data_dir, shas)
     data_id = provenance.digest_of(shas)
     if tokenizer == "bytes":
         return Text(raw, data_id, BYTES)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 # Configuration checks, file names and input functions shared by every rule. File and figure
 # names come from rnnsweep.layout, command-line options from rnnsweep.cli: the rules spell neither.
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from rnnsweep.cli import (
     reading_options,
     shell_words,
 )
-from rnnsweep.data import NAMED_CORPORA, SPLITS, split_path
+from rnnsweep.data import NAMED_CORPORA, SPLITS, file_sha256, split_path
 from rnnsweep.grid import TOKENIZERS
 from rnnsweep.layout import (
     BASELINES,
@@ -90,9 +91,6 @@ WORKERS = list(range(config["workers"]))
 # How runs are trained: by the workers, and by aggregation for a run it finds without a valid
 # result. Threads are the rule's `threads`, which Snakemake may lower to fit --cores.
 TRAINING = shell_words(profile_options(config, WORKER_KEYS))
-# The report's front page (workflow/report/workflow.rst) is rendered with nothing but the config, so
-# the study's headline table and corpus record, where they exist, are read into it here.
-config["front_page"] = front_page(f"{RESULTS}/{HEADLINE}", f"{DATA}/{CORPUS_META}")
 STUDY_CATEGORY = "study"  # the report's category for what belongs to no one stage
 
 
@@ -127,6 +125,14 @@ def corpus_input(wildcards):
     """A local corpus file is an input, so editing it retrains; a named corpus is not a file yet."""
     corpus = config["corpus"]
     return [] if corpus in NAMED_CORPORA else [os.path.expanduser(corpus)]
+
+
+@functools.cache
+def corpus_content():
+    """The SHA-256 of a local corpus file (None for a named corpus): a params value, so that a change of its
+    bytes reruns the corpus step even where the file's modification time was kept or set back."""
+    corpus = config["corpus"]
+    return None if corpus in NAMED_CORPORA else file_sha256(Path(corpus).expanduser())
 
 
 def stage_tokenizer(stage):
@@ -185,3 +191,9 @@ def all_targets():
             f"{FIGURES_DIR}/{TOKENIZERS_FIGURE}{FIGURE_SUFFIX}",
         ]
     return targets
+
+
+# The report's front page (workflow/report/workflow.rst) is rendered with nothing but the config, so the
+# study's own record (headline table, corpus record, manifests), and where the current configuration or
+# corpus differs from it, are read into it here.
+config["front_page"] = front_page(Path(RESULTS), config, corpus_content())

@@ -16,6 +16,7 @@ rule corpus:
         options=shell_words(profile_options(config, DATA_KEYS)),
         # Every split must hold one window of the longest history of any stage.
         min_bytes=max(config[stage]["history_size"] for stage in STAGES),
+        content=lambda wildcards: corpus_content(),  # bytes changed in place, mtime kept: still a new corpus
     shell:
         "python -m rnnsweep data --out {params.out} {params.options} --min-bytes {params.min_bytes} 2> {log}"
 
