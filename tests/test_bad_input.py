@@ -654,3 +654,47 @@ def test_baselines_of_a_test_split_shorter_than_one_window(tmp_path, data_dir, c
                      "--eval-bytes", "64", "--history-size", "8")
     assert code == 2 and "fewer than one window" in error_line(err, "baselines")
     assert not (tmp_path / "b.csv").exists()
+
+
+# --------------------------------------------------------------------------- values out of range, one line each
+
+OUT_OF_RANGE = [
+    ("--temperature", "0"), ("--temperature", "nan"), ("--temperature", "-1"), ("--temperature", "inf"),
+    ("--seed", "99999999999999999999"), ("--seed", "-1"), ("--bytes", "10000000000000"), ("--bytes", "0"),
+]
+
+
+@pytest.mark.parametrize("option, value", OUT_OF_RANGE, ids=[f"{o}={v}" for o, v in OUT_OF_RANGE])
+def test_sample_refuses_a_value_out_of_its_range(call, tmp_path, option, value):
+    """Sampling at temperature 0 or NaN, a seed PyTorch cannot take, or a day's worth of bytes: one line, exit 2."""
+    settings = {"--bytes": "10", "--temperature": "1", "--seed": "1"} | {option: value}
+    code, err = call("sample", "--run", str(tmp_path / "run"), *(word for pair in settings.items() for word in pair))
+    assert code == 2
+    line = error_line(err, "sample")
+    assert f"argument {option}: " in line and "schema" in line
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:99"])
+@pytest.mark.parametrize("command", ["worker", "aggregate"])
+def test_a_device_this_machine_lacks_is_refused_before_anything_runs(call, tmp_path, data_dir, command, device):
+    _small_stage(tmp_path / "results", 2)
+    code, err = call(*_stage_args(command, tmp_path / "results", data_dir, device=device))
+    assert code == 2
+    assert f"device {device!r}" in error_line(err, command)
+    assert not (tmp_path / "results" / "stage1" / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["worker", "aggregate"])
+def test_a_manifest_file_of_another_name_is_refused_by_its_own_name(call, tmp_path, data_dir, command):
+    """The stage is the manifest's folder; a copy named otherwise would have been read as that folder's manifest.csv."""
+    _small_stage(tmp_path / "results", 2)
+    other = tmp_path / "elsewhere" / "nope.csv"
+    other.parent.mkdir()
+    shutil.copy(tmp_path / "results" / "stage1" / "manifest.csv", other)
+    args = _stage_args(command, tmp_path / "results", data_dir)
+    args[args.index("--manifest") + 1] = str(other)
+    code, err = call(*args)
+    assert code == 2
+    line = error_line(err, command)
+    assert str(other) in line and "manifest.csv" in line
+    assert sorted(p.name for p in other.parent.iterdir()) == ["nope.csv"]

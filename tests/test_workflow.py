@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import os
 import math
@@ -211,6 +212,17 @@ def _results(study: Path, stage: str) -> dict[str, tuple[int, str]]:
         path.parent.name: (path.stat().st_mtime_ns, json.loads(path.read_text())["fingerprint"])
         for path in (study / RESULTS / stage / "runs").glob("*/result.json")
     }
+
+
+def test_a_damaged_file_of_each_kind_heals_to_the_untouched_tables(study):
+    """tools/damage_injection.py, three edits: a run's file, a stage table, a corpus file (README: A damaged file)."""
+    spec = importlib.util.spec_from_file_location("damage_injection", ROOT / "tools/damage_injection.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    report = tool.main(["--edits", "3", "--seed", "2", "--study", str(study)])
+    assert list(report["rc"]) == [0, 0, 0], report.to_string()
+    assert list(report["differs"]) == ["", "", ""], report.to_string()
+    assert report.loc[0, "file"].split("/")[1] == "runs" and report.loc[0, "retrained"] == 1
 
 
 def test_the_bpe_comparison_trains_the_last_stage_again_and_a_new_vocabulary_retrains_only_it(study):

@@ -183,7 +183,7 @@ def _check_training_options(args: argparse.Namespace) -> None:
 
     manifest = Path(args.manifest)
     if not manifest.is_file():
-        raise ManifestError(f"--manifest {manifest}: no such file")
+        raise ManifestError(f"--manifest {manifest}: not found")
     if manifest.name != MANIFEST:
         raise ManifestError(f"--manifest {manifest}: a stage's manifest is the {MANIFEST} in its folder, where its runs live")
     check_device(args.device)
