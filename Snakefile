@@ -25,6 +25,7 @@ include: "workflow/rules/plots.smk"
 include: "workflow/rules/samples.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/tokenizers.smk"
+include: "workflow/rules/findings.smk"
 
 
 # Only training goes to the queue on a cluster: every other job is small, or (aggregation
@@ -44,6 +45,7 @@ localrules:
     compare,
     retokenize,
     tokenizers,
+    findings,
 
 
 rule all:

@@ -371,6 +371,26 @@ def cmd_headline(args: argparse.Namespace) -> None:
     write_csv(headline(_stage_summaries(args.summary)), Path(args.out))
 
 
+def cmd_findings(args: argparse.Namespace) -> None:
+    from rnnsweep import findings
+    from rnnsweep.baselines import check_same_bytes, read_baselines
+    from rnnsweep.fsutil import atomic_write_text
+
+    summary = findings.read_table(Path(args.summary))
+    order1 = None
+    if args.baselines:
+        table = read_baselines(Path(args.baselines))
+        if "data" in summary.columns:
+            check_same_bytes(table, summary, f"the runs of {args.summary}")
+        order1 = float(table.loc[table["method"] == "order-1 n-gram", "bpb"].iloc[0])
+    items = findings.findings(summary, args.loss, args.threshold, order1)
+    page = findings.markdown(items, args.summary, len(summary))
+    if args.out:
+        atomic_write_text(Path(args.out), page)
+    else:
+        sys.stdout.write(page)
+
+
 def _stage_summaries(paths: list[str]) -> dict:
     """Stage name (the folder a summary is in) -> its summary table, in the order given."""
     return {Path(path).parent.name: read_summary(Path(path)) for path in paths}
@@ -511,6 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_headline)
+
+    p = sub.add_parser("findings", help="test the published study's claims on a stage summary: evidence and a verdict each")
+    p.add_argument("--summary", required=True, help="any CSV of runs with the design columns and a loss (a stage's summary.csv)")
+    p.add_argument("--out", help="the page to write (default: print it)")
+    p.add_argument("--loss", default="min_loss", help="the column to judge by (default: min_loss, as published)")
+    p.add_argument("--threshold", type=config.option_type("plots", "threshold"), default=1.9,
+                   help="the memory threshold, in the loss's unit (default: 1.9 nats, the study's)")
+    p.add_argument("--baselines", help="baselines.csv: its order-1 n-gram decides the memory claim")
+    p.set_defaults(func=cmd_findings)
 
     p = sub.add_parser("status", help="show each stage's runs, workers, speed, ETA and best runs; reads only")
     p.add_argument("--results", default="results", help="a results folder or one study's folder (default: results)")

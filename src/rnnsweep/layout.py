@@ -26,8 +26,8 @@ LOGS_DIR = "logs"  # results/<study>/logs/<stage>/: one log per job
 #: Analysis tables: stage -> names; table <name> of a stage is <stage>/<name>.csv, written by
 #: `rnnsweep table <name>` (rnnsweep.tables.TABLES).
 STAGE_TABLES: dict[str, tuple[str, ...]] = {
-    "stage1": ("regression", "effects", "anova"),
-    "stage2": ("effects", "anova"),
+    "stage1": ("regression", "marginals", "effects", "anova"),
+    "stage2": ("marginals", "effects", "anova"),
     "stage3": ("groups",),
 }
 TABLE_SUFFIX = ".csv"
@@ -39,6 +39,7 @@ STAGE_FIGURES: dict[str, tuple[str, ...]] = {
     "stage3": ("group_swarm", "group_curves", "group_means", "group_table"),
 }
 FIGURE_SUFFIX = ".png"
+FINDINGS = "findings.md"  # results/<study>/findings.md: the published claims tested on stage 1 (rnnsweep.findings)
 HEADLINE = "headline.csv"  # results/<study>/headline.csv: each stage's runs and best design (rnnsweep.report)
 SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage
 #: results/<study>/baselines.csv: n-gram models and compressors on the test slice (rnnsweep.baselines);

@@ -512,7 +512,7 @@ def _ci_text(low: float, high: float) -> str:
 def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
     """All designs' mean curves on one scale, and each design's mean min_loss and test_bpb with 95 % intervals.
 
-    A filled marker is a design that a Holm-corrected Welch test cannot tell apart from the best.
+    A filled marker is a design in the 95 % confidence set of the best (stats.best_set); a hollow one is shown worse.
     """
     table = stats.group_table(summary)
     finite = _finite_curves(curves)
@@ -524,7 +524,7 @@ def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     for row, color in zip(table.itertuples(), colors):
         mean = _mean_curve(_group_curves(summary, finite, row.config_id))
         means.append(mean)
-        same = " ≈ best" if row.same_as_best and row.rank > 1 else ""
+        same = f" P(best) {row.p_best:.2f}" + (" in best set" if row.in_best_set else "")
         ax.plot(mean["step"], mean["ema_loss"], color=color, lw=1.6,
                 label=f"#{row.rank} {row.label} {_number(row.mean, 3)} {_ci_text(row.min_loss_ci_low, row.min_loss_ci_high)}{same}")
     ax.set_ylim(*_tail_ylim(pd.concat(means)))
@@ -540,7 +540,7 @@ def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     _interval_panel(right[1], table, colors, "test_bpb", "mean test_bpb (bits/byte)")
     right[1].set_yticklabels([])
     fig.suptitle(f"Stage 3: {len(table)} designs over their seeds; intervals are 95 % t-intervals of the mean\n"
-                 "filled: a Holm-corrected Welch test cannot tell it from #1 at 5 %; hollow: #1 is better")
+                 "filled: in the 95 % confidence set of the best design (by min_loss); hollow: shown worse than another")
     _design_key(fig)
     _save(fig, out)
 
@@ -551,15 +551,13 @@ def _mean_column(response: str) -> str:
 
 
 def _interval_panel(ax: Axes, table: pd.DataFrame, colors: list, response: str, label: str) -> None:
-    """Each design's mean `response` with its 95 % interval, #1 at the top, hollow where #1 is distinguishably better."""
+    """Each design's mean `response` with its 95 % interval, #1 at the top, hollow where it is outside the best set."""
     y = np.arange(len(table))[::-1]
     for yi, row, color in zip(y, table.itertuples(), colors):
         low, high = getattr(row, f"{response}_ci_low"), getattr(row, f"{response}_ci_high")
-        mean, p = getattr(row, _mean_column(response)), getattr(row, f"{response}_p_holm")
-        same = stats.same_as_best(row.rank, p)
         if np.isfinite(low):
             ax.hlines(yi, low, high, color=color, lw=2)
-        ax.plot(mean, yi, "o", ms=7, color=color, mfc=color if same else "white", mew=1.6)
+        ax.plot(getattr(row, _mean_column(response)), yi, "o", ms=7, color=color, mfc=color if row.in_best_set else "white", mew=1.6)
     if len(table):
         ax.axvline(table[_mean_column(response)].iloc[0], ls="--", lw=0.9, color="0.3")
     ax.set_yticks(y, [f"#{r.rank} {r.label}" for r in table.itertuples()], fontsize=8)
@@ -639,8 +637,9 @@ def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: o
     table = stats.group_table(summary)
     cells = [[str(r.rank), r.label, _number(r.mean, 4), _number(r.mean_bpb, 4),
               _ci_text(r.min_loss_ci_low, r.min_loss_ci_high), _number(r.std, 4),
-              _number(r.test_bpb_mean, 4), str(r.n), "yes" if r.same_as_best else "no"] for r in table.itertuples()]
-    header = ["rank", "configuration", "min_loss", "in bits", "95 % CI", "std", "test_bpb", "n", "≈ #1"]
+              _number(r.test_bpb_mean, 4), str(r.n), f"{'yes' if r.in_best_set else 'no'} ({r.p_best:.2f})"]
+             for r in table.itertuples()]
+    header = ["rank", "configuration", "min_loss", "in bits", "95 % CI", "std", "test_bpb", "n", "best set (P)"]
     # At least 3 inches tall: a 3-design smoke study would otherwise give a thumbnail strip.
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.6 + 0.3 * (len(cells) + 1))), dpi=DPI,
                            layout="constrained")
@@ -655,7 +654,7 @@ def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: o
             cell.set_text_props(weight="bold")
             cell.set_facecolor("0.88")
     ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss (nats/{_unit(summary)}) over replicates;\n"
-                 "≈ #1: a Holm-corrected Welch test cannot tell it from the best at 5 %")
+                 "best set: in the 95 % confidence set of the best design; P: bootstrap probability of being best")
     _design_key(fig)
     _save(fig, out)
 

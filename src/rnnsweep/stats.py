@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from typing import Any
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,8 @@ from statsmodels.stats.multitest import multipletests
 
 from rnnsweep.aggregate import SummaryError
 from rnnsweep.grid import SWITCHES
+
+log = logging.getLogger(__name__)
 
 FACTORS: tuple[str, ...] = SWITCHES + ("n_layers", "state_size")
 
@@ -66,15 +68,22 @@ def regression(summary: pd.DataFrame) -> pd.DataFrame:
 LEVEL = 0.95
 
 
+#: Bootstrap resamples of each design's seeds behind `p_best`, and their fixed seed (the table is reproducible).
+BOOTSTRAP, BOOTSTRAP_SEED = 4000, 0
+
+
 def group_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per-design statistics over replicates, ranked by mean min_loss, with intervals and comparisons with the best.
+    """Per-design statistics over replicates, ranked by mean min_loss, with intervals and the best, honestly.
 
     Diverged replicates are excluded from the statistics (their loss is undefined), so
-    `n` counts the replicates that actually contributed. For min_loss (nats, and in
-    bits per byte) and test_bpb: the mean's 95 % t-interval, the difference from the
-    best design's mean, and the Welch test of that difference, Holm-corrected over
-    the designs compared; `same_as_best` marks a design the test cannot tell apart
-    from the best at the 5 % level.
+    `n` counts the replicates that contributed and `seeds` those the stage asked for. For
+    min_loss (nats, and in bits per byte) and test_bpb: the mean's 95 % t-interval, the
+    difference from the first design's mean, and the Welch test of that difference,
+    Holm-corrected over the designs compared. Which design is best is itself uncertain:
+    `in_best_set` marks the designs of a 95 % confidence set of the best (`best_set`), and
+    `p_best` is each design's bootstrap probability of having the lowest mean. A design
+    that is not in the set is worse than the best at the 95 % level; one that is in it is
+    not shown to be equal to anything.
     """
     usable = summary.index.isin(usable_runs(summary).index)
     by_design = summary["min_loss"].where(usable).groupby(summary["config_id"])
@@ -93,14 +102,67 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
         _add_comparison(table, response, values)
     table = table.drop(columns="min_loss_mean")  # it is `mean`
     table["mean_bpb"] = table["mean"] / math.log(2)
-    table["same_as_best"] = same_as_best(table["rank"], table["min_loss_p_holm"])
+    losses = [by_design.get_group(c).dropna().to_numpy(float) for c in table["config_id"]]
+    table.insert(table.columns.get_loc("n") + 1, "seeds", summary.groupby("config_id").size()[table["config_id"]].to_numpy())
+    table["in_best_set"] = best_set(losses)
+    table["p_best"] = p_best(losses)
+    _warn_about_groups(table)
     return table
 
 
-def same_as_best(rank: Any, p_holm: Any) -> Any:
-    """Whether a design (a number or a column of them) cannot be told from #1: it is #1, or the
-    Holm-corrected p of its difference is missing or not below 1 - LEVEL."""
-    return np.logical_or(rank == 1, np.logical_not(p_holm < 1 - LEVEL))
+def best_set(samples: list[np.ndarray]) -> np.ndarray:
+    """Which designs belong to a 95 % confidence set of the one with the lowest mean.
+
+    Design i stays unless some other design j is shown better: a one-sided Welch test of
+    mean_i > mean_j at level (1 - LEVEL) / (k - 1), Bonferroni over the k - 1 rivals, rejects.
+    The true best is excluded only if one of its k - 1 one-sided tests rejects wrongly, so the
+    set covers it with probability at least LEVEL (a conservative form of Hsu's multiple
+    comparisons with the best, for unequal variances). A design with fewer than two values
+    cannot be shown worse and stays.
+    """
+    k = len(samples)
+    alpha = (1 - LEVEL) / max(k - 1, 1)
+    keep = np.ones(k, dtype=bool)
+    for i, mine in enumerate(samples):
+        for j, other in enumerate(samples):
+            if i != j and len(mine) >= 2 and len(other) >= 2 and _shown_worse(mine, other, alpha):
+                keep[i] = False
+                break
+    return keep
+
+
+def _shown_worse(a: np.ndarray, b: np.ndarray, alpha: float) -> bool:
+    """Whether a one-sided Welch test at `alpha` says mean(a) > mean(b)."""
+    if a.std() == 0 and b.std() == 0:
+        return bool(a.mean() > b.mean())
+    return float(scipy_stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue) < alpha
+
+
+def p_best(samples: list[np.ndarray]) -> np.ndarray:
+    """Each design's bootstrap probability of the lowest mean: its seeds resampled with replacement, BOOTSTRAP times."""
+    usable = [i for i, values in enumerate(samples) if len(values)]
+    result = np.zeros(len(samples))
+    if not usable:
+        return result
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = np.column_stack([
+        samples[i][rng.integers(0, len(samples[i]), size=(BOOTSTRAP, len(samples[i])))].mean(axis=1) for i in usable
+    ])
+    wins = np.bincount(means.argmin(axis=1), minlength=len(usable))
+    result[usable] = wins / BOOTSTRAP
+    return result
+
+
+def _warn_about_groups(table: pd.DataFrame) -> None:
+    """Say in the log what the table cannot: finalists that are one design, and groups with seeds missing."""
+    same = table.duplicated(subset=list(FACTORS), keep=False)
+    if same.any():
+        log.warning("stage 3 holds the same design under several ids (%s): their seeds are compared as if they were "
+                    "different designs", ", ".join(table.loc[same, "config_id"]))
+    short = table[table["n"] < table["seeds"]]
+    for row in short.itertuples():
+        log.warning("design %s has %d usable seeds of the %d asked for: its interval is wider, and its rank less sure",
+                    row.config_id, row.n, row.seeds)
 
 
 def _add_comparison(table: pd.DataFrame, response: str, values: list[np.ndarray]) -> None:

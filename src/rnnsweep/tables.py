@@ -10,6 +10,7 @@ from rnnsweep import effects, stats
 
 TABLES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "regression": stats.regression,
+    "marginals": effects.marginals,
     "effects": effects.effects,
     "anova": effects.anova,
     "groups": stats.group_table,

@@ -29,6 +29,7 @@ from rnnsweep.layout import (
     CURVES,
     DATA_DIR,
     FIGURE_SUFFIX,
+    FINDINGS,
     LOGS_DIR,
     MANIFEST,
     HEADLINE,
@@ -130,7 +131,8 @@ def corpus_input(wildcards):
 @functools.cache
 def corpus_content():
     """The SHA-256 of a local corpus file (None for a named corpus): a params value, so that a change of its
-    bytes reruns the corpus step even where the file's modification time was kept or set back."""
+    bytes reruns the corpus step even where the file's modification time was kept or set back.
+    """
     corpus = config["corpus"]
     return None if corpus in NAMED_CORPORA else file_sha256(Path(corpus).expanduser())
 
@@ -176,6 +178,7 @@ def all_targets():
     ]
     targets.append(stage_file(STAGES[-1], SAMPLES))
     targets.append(f"{RESULTS}/{HEADLINE}")
+    targets.append(f"{RESULTS}/{FINDINGS}")
     targets += [
         f"{RESULTS}/{BASELINES}",
         f"{FIGURES_DIR}/{BASELINES_FIGURE}{FIGURE_SUFFIX}",
