@@ -204,3 +204,5 @@ def test_group_table_warns_of_one_design_under_two_ids_and_missing_seeds(caplog)
         table = group_table(summary)
     assert "same design under several ids" in caplog.text and "3 usable seeds of the 4 asked" in caplog.text
     assert sorted(table["seeds"]) == [4, 4, 4] and sorted(table["n"]) == [3, 4, 4]
+    assert sorted(table["warning"]) == ["", "the same design as another id here",
+                                        "the same design as another id here; 3 usable seeds of 4"]

@@ -206,6 +206,22 @@ def test_rerun_does_nothing_and_one_figure_rerenders(study):
     assert other.stat().st_mtime_ns == other_before
 
 
+def _job_counts(plan: str) -> dict[str, int]:
+    """`snakemake -n`'s job stats: rule -> jobs it would run."""
+    stats = plan.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
+
+
+def test_another_rank_by_selects_again_and_redraws_only_what_ranks(study):
+    """rank_by is in what selection is made from: stages 2 and 3 are chosen and trained again; in stage 1 nothing is
+    trained and only the figure that marks the best run is redrawn."""
+    plan = snakemake(study, "-n", "--config", "rank_by=valid_bpb")
+    counts = _job_counts(plan.stdout)
+    assert counts["select"] == 2 and "grid" not in counts and "corpus" not in counts
+    stage1 = re.findall(r"output: (\S*stage1/\S+)", plan.stdout)
+    assert stage1 == [f"{FIGURES_DIR}/stage1/loss_curves{FIGURE_SUFFIX}"], stage1
+
+
 def _results(study: Path, stage: str) -> dict[str, tuple[int, str]]:
     """Each finished run of a stage: when its result was written, and its fingerprint."""
     return {

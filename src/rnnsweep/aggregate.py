@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rnnsweep.tokens import fingerprints, texts_for
@@ -11,6 +14,18 @@ from rnnsweep.results import read_result
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import COLUMNS, OPTIONAL_COLUMNS, ManifestError, read_manifest
 from rnnsweep.layout import CURVE, CURVE_COLUMNS, RESULT_FIELDS, curves_path, manifest_path, run_dir, summary_path
+
+#: The share of a curve's last logged points that `tail_loss` averages (at least one point).
+TAIL_FRACTION = 0.1
+
+
+def tail_loss(emas: Sequence[float]) -> float:
+    """Mean of the last TAIL_FRACTION of a curve's points (NaN for an empty curve): a run's late training loss,
+    less noisy than one point and not biased low as the curve's minimum is."""
+    if not len(emas):
+        return math.nan
+    return float(np.mean(np.asarray(emas, dtype=float)[-max(1, math.ceil(TAIL_FRACTION * len(emas))):]))
+
 
 # The record's fields that the manifest row does not already hold (its `steps` becomes `steps_done`).
 RESULT_COLUMNS = tuple(k for k in RESULT_FIELDS if k not in ("id", "seed", "steps"))
@@ -81,7 +96,8 @@ def collect(stage_dir: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
     curves = {run.id: pd.read_csv(run_dir(stage_dir, run.id) / CURVE) for run in runs}
     # The manifest's `steps` is the target; the record's is what was done (less if diverged).
     rows = [
-        {**run.row(), **{k: records[run.id][k] for k in RESULT_COLUMNS}, "steps_done": records[run.id]["steps"]}
+        {**run.row(), **{k: records[run.id][k] for k in RESULT_COLUMNS}, "steps_done": records[run.id]["steps"],
+         "tail_loss": tail_loss(curves[run.id][CURVE_COLUMNS[1]].to_numpy())}
         for run in runs
     ]
     long = pd.concat([curves[run.id].assign(id=run.id) for run in runs], ignore_index=True)

@@ -28,7 +28,7 @@ from rnnsweep.grid import (
     BATCH_DESIGNS, BYTE_VOCAB, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
     vocabulary_problem, write_manifest,
 )
-from rnnsweep.layout import MANIFEST, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
+from rnnsweep.layout import MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 
 log = logging.getLogger("rnnsweep")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -50,6 +50,8 @@ TOKENIZER_KEY, VOCAB_KEY = "tokenizer", "vocab_size"
 SAMPLE_KEYS = ("bytes", "temperature", "prompt_bytes")
 #: Profile keys (of its `plots` block) that every figure takes.
 PLOT_KEYS = ("threshold", "best_curves", "smooth")
+#: The profile key that says what ranks runs: selection, the headline, the group table, figures and samples take it.
+RANK_KEY = "rank_by"
 #: Profile keys (of its `baselines` block) that `baselines` takes; and a stage's keys that fix the
 #: test slice its runs are scored on, which the baselines score too (the first stage's).
 BASELINE_KEYS = ("max_order",)
@@ -75,7 +77,8 @@ def manifest_options(profile: Mapping, stage: str) -> list[str]:
     """What `grid` (stage 1) or `select` (stages 2, 3) needs from a profile besides its files."""
     block = profile[stage]
     options = profile_options(block, (*config.design_keys(stage), *SETTINGS)) + profile_options(profile, MANIFEST_KEYS)
-    return options + reading_options(profile, profile[TOKENIZER_KEY])
+    ranked = profile_options(profile, [RANK_KEY]) if stage != config.STAGES[0] else []  # stage 1 is the whole grid
+    return options + ranked + reading_options(profile, profile[TOKENIZER_KEY])
 
 
 def reading_options(profile: Mapping, tokenizer: str) -> list[str]:
@@ -113,6 +116,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _rank_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(option(RANK_KEY), type=config.option_type(RANK_KEY), default=config.default(RANK_KEY),
+                        help=config.description(RANK_KEY))
 
 
 def _positive(text: str) -> int:
@@ -341,7 +349,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     if args.figure not in plots.FIGURES:
         raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(plots.FIGURES)}")
     summary, curves = read_summary(Path(args.summary)), read_summary(Path(args.curves), curves=True)
-    options = {key: getattr(args, key) for key in PLOT_KEYS}
+    options = {key: getattr(args, key) for key in (*PLOT_KEYS, RANK_KEY)}
     if args.baselines:
         options["baselines"] = read_baselines(Path(args.baselines))
         check_same_bytes(options["baselines"], summary, f"the runs of {args.summary}")
@@ -368,7 +376,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_headline(args: argparse.Namespace) -> None:
     from rnnsweep.report import headline
 
-    write_csv(headline(_stage_summaries(args.summary)), Path(args.out))
+    write_csv(headline(_stage_summaries(args.summary), args.rank_by), Path(args.out))
 
 
 def cmd_findings(args: argparse.Namespace) -> None:
@@ -399,7 +407,8 @@ def _stage_summaries(paths: list[str]) -> dict:
 def cmd_table(args: argparse.Namespace) -> None:
     from rnnsweep.tables import TABLES  # statsmodels is slow to import; only tables need it
 
-    write_csv(TABLES[args.table](read_summary(Path(args.summary))), Path(args.out))
+    options = {RANK_KEY: args.rank_by} if args.table in RANKED_TABLES else {}
+    write_csv(TABLES[args.table](read_summary(Path(args.summary)), **options), Path(args.out))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -416,7 +425,7 @@ def cmd_samples(args: argparse.Namespace) -> None:
     from rnnsweep.sample import SampleSettings, samples_markdown
 
     summaries = {Path(path).parent.name: Path(path) for path in args.summary}
-    settings = SampleSettings(args.bytes, args.temperature, args.prompt_bytes, args.seed)
+    settings = SampleSettings(args.bytes, args.temperature, args.prompt_bytes, args.seed, args.rank_by)
     atomic_write_text(Path(args.out), samples_markdown(summaries, Path(args.data), settings))
 
 
@@ -473,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in config.STAGES[1:]:
         _design_options(p, stage, required=False)
     _manifest_options(p)
+    _rank_option(p)
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("worker", help="claim and train unfinished runs of a stage until none is left")
@@ -496,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-curves", type=_positive, required=True, help="how many best runs best_curves draws")
     p.add_argument("--smooth", type=_positive, required=True, help="moving-average window, in logged points")
     p.add_argument("--baselines", help="baselines.csv: the swarms draw the best baseline as a line")
+    _rank_option(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("baselines", help="write the bits per byte of n-gram models and compressors on the test slice")
@@ -525,11 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--prompt-bytes", type=_positive, required=True, help="bytes of the test split fed first")
     _sample_options(p)
+    _rank_option(p)
     p.set_defaults(func=cmd_samples)
 
     p = sub.add_parser("headline", help="write each stage's run count, diverged runs and best design: the report's front page")
     p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
     p.add_argument("--out", required=True)
+    _rank_option(p)
     p.set_defaults(func=cmd_headline)
 
     p = sub.add_parser("findings", help="test the published study's claims on a stage summary: evidence and a verdict each")
@@ -551,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))
     p.add_argument("--summary", required=True)
     p.add_argument("--out", required=True)
+    _rank_option(p)
     p.set_defaults(func=cmd_table)
     return parser
 

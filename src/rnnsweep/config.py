@@ -189,6 +189,11 @@ def _node(path: tuple[str, ...]) -> dict:
     return node
 
 
+def default(*path: str) -> object:
+    """The schema's default of the profile key at `path`: what a command uses when the option is not given."""
+    return _node(path)["default"]
+
+
 def description(*path: str) -> str:
     """The schema's description of the profile key at `path`: a command-line option's help."""
     return _node(path).get("description") or _resolved(_node(path)).get("description", "")
@@ -202,7 +207,7 @@ def option_type(*path: str) -> Callable[[str], object]:
     validator = jsonschema.Draft202012Validator({**_resolved(node), "$defs": schema()["$defs"]})
 
     def parse(text: str) -> object:
-        value = _parse_scalar(text, kinds)
+        value = text if "string" in kinds else _parse_scalar(text, kinds)
         if isinstance(value, float) and math.isnan(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number ({'.'.join(path)} in the profile schema)")
         if value is None:

@@ -26,19 +26,22 @@ LOGS_DIR = "logs"  # results/<study>/logs/<stage>/: one log per job
 #: Analysis tables: stage -> names; table <name> of a stage is <stage>/<name>.csv, written by
 #: `rnnsweep table <name>` (rnnsweep.tables.TABLES).
 STAGE_TABLES: dict[str, tuple[str, ...]] = {
-    "stage1": ("regression", "marginals", "effects", "anova"),
-    "stage2": ("marginals", "effects", "anova"),
-    "stage3": ("groups",),
+    "stage1": ("regression", "marginals", "effects", "anova", "ranks"),
+    "stage2": ("marginals", "effects", "anova", "ranks"),
+    "stage3": ("groups", "ranks"),
 }
 TABLE_SUFFIX = ".csv"
 #: Figures: stage -> names; figure <name> of a stage is figures/<study>/<stage>/<name>.png,
 #: drawn by `rnnsweep plot <name>` (rnnsweep.plots.FIGURES).
 STAGE_FIGURES: dict[str, tuple[str, ...]] = {
-    "stage1": ("loss_curves", "swarm_all", "swarm_below", "regression", "effects"),
-    "stage2": ("best_curves", "swarm", "effects"),
-    "stage3": ("group_swarm", "group_curves", "group_means", "group_table"),
+    "stage1": ("loss_curves", "swarm_all", "swarm_below", "regression", "effects", "ranks"),
+    "stage2": ("best_curves", "swarm", "effects", "ranks"),
+    "stage3": ("group_swarm", "group_curves", "group_means", "group_table", "ranks"),
 }
 FIGURE_SUFFIX = ".png"
+#: The tables and figures that rank runs or designs, and so take the profile's `rank_by` (rnnsweep.ranking).
+RANKED_TABLES = ("groups",)
+RANKED_FIGURES = ("loss_curves", "best_curves", "group_swarm", "group_curves", "group_means", "group_table")
 FINDINGS = "findings.md"  # results/<study>/findings.md: the published claims tested on stage 1 (rnnsweep.findings)
 HEADLINE = "headline.csv"  # results/<study>/headline.csv: each stage's runs and best design (rnnsweep.report)
 SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage

@@ -30,7 +30,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from rnnsweep import effects, stats  # noqa: E402
+from rnnsweep import effects, ranking, stats  # noqa: E402
 from rnnsweep.stats import FACTORS, design_label, usable_runs  # noqa: E402
 
 DPI = 120
@@ -296,9 +296,9 @@ def _swarm_grid(runs: pd.DataFrame, reference: pd.DataFrame, out: Path, threshol
     _save(fig, out)
 
 
-def _curve_ids_by_loss(summary: pd.DataFrame, top: int) -> list[str]:
-    """Ids of the `top` ok runs with the lowest min_loss, best first."""
-    return usable_runs(summary).nsmallest(top, "min_loss")["id"].tolist()
+def _curve_ids_by_loss(summary: pd.DataFrame, top: int, rank_by: str = ranking.DEFAULT) -> list[str]:
+    """Ids of the `top` usable runs first by `rank_by`, best first."""
+    return ranking.ranked_runs(summary, rank_by).head(top)["id"].tolist()
 
 
 def _stacked_label(label: str) -> str:
@@ -340,14 +340,16 @@ def _group_curves(summary: pd.DataFrame, curves: pd.DataFrame, config_id: str) -
 # ---------------------------------------------------------------------------- figures
 
 
-def loss_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def loss_curves(
+    summary: pd.DataFrame, curves: pd.DataFrame, out: Path, rank_by: str = ranking.DEFAULT, **_: object
+) -> None:
     """All training curves at once, to show the spread of the sweep and where the best run lies."""
     finite = _finite_curves(curves)
     fig, ax = plt.subplots(figsize=(10, 6), dpi=DPI, layout="constrained")
     segments = [g[["step", "ema_loss"]].to_numpy(dtype=float) for _, g in finite.groupby("id")]
     ax.add_collection(LineCollection(segments, colors="0.45", linewidths=0.4, alpha=0.25,
                                      label="all runs"))
-    best_ids = _curve_ids_by_loss(summary, 1)
+    best_ids = _curve_ids_by_loss(summary, 1, rank_by)
     if best_ids:
         best = summary.set_index("id").loc[best_ids[0]]
         line = finite.loc[finite["id"] == best_ids[0]]
@@ -414,12 +416,12 @@ def regression_bars(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_:
 
 
 def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, best_curves: int,
-                smooth: int, **_: object) -> None:
+                smooth: int, rank_by: str = ranking.DEFAULT, **_: object) -> None:
     """Smoothed curves of the best runs on log steps, to compare how fast the winners learn."""
     finite = _finite_curves(curves)
     finite = finite.loc[finite["step"] > 0]
     by_id = summary.set_index("id")
-    best_ids = _curve_ids_by_loss(summary, best_curves)
+    best_ids = _curve_ids_by_loss(summary, best_curves, rank_by)
     fig, ax = plt.subplots(figsize=(10, 6), dpi=DPI, layout="constrained")
     for run_id in best_ids:
         line = finite.loc[finite["id"] == run_id]
@@ -434,16 +436,18 @@ def best_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, best_
     _bits_axis(ax, "y", unit)
     _design_key(fig)
     ax.set(xlabel="step (log scale)", ylabel=f"EMA training loss (nats/{unit})",
-           title=f"Best {best_curves} runs by min_loss (local linear fit over {smooth} logged points)")
+           title=f"Best {best_curves} runs by {rank_by} (local linear fit over {smooth} logged points)")
     if best_ids:
         ax.legend(title=f"design (min_loss, nats/{unit}; held-out bits/byte)", loc="upper right", fontsize=9)
     ax.grid(which="both", lw=0.4, alpha=0.4)
     _save(fig, out)
 
 
-def group_swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def group_swarm(
+    summary: pd.DataFrame, curves: pd.DataFrame, out: Path, rank_by: str = ranking.DEFAULT, **_: object
+) -> None:
     """Replicate spread per stage-3 design, ranked by mean, to judge whether ranks are real."""
-    table = stats.group_table(summary)
+    table = stats.group_table(summary, rank_by)
     runs = usable_runs(summary)
     title = f"Stage 3: min_loss of {len(table)} designs × replicates"
     if runs.empty:
@@ -473,9 +477,11 @@ def group_swarm(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     _save(fig, out)
 
 
-def group_curves(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def group_curves(
+    summary: pd.DataFrame, curves: pd.DataFrame, out: Path, rank_by: str = ranking.DEFAULT, **_: object
+) -> None:
     """Per-design panels of replicate curves around their mean, to show seed-to-seed variation."""
-    table = stats.group_table(summary)
+    table = stats.group_table(summary, rank_by)
     finite = _finite_curves(curves)
     nrows, ncols = _grid_shape(len(table))
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.4 * ncols, 8), 2.9 * nrows + 0.5),
@@ -509,12 +515,14 @@ def _ci_text(low: float, high: float) -> str:
     return f"[{_number(low, 3)}, {_number(high, 3)}]"
 
 
-def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def group_means(
+    summary: pd.DataFrame, curves: pd.DataFrame, out: Path, rank_by: str = ranking.DEFAULT, **_: object
+) -> None:
     """All designs' mean curves on one scale, and each design's mean min_loss and test_bpb with 95 % intervals.
 
     A filled marker is a design in the 95 % confidence set of the best (stats.best_set); a hollow one is shown worse.
     """
-    table = stats.group_table(summary)
+    table = stats.group_table(summary, rank_by)
     finite = _finite_curves(curves)
     fig, (ax, *right) = plt.subplots(1, 3, figsize=(18, 6.5), dpi=DPI, layout="constrained",
                                      gridspec_kw={"width_ratios": [3, 1.5, 1.5]})
@@ -540,7 +548,7 @@ def group_means(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: obj
     _interval_panel(right[1], table, colors, "test_bpb", "mean test_bpb (bits/byte)")
     right[1].set_yticklabels([])
     fig.suptitle(f"Stage 3: {len(table)} designs over their seeds; intervals are 95 % t-intervals of the mean\n"
-                 "filled: in the 95 % confidence set of the best design (by min_loss); hollow: shown worse than another")
+                 f"filled: in the 95 % confidence set of the best design (by {rank_by}); hollow: shown worse than another")
     _design_key(fig)
     _save(fig, out)
 
@@ -632,9 +640,11 @@ def _term_name(term: str) -> str:
     return " × ".join(part.replace("_", " ") for part in term.split(":"))
 
 
-def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+def ranking_table(
+    summary: pd.DataFrame, curves: pd.DataFrame, out: Path, rank_by: str = ranking.DEFAULT, **_: object
+) -> None:
     """The stage-3 ranking as a picture, for reports that embed figures only."""
-    table = stats.group_table(summary)
+    table = stats.group_table(summary, rank_by)
     cells = [[str(r.rank), r.label, _number(r.mean, 4), _number(r.mean_bpb, 4),
               _ci_text(r.min_loss_ci_low, r.min_loss_ci_high), _number(r.std, 4),
               _number(r.test_bpb_mean, 4), str(r.n), f"{'yes' if r.in_best_set else 'no'} ({r.p_best:.2f})"]
@@ -645,7 +655,7 @@ def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: o
                            layout="constrained")
     ax.axis("off")
     shown = ax.table(cellText=cells or [[""] * len(header)], colLabels=header, loc="upper center",
-                     colWidths=[0.06, 0.3, 0.09, 0.09, 0.15, 0.08, 0.09, 0.05, 0.07], cellLoc="center")
+                     colWidths=[0.06, 0.27, 0.09, 0.08, 0.15, 0.07, 0.09, 0.05, 0.12], cellLoc="center")
     shown.auto_set_font_size(False)
     shown.set_fontsize(10)
     shown.scale(1, 1.4)
@@ -653,7 +663,7 @@ def ranking_table(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: o
         if row == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("0.88")
-    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean min_loss (nats/{_unit(summary)}) over replicates;\n"
+    ax.set_title(f"Stage 3: {len(table)} designs ranked by mean {rank_by} over replicates; min_loss in nats/{_unit(summary)};\n"
                  "best set: in the 95 % confidence set of the best design; P: bootstrap probability of being best")
     _design_key(fig)
     _save(fig, out)
@@ -743,6 +753,25 @@ def tokenizers(table: pd.DataFrame, summaries: list[pd.DataFrame], out: Path) ->
     _save(fig, out)
 
 
+def rank_agreement(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: object) -> None:
+    """Each design's rank by one metric against its rank by another, for every pair: does the ranking depend on it?"""
+    table = ranking.agreement(summary)
+    present = [m for m in ranking.METRICS if m in summary.columns]
+    designs = usable_runs(summary).groupby("config_id")[present].mean().dropna().rank(method="first")
+    fig, axes = plt.subplots(1, max(len(table), 1), figsize=(5.5 * max(len(table), 1), 5.5), dpi=DPI,
+                             layout="constrained", squeeze=False)
+    for ax, row in zip(axes[0], table.itertuples()):
+        top = designs[row.metric_a] <= row.top
+        ax.scatter(designs[row.metric_a], designs[row.metric_b], s=10, c=np.where(top, "tab:red", "tab:blue"), alpha=0.7)
+        ax.plot([1, len(designs)], [1, len(designs)], ls="--", lw=0.8, color="0.4")
+        ax.set(xlabel=f"rank by {row.metric_a} (1 = best)", ylabel=f"rank by {row.metric_b}",
+               title=f"Spearman {_number(row.spearman, 3)} {_ci_text(row.ci_low, row.ci_high)}\n"
+                     f"{row.top_changed} of the top {row.top} by {row.metric_a} (red) leave the top {row.top}")
+        ax.grid(lw=0.4, alpha=0.5)
+    fig.suptitle(f"How the ranking of {len(designs)} designs depends on what ranks them (means over seeds)")
+    _save(fig, out)
+
+
 #: Figure name (rnnsweep.layout.STAGE_FIGURES) -> the function that draws it.
 FIGURES: dict[str, Callable[..., None]] = {
     "loss_curves": loss_curves,
@@ -756,4 +785,5 @@ FIGURES: dict[str, Callable[..., None]] = {
     "group_means": group_means,
     "group_table": ranking_table,
     "effects": effects_bars,
+    "ranks": rank_agreement,
 }

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from rnnsweep import provenance
+from rnnsweep import provenance, ranking
 from rnnsweep.config import STAGES
 from rnnsweep.data import NAMED_CORPORA, SPLITS
 from rnnsweep.grid import SETTINGS, ManifestError, Run, read_manifest, run_seed
 from rnnsweep.layout import CORPUS_META, DATA_DIR, HEADLINE, manifest_path, summary_path
-from rnnsweep.stats import design_label, usable_runs
+from rnnsweep.stats import design_label
 
 HEADLINE_COLUMNS = (
     "stage", "runs", "diverged", "best_design", "best_config_id", "seeds",
@@ -33,19 +33,19 @@ HEADLINE_COLUMNS = (
 )
 
 
-def headline(summaries: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per stage: how many runs and diverged, and its best design by mean min_loss over its seeds.
+def headline(summaries: dict[str, pd.DataFrame], rank_by: str = ranking.DEFAULT) -> pd.DataFrame:
+    """One row per stage: how many runs and diverged, and its best design by the mean of `rank_by` over its seeds.
 
     Mean over seeds, so that stage 3 (replicates) names the design the group table ranks first;
-    in stages 1 and 2 each design has one run and the mean is that run's loss.
+    in stages 1 and 2 each design has one run and the mean is that run's value.
     """
     rows = []
     for stage, summary in summaries.items():
-        usable = usable_runs(summary)
+        usable = ranking.ranked_runs(summary, rank_by)
         row = {"stage": stage, "runs": len(summary), "diverged": int((summary["status"] == "diverged").sum())}
         if len(usable):
-            means = usable.groupby("config_id")[["min_loss", "valid_bpb", "test_bpb"]].mean()
-            best = means.sort_values("min_loss", kind="stable").index[0]
+            means = usable.groupby("config_id")[list(dict.fromkeys(["min_loss", "valid_bpb", "test_bpb", rank_by]))].mean()
+            best = means.sort_values(rank_by, kind="stable").index[0]
             seeds = usable[usable["config_id"] == best]
             row.update(best_design=design_label(seeds.iloc[0]), best_config_id=best, seeds=len(seeds),
                        min_loss=means.loc[best, "min_loss"], min_loss_bits=means.loc[best, "min_loss"] / math.log(2),
@@ -121,15 +121,18 @@ def _corpus_staleness(corpus: dict, asked: str, asked_sha256: str | None) -> lis
 
 
 def _older_than_inputs(study: Path, stages: list[str]) -> list[str]:
-    """Tables older than the file they are made from: what Snakemake would make again."""
-    chain = [study / DATA_DIR / CORPUS_META]
-    for stage in stages:
-        chain += [manifest_path(study / stage), summary_path(study / stage)]
-    chain.append(study / HEADLINE)
-    stamps = [(path, path.stat().st_mtime_ns) for path in chain if path.exists()]
+    """Tables older than a file they are made from (the workflow's own edges): what Snakemake would make again."""
+    corpus, headline_csv = study / DATA_DIR / CORPUS_META, study / HEADLINE
+    edges = []
+    for i, stage in enumerate(stages):
+        summary = summary_path(study / stage)
+        edges += [(corpus, summary), (manifest_path(study / stage), summary), (summary, headline_csv)]
+        if i + 1 < len(stages):
+            edges.append((summary, manifest_path(study / stages[i + 1])))
     return [
-        f"{later.relative_to(study)} is older than {earlier.relative_to(study)}: run the study again to bring it up to date"
-        for (earlier, t0), (later, t1) in zip(stamps, stamps[1:]) if t1 < t0
+        f"{made.relative_to(study)} is older than {source.relative_to(study)}: run the study again to bring it up to date"
+        for source, made in edges
+        if source.exists() and made.exists() and made.stat().st_mtime_ns < source.stat().st_mtime_ns
     ]
 
 

@@ -21,7 +21,8 @@ from rnnsweep.grid import BYTE_VOCAB, Design
 from rnnsweep.layout import RUN_CONFIG, WEIGHTS, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.results import finished_record
-from rnnsweep.stats import design_label, usable_runs
+from rnnsweep.ranking import DEFAULT, ranked_runs
+from rnnsweep.stats import design_label
 from rnnsweep.tokens import BYTES, Vocabulary, encode, load_text, read_tokenizer
 
 
@@ -84,6 +85,7 @@ class SampleSettings:
     temperature: float
     prompt_bytes: int
     seed: int
+    rank_by: str = DEFAULT  # which run of a stage is its best
 
 
 def _fence(text: str) -> str:
@@ -96,7 +98,7 @@ def samples_markdown(summaries: dict[str, Path], data_dir: Path, settings: Sampl
     lines = [
         "# Samples",
         "",
-        f"The best run of each stage (lowest `min_loss`) continues the first {len(prompt)} bytes of the test split "
+        f"The best run of each stage (lowest `{settings.rank_by}`) continues the first {len(prompt)} bytes of the test split "
         f"for {settings.bytes} bytes, at temperature {settings.temperature:g}, with seed {settings.seed}. The text is "
         "shown as UTF-8, with undecodable bytes replaced.",
         "",
@@ -106,7 +108,7 @@ def samples_markdown(summaries: dict[str, Path], data_dir: Path, settings: Sampl
     ]
     for stage, path in summaries.items():
         summary = pd.read_csv(path)
-        best = usable_runs(summary).sort_values(["min_loss", "id"]).head(1)
+        best = ranked_runs(summary, settings.rank_by).head(1)
         lines += ["", f"## {stage}", ""]
         if best.empty:
             lines.append("No usable run.")

@@ -72,8 +72,8 @@ LEVEL = 0.95
 BOOTSTRAP, BOOTSTRAP_SEED = 4000, 0
 
 
-def group_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per-design statistics over replicates, ranked by mean min_loss, with intervals and the best, honestly.
+def group_table(summary: pd.DataFrame, rank_by: str = "min_loss") -> pd.DataFrame:
+    """Per-design statistics over replicates, ranked by the mean of `rank_by`, with intervals and the best, honestly.
 
     Diverged replicates are excluded from the statistics (their loss is undefined), so
     `n` counts the replicates that contributed and `seeds` those the stage asked for. For
@@ -81,15 +81,17 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
     difference from the first design's mean, and the Welch test of that difference,
     Holm-corrected over the designs compared. Which design is best is itself uncertain:
     `in_best_set` marks the designs of a 95 % confidence set of the best (`best_set`), and
-    `p_best` is each design's bootstrap probability of having the lowest mean. A design
+    `p_best` is each design's bootstrap probability of having the lowest mean, both of `rank_by`. A design
     that is not in the set is worse than the best at the 95 % level; one that is in it is
     not shown to be equal to anything.
     """
     usable = summary.index.isin(usable_runs(summary).index)
     by_design = summary["min_loss"].where(usable).groupby(summary["config_id"])
+    ranker = pd.to_numeric(summary[rank_by], errors="coerce").where(usable).groupby(summary["config_id"])
     stats = by_design.agg(mean="mean", std="std", min="min", max="max", n="count")
     config = summary.groupby("config_id")[list(FACTORS)].first()
-    table = config.join(stats).sort_values("mean", na_position="last", kind="stable")
+    table = config.join(stats).join(ranker.mean().rename("rank_mean"))
+    table = table.sort_values(["rank_mean", "mean"], na_position="last", kind="stable").drop(columns="rank_mean")
     table = table.reset_index()
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table.insert(2, "label", [design_label(row) for _, row in table.iterrows()])
@@ -102,11 +104,12 @@ def group_table(summary: pd.DataFrame) -> pd.DataFrame:
         _add_comparison(table, response, values)
     table = table.drop(columns="min_loss_mean")  # it is `mean`
     table["mean_bpb"] = table["mean"] / math.log(2)
-    losses = [by_design.get_group(c).dropna().to_numpy(float) for c in table["config_id"]]
+    losses = [ranker.get_group(c).dropna().to_numpy(float) for c in table["config_id"]]
     table.insert(table.columns.get_loc("n") + 1, "seeds", summary.groupby("config_id").size()[table["config_id"]].to_numpy())
     table["in_best_set"] = best_set(losses)
     table["p_best"] = p_best(losses)
-    _warn_about_groups(table)
+    table["rank_by"] = rank_by
+    table["warning"] = _group_warnings(table)
     return table
 
 
@@ -153,16 +156,21 @@ def p_best(samples: list[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _warn_about_groups(table: pd.DataFrame) -> None:
-    """Say in the log what the table cannot: finalists that are one design, and groups with seeds missing."""
+def _group_warnings(table: pd.DataFrame) -> list[str]:
+    """Each design's warning, also logged: the same design under several ids, or fewer usable seeds than asked."""
     same = table.duplicated(subset=list(FACTORS), keep=False)
     if same.any():
         log.warning("stage 3 holds the same design under several ids (%s): their seeds are compared as if they were "
                     "different designs", ", ".join(table.loc[same, "config_id"]))
-    short = table[table["n"] < table["seeds"]]
-    for row in short.itertuples():
-        log.warning("design %s has %d usable seeds of the %d asked for: its interval is wider, and its rank less sure",
-                    row.config_id, row.n, row.seeds)
+    notes = []
+    for row, duplicate in zip(table.itertuples(), same):
+        note = ["the same design as another id here"] if duplicate else []
+        if row.n < row.seeds:
+            log.warning("design %s has %d usable seeds of the %d asked for: its interval is wider, and its rank less sure",
+                        row.config_id, row.n, row.seeds)
+            note.append(f"{row.n} usable seeds of {row.seeds}")
+        notes.append("; ".join(note))
+    return notes
 
 
 def _add_comparison(table: pd.DataFrame, response: str, values: list[np.ndarray]) -> None:

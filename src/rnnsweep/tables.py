@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from rnnsweep import effects, stats
+from rnnsweep import effects, ranking, stats
 
-TABLES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "regression": stats.regression,
     "marginals": effects.marginals,
     "effects": effects.effects,
     "anova": effects.anova,
     "groups": stats.group_table,
+    "ranks": ranking.agreement,
 }

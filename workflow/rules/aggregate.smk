@@ -35,5 +35,7 @@ rule table:
         f"{LOGS}/{{stage}}/{{table}}.log",
     conda:
         ENV
+    params:
+        rank=lambda wildcards: RANKING if wildcards.table in RANKED_TABLES else "",
     shell:
-        "python -m rnnsweep table {wildcards.table} --summary {input} --out {output} 2> {log}"
+        "python -m rnnsweep table {wildcards.table} --summary {input} --out {output} {params.rank} 2> {log}"

@@ -11,6 +11,7 @@ from rnnsweep.cli import (
     BASELINE_KEYS,
     DATA_KEYS,
     PLOT_KEYS,
+    RANK_KEY,
     SAMPLE_KEYS,
     SCORING_KEYS,
     VOCAB_KEY,
@@ -32,6 +33,8 @@ from rnnsweep.layout import (
     FINDINGS,
     LOGS_DIR,
     MANIFEST,
+    RANKED_FIGURES,
+    RANKED_TABLES,
     HEADLINE,
     SAMPLES,
     STAGE_FIGURES,
@@ -92,6 +95,8 @@ WORKERS = list(range(config["workers"]))
 # How runs are trained: by the workers, and by aggregation for a run it finds without a valid
 # result. Threads are the rule's `threads`, which Snakemake may lower to fit --cores.
 TRAINING = shell_words(profile_options(config, WORKER_KEYS))
+# What ranks runs, for every rule that ranks (tables, figures, headline, samples); selection has it in its options.
+RANKING = shell_words(profile_options(config, [RANK_KEY]))
 STUDY_CATEGORY = "study"  # the report's category for what belongs to no one stage
 
 

@@ -16,6 +16,7 @@ rule plot:
     params:
         options=shell_words(profile_options(config["plots"], PLOT_KEYS)),
         baselines=baselines_option,
+        rank=lambda wildcards: RANKING if wildcards.figure in RANKED_FIGURES else "",
     shell:
         "python -m rnnsweep plot {wildcards.figure} --summary {input.summary} --curves {input.curves}"
-        " --out {output} {params.options} {params.baselines} 2> {log}"
+        " --out {output} {params.options} {params.baselines} {params.rank} 2> {log}"

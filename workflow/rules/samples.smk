@@ -17,8 +17,10 @@ rule samples:
             profile_options(config["samples"], SAMPLE_KEYS)
             + profile_options(config, ["seed"])
         ),
+        rank=RANKING,
     shell:
-        "python -m rnnsweep samples --summary {input.summaries} --data {params.data} --out {output} {params.options} 2> {log}"
+        "python -m rnnsweep samples --summary {input.summaries} --data {params.data} --out {output} {params.options}"
+        " {params.rank} 2> {log}"
 
 
 # The front page's numbers (workflow/report/workflow.rst): each stage's runs, diverged runs and best design.
@@ -33,5 +35,7 @@ rule headline:
         f"{LOGS}/headline.log",
     conda:
         ENV
+    params:
+        rank=RANKING,
     shell:
-        "python -m rnnsweep headline --summary {input} --out {output} 2> {log}"
+        "python -m rnnsweep headline --summary {input} --out {output} {params.rank} 2> {log}"
