@@ -22,7 +22,7 @@ from rnnsweep import config
 from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
 from rnnsweep.layout import (
-    BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, FIGURE_SUFFIX, HEADLINE, SAMPLES, STAGE_FIGURES,
+    BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, FIGURE_SUFFIX, FINDINGS, HEADLINE, SAMPLES, STAGE_FIGURES,
     STAGE_TABLES, SUMMARY, TABLE_SUFFIX, TOKENIZER, TOKENIZERS, TOKENIZERS_FIGURE, retrained_stage,
 )
 
@@ -142,7 +142,7 @@ def test_headline_names_each_stages_best_design(study):
 REPORTED = [
     *(f"{RESULTS}/{stage}/{name}" for stage in STAGE_FIGURES for name in (SUMMARY, CURVES)),
     *(f"{RESULTS}/{stage}/{name}{TABLE_SUFFIX}" for stage, names in STAGE_TABLES.items() for name in names),
-    f"{RESULTS}/{config.STAGES[-1]}/{SAMPLES}", f"{RESULTS}/{BASELINES}", f"{RESULTS}/{HEADLINE}",
+    f"{RESULTS}/{config.STAGES[-1]}/{SAMPLES}", f"{RESULTS}/{BASELINES}", f"{RESULTS}/{HEADLINE}", f"{RESULTS}/{FINDINGS}",
     f"{RESULTS}/{DATA_DIR}/{CORPUS_META}",
     *(f"{FIGURES_DIR}/{png}" for png in [*FIGURE_FILES, f"{BASELINES_FIGURE}{FIGURE_SUFFIX}"]),
 ]

@@ -28,7 +28,7 @@ from rnnsweep.layout import CORPUS_META, DATA_DIR, HEADLINE, manifest_path, summ
 from rnnsweep.stats import design_label
 
 HEADLINE_COLUMNS = (
-    "stage", "runs", "diverged", "best_design", "best_config_id", "seeds",
+    "stage", "runs", "diverged", "rank_by", "best_design", "best_config_id", "seeds",
     "min_loss", "min_loss_bits", "valid_bpb", "test_bpb",
 )
 
@@ -42,7 +42,7 @@ def headline(summaries: dict[str, pd.DataFrame], rank_by: str = ranking.DEFAULT)
     rows = []
     for stage, summary in summaries.items():
         usable = ranking.ranked_runs(summary, rank_by)
-        row = {"stage": stage, "runs": len(summary), "diverged": int((summary["status"] == "diverged").sum())}
+        row = {"stage": stage, "runs": len(summary), "diverged": int((summary["status"] == "diverged").sum()), "rank_by": rank_by}
         if len(usable):
             means = usable.groupby("config_id")[list(dict.fromkeys(["min_loss", "valid_bpb", "test_bpb", rank_by]))].mean()
             best = means.sort_values(rank_by, kind="stable").index[0]
