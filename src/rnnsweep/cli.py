@@ -399,6 +399,33 @@ def cmd_findings(args: argparse.Namespace) -> None:
         sys.stdout.write(page)
 
 
+def cmd_dynamics(args: argparse.Namespace) -> None:
+    """One finished byte run's memory, sensitivity and Lyapunov exponents, printed as a few short tables."""
+    import json
+
+    import torch
+
+    from rnnsweep import dynamics
+
+    folder = Path(args.run)
+    try:
+        settings = json.loads((folder / "config.json").read_text())
+        history, eval_bytes = int(settings["history_size"]), int(settings["eval_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise data.DataError(f"{folder} is not a finished run's folder ({err})") from None
+    torch.set_num_threads(args.threads)
+    split = data.load_split(Path(args.data) if args.data else data_dir_of(folder.parent.parent), "valid")
+    found = dynamics.run_dynamics(folder, split, eval_bytes, history, args.lyapunov_bytes)
+    memory = found.memory
+    print(f"{folder.name}: held-out bits per byte when the cell sees only the last k bytes ({eval_bytes} bytes of valid)")
+    print(f"  {'k':<12}" + " ".join(f"{k:>7}" for k in memory.ks))
+    for variant in dynamics.VARIANTS:
+        print(f"  {variant:<12}" + " ".join(f"{b:7.4f}" for b in memory.bpb[variant]))
+    print("sensitivity by lag (mean gradient norm, lag 0 first): " + " ".join(f"{v:.3g}" for v in found.sensitivity[:12]))
+    for key, value in found.row().items():
+        print(f"  {key:<17} {value:.4g}")
+
+
 def _stage_summaries(paths: list[str]) -> dict:
     """Stage name (the folder a summary is in) -> its summary table, in the order given."""
     return {Path(path).parent.name: read_summary(Path(path)) for path in paths}
@@ -553,6 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the memory threshold, in the loss's unit (default: 1.9 nats, the study's)")
     p.add_argument("--baselines", help="baselines.csv: its order-1 n-gram decides the memory claim")
     p.set_defaults(func=cmd_findings)
+
+    p = sub.add_parser("dynamics", help="print what one finished byte run does with time: memory, sensitivity, Lyapunov exponents")
+    p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")
+    p.add_argument("--data", help="the folder of the splits (default: data/ beside the stage folders)")
+    p.add_argument("--lyapunov-bytes", type=_positive, default=500, help="held-out bytes the state map is driven along")
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads")
+    p.set_defaults(func=cmd_dynamics)
 
     p = sub.add_parser("status", help="show each stage's runs, workers, speed, ETA and best runs; reads only")
     p.add_argument("--results", default="results", help="a results folder or one study's folder (default: results)")

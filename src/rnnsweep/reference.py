@@ -1,9 +1,13 @@
 """A plain, unfused implementation of docs/study.md §1–2, written line by line from its definitions.
 
 It exists to check the fused engine in `rnnsweep.model` (the tests copy the
-same weights into both and compare values and gradients) and as the baseline
-of the speed benchmark. It favours resemblance to the definitions over speed: one
-nn.Linear per map and a one-hot input through an affine map.
+same weights into both and compare values and gradients), as the baseline
+of the speed benchmark, and as the differentiable model that
+`rnnsweep.dynamics` analyses: with `detach=False` the state carries its graph
+from step to step, so gradients and Jacobians reach back through time (for
+analysis only; training detaches, as the study defines). It favours
+resemblance to the definitions over speed: one nn.Linear per map and a one-hot
+input through an affine map.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class ReferenceCell(nn.Module):
         if design.use_output_gate:
             self.P = nn.Linear(d + u, d)
 
-    def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, s: Tensor, detach: bool = True) -> tuple[Tensor, Tensor]:
         design = self.design
         # 1. concatenate
         c = torch.cat([x, s], dim=1)
@@ -70,8 +74,8 @@ class ReferenceCell(nn.Module):
             y = y * torch.sigmoid(self.P(torch.cat([y, u], dim=1)))
         else:
             y = y * torch.sigmoid(y)
-        # 9. the next state carries no graph
-        return y, h.detach()
+        # 9. the next state carries no graph (in training)
+        return y, h.detach() if detach else h
 
 
 class ReferenceModel(nn.Module):
@@ -86,13 +90,20 @@ class ReferenceModel(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device) -> list[Tensor]:
         return [torch.zeros(batch_size, self.design.state_size, device=device) for _ in self.cells]
 
-    def forward(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        y = self.embed(F.one_hot(byte, self.vocab).to(self.embed.weight.dtype))
+    def embedded(self, byte: Tensor) -> Tensor:
+        """The input embedding of each symbol: (batch,) -> (batch, n)."""
+        return self.embed(F.one_hot(byte, self.vocab).to(self.embed.weight.dtype))
+
+    def step(self, y: Tensor, states: list[Tensor], detach: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """(logits, next states) from embedded inputs (batch, n) and one state (batch, n) per layer."""
         next_states = []
         for cell, s in zip(self.cells, states):
-            y, h = cell(y, s)
+            y, h = cell(y, s, detach)
             next_states.append(h)
         return self.head(y), next_states
+
+    def forward(self, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        return self.step(self.embedded(byte), states)
 
 
 @torch.no_grad()
@@ -127,3 +138,35 @@ def engine_state(ref: ReferenceModel, grads: bool = False) -> dict[str, Tensor]:
         out[p + "u_w"], out[p + "u_b"] = o, u_b
     out["head_w"], out["head_b"] = get(ref.head, "weight"), get(ref.head, "bias")
     return out
+
+
+@torch.no_grad()
+def load_engine_state(ref: ReferenceModel, state: dict[str, Tensor]) -> ReferenceModel:
+    """Copy one engine replicate's state dict (a run's weights.pt) into the reference: `engine_state`'s inverse."""
+    d, n = ref.design, ref.design.state_size
+
+    def put(m: nn.Linear, weight: Tensor, bias: Tensor) -> None:
+        m.weight.copy_(weight)
+        m.bias.copy_(bias)
+
+    put(ref.embed, state["embed_w"].T, state["embed_b"])
+    for i, rc in enumerate(ref.cells):
+        p = f"cells.{i}."
+        if d.use_input_gate:  # rows: A's d, then B's n
+            put(rc.A, state[p + "in_w"][:n], state[p + "in_b"][:n])
+            put(rc.B, state[p + "in_w"][n:], state[p + "in_b"][n:])
+        own_h = {"G": "g_h", "F": "f_h"}  # the gates that also read h keep those columns apart
+        gates = [("H", rc.H)] + [(k, getattr(rc, k)) for k, on in (("G", d.use_state_gate), ("F", d.use_forget_gate)) if on]
+        for k, (name, m) in enumerate(gates):
+            rows = slice(k * n, (k + 1) * n)
+            weight = state[p + "c_w"][rows]
+            if name in own_h:
+                weight = torch.cat([weight, state[p + own_h[name]]], dim=1)
+            put(m, weight, state[p + "c_b"][rows])
+        if d.use_output_gate:  # rows: O's d, then P's u-columns; P's y-columns apart
+            put(rc.O, state[p + "u_w"][:n], state[p + "u_b"][:n])
+            put(rc.P, torch.cat([state[p + "p_y"], state[p + "u_w"][n:]], dim=1), state[p + "u_b"][n:])
+        else:
+            put(rc.O, state[p + "u_w"], state[p + "u_b"])
+    put(ref.head, state["head_w"], state["head_b"])
+    return ref
