@@ -368,3 +368,18 @@ def test_atomic_files_get_umask_permissions_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "summary.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_stale_heartbeat_holds_no_run_even_where_its_pid_lives_on(tmp_path):
+    """A pid reused by another process after its worker was killed: once the heartbeat is stale, the run is free."""
+    from rnnsweep.progress import STALE_S, trained_elsewhere
+
+    stage_dir = tmp_path / "stage1"
+    (stage_dir / "progress").mkdir(parents=True)
+    beat = {"host": socket.gethostname(), "pid": os.getppid(), "runs": ["abc"], "updated": time.time() - 2 * STALE_S}
+    path = stage_dir / "progress" / f"{socket.gethostname()}-{os.getppid()}.json"
+    path.write_text(json.dumps(beat))
+    assert trained_elsewhere(stage_dir, "abc") is None
+    path.write_text(json.dumps(beat | {"updated": time.time()}))
+    assert trained_elsewhere(stage_dir, "abc") == f"{socket.gethostname()}:{os.getppid()}"
+    assert trained_elsewhere(stage_dir, "other") is None

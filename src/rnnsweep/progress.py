@@ -117,9 +117,12 @@ def read_heartbeats(stage_dir: Path) -> list[dict]:
 
 
 def _alive(beat: dict, now: float) -> bool:
-    """A worker on this host is alive while its pid is; one elsewhere while its heartbeat is fresh."""
+    """A worker is alive while its heartbeat is fresh and, on this host, while its pid is (a killed worker's runs are
+    free at once; a pid reused by another process holds nothing once the heartbeat has gone stale)."""
+    if now - float(beat.get("updated") or 0) > STALE_S:
+        return False
     if beat.get("host") != socket.gethostname():
-        return now - float(beat.get("updated") or 0) <= STALE_S
+        return True
     try:
         os.kill(int(beat.get("pid") or 0), 0)
     except ProcessLookupError:
