@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,21 @@ def fake_result(
     } | changes
     (folder / "result.json").write_text(json.dumps(record))
     return record
+
+
+def worker_in_thread(stage_dir: Path, data_dir: Path) -> tuple[threading.Thread, dict]:
+    """A claiming worker running in a thread of this process, started: (thread, outcome), where outcome gets
+    `trained` (runs trained) or `error` (what it raised), for the main thread to report."""
+    from rnnsweep.claims import Worker
+
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["trained"] = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
+        except BaseException as err:  # reported by the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, outcome

@@ -8,14 +8,13 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import fake_result, run_worker_processes, start_lease_holder
+from conftest import fake_result, run_worker_processes, start_lease_holder, worker_in_thread
 from rnnsweep import provenance
 from rnnsweep.claims import RunLock, Worker
 from rnnsweep.results import read_result, settle_result
@@ -87,19 +86,9 @@ def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_d
     lock_path = stage_dir / "locks" / f"{held.id}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_path)], stdout=subprocess.PIPE, text=True)
-    outcome: dict = {}
-
-    def work() -> None:
-        try:
-            worker = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9)
-            outcome["trained"] = worker.run()
-        except BaseException as err:  # reported by the main thread
-            outcome["error"] = err
-
     try:
         assert holder.stdout.readline().strip() == "locked"
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+        thread, outcome = worker_in_thread(stage_dir, data_dir)
         deadline = time.monotonic() + 60
         while read_result(stage_dir, free.id) is None and time.monotonic() < deadline and thread.is_alive():
             time.sleep(0.02)
@@ -116,20 +105,6 @@ def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_d
     assert "error" not in outcome, outcome.get("error")
     assert outcome["trained"] == 2
     assert read_result(stage_dir, held.id)["status"] == "ok"
-
-
-def _train_in_thread(stage_dir: Path, data_dir: Path) -> tuple[threading.Thread, dict]:
-    outcome: dict = {}
-
-    def work() -> None:
-        try:
-            outcome["trained"] = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
-        except BaseException as err:  # reported by the main thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
@@ -150,7 +125,7 @@ def test_a_holder_whose_lock_file_is_deleted_checkpoints_and_claims_again(tmp_pa
     run = make_runs(stage1_designs([1], [4])[3:4], {**TINY, "steps": 3000, "log_every": 20})[0]
     stage_dir = tmp_path / "results" / "stage1"
     write_manifest(stage_dir / "manifest.csv", [run])
-    thread, outcome = _train_in_thread(stage_dir, data_dir)
+    thread, outcome = worker_in_thread(stage_dir, data_dir)
     _wait_for(lambda: _attempts(stage_dir, run.id), "the worker to claim the run")
     lock_path(stage_dir, run.id).unlink()
     thread.join(timeout=120)
@@ -174,7 +149,7 @@ def test_a_run_another_live_worker_trains_is_not_trained_even_with_its_lock_free
         beat = {"host": socket.gethostname(), "pid": other.pid, "runs": [busy.id], "updated": time.time()}
         (stage_dir / "progress").mkdir()
         (stage_dir / "progress" / f"{socket.gethostname()}-{other.pid}.json").write_text(json.dumps(beat))
-        thread, outcome = _train_in_thread(stage_dir, data_dir)
+        thread, outcome = worker_in_thread(stage_dir, data_dir)
         _wait_for(lambda: "not training it twice" in caplog.text and read_result(stage_dir, free.id), "the worker to skip the run")
         assert thread.is_alive() and not _attempts(stage_dir, busy.id)
     finally:

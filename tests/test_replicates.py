@@ -13,7 +13,6 @@ import math
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_pa
 from rnnsweep.model import ByteModel
 from rnnsweep.policy import run_groups
 from rnnsweep.train import Interrupted, train_run, train_runs
-from conftest import run_worker_processes
+from conftest import run_worker_processes, worker_in_thread
 from designs import all_on, design
 from grouping import TINY, stop_at
 from test_claims import HOLDER
@@ -256,18 +255,9 @@ def test_worker_trains_the_free_part_of_a_group_then_the_rest_once_freed(tmp_pat
     held = lock_path(stage_dir, runs[1].id)
     held.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held)], stdout=subprocess.PIPE, text=True)
-    outcome: dict = {}
-
-    def work() -> None:
-        try:
-            outcome["trained"] = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
-        except BaseException as err:  # reported by the main thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=work, daemon=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        thread.start()
+        thread, outcome = worker_in_thread(stage_dir, data_dir)
         deadline = time.monotonic() + 60
         while thread.is_alive() and time.monotonic() < deadline and not all(
             read_result(stage_dir, run.id) for run in (runs[0], runs[2])

@@ -34,6 +34,7 @@ from scipy import stats as scipy_stats
 from rnnsweep.aggregate import SummaryError
 from rnnsweep.effects import contrast, effects
 from rnnsweep.grid import SWITCHES
+from rnnsweep.stats import usable_runs
 
 #: A difference smaller than this is no help: the seed-to-seed spread of a design's loss in the published
 #: study (0.01–0.03 nats), so a part that moves the loss less than one seed does is not worth its parameters.
@@ -107,11 +108,8 @@ def usable(summary: pd.DataFrame, loss: str) -> pd.DataFrame:
     """Runs with a finite, positive loss (finished ok, where the table says how each run ended)."""
     if loss not in summary.columns:
         raise SummaryError(f"the summary has no column {loss!r}: findings need a loss for every run")
-    values = pd.to_numeric(summary[loss], errors="coerce")
-    keep = np.isfinite(values) & (values > 0)
-    if "status" in summary.columns:
-        keep &= summary["status"] == "ok"
-    return summary.loc[keep].assign(**{loss: values[keep]})
+    runs = usable_runs(summary, loss)
+    return runs.assign(**{loss: pd.to_numeric(runs[loss])})
 
 
 def _interval(diff: float, low: float, high: float) -> str:
@@ -207,7 +205,7 @@ def findings(summary: pd.DataFrame, loss: str = "min_loss", threshold: float = 1
     if runs.empty:
         raise SummaryError(f"the summary has no run with a finite, positive {loss}")
     has_design = set(DESIGN_COLUMNS) <= set(runs.columns)
-    model = effects(runs.assign(status="ok")) if has_design and loss == "min_loss" else pd.DataFrame(columns=["response", "term"])
+    model = effects(runs) if has_design and loss == "min_loss" else pd.DataFrame(columns=["response", "term"])
     return [*(switch_finding(runs, claim, loss, model) for claim in SWITCH_CLAIMS), layers_finding(runs, loss),
             memory_finding(runs, loss, threshold, order1_bpb)]
 

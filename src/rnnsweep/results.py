@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from rnnsweep import provenance
+from rnnsweep.data import file_sha256
 from rnnsweep.grid import Run
 from rnnsweep.model import count_params
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text, real_dirs
@@ -145,13 +146,9 @@ def _files_problem(folder: Path, record: dict, thorough: bool) -> str | None:
             return f"its {name} is missing"
         if size != expected["bytes"]:
             return f"its {name} has {size} bytes, not the {expected['bytes']} recorded"
-        if (thorough or name in _ALWAYS_HASHED) and _sha256((folder / name).read_bytes()) != expected["sha256"]:
+        if (thorough or name in _ALWAYS_HASHED) and file_sha256(folder / name) != expected["sha256"]:
             return f"its {name} is not the one recorded (SHA-256 differs)"
     return None
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _contradiction(folder: Path, record: dict, run: Run | None, thorough: bool) -> str | None:
@@ -272,7 +269,7 @@ def write_finished(folder: Path, record: dict, curve: Curve, weights: dict[str, 
     for name, data in files.items():
         with atomic_open(folder / name, "wb") as handle:
             handle.write(data)
-    record[FILES_FIELD] = {name: {"bytes": len(data), "sha256": _sha256(data)} for name, data in files.items()}
+    record[FILES_FIELD] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
     atomic_write_json(folder / RESULT, record)
 
 

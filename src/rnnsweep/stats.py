@@ -30,13 +30,16 @@ _GATE_ABBREV: tuple[tuple[str, str], ...] = (
 _SOURCE_ABBREV: tuple[tuple[str, str], ...] = (("use_new_state", "new"), ("use_old_state", "old"))
 
 
-def usable_runs(summary: pd.DataFrame) -> pd.DataFrame:
-    """The runs a selection or a statistic may use: finished ok with a positive, finite min_loss.
+def usable_runs(summary: pd.DataFrame, loss: str = "min_loss") -> pd.DataFrame:
+    """The runs a selection or a statistic may use: finished ok with a positive, finite `loss`.
 
-    Diverged runs carry no meaningful loss, and log() needs a positive one.
+    Diverged runs carry no meaningful loss, and log() needs a positive one. A table of runs without a
+    `status` column (one made elsewhere, for `rnnsweep findings`) is judged by its loss alone.
     """
-    loss = pd.to_numeric(summary["min_loss"], errors="coerce")
-    keep = (summary["status"] == "ok") & np.isfinite(loss) & (loss > 0)
+    values = pd.to_numeric(summary[loss], errors="coerce")
+    keep = np.isfinite(values) & (values > 0)
+    if "status" in summary.columns:
+        keep &= summary["status"] == "ok"
     return summary.loc[keep]
 
 
