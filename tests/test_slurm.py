@@ -97,11 +97,18 @@ def _train_jobs() -> dict[str, str]:
     return jobs
 
 
+def _training(history: Path) -> bool:
+    """Whether the worker writing this history has started (its signal handlers are set) and not yet finished."""
+    text = history.read_text() if history.is_file() else ""
+    return "worker 0 of 2 (pid" in text and "stage finished" not in text
+
+
 def test_a_cancelled_worker_is_resubmitted_and_nothing_is_lost_or_trained_twice(tmp_path, copy_checkout, local_study):
     workdir = copy_checkout(tmp_path)
     profile = _local_profile(workdir)
     cmd = [sys.executable, "-m", "snakemake", "--configfile", "configs/smoke.yaml", "--profile", str(profile)]
     runs = workdir / RESULTS / "stage1" / "runs"
+    history = workdir / RESULTS / LOGS_DIR / "stage1" / "worker-0.history.log"
     with open(tmp_path / "snakemake.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -111,7 +118,7 @@ def test_a_cancelled_worker_is_resubmitted_and_nothing_is_lost_or_trained_twice(
             finished = len(list(runs.glob(f"*/{RESULT}"))) if runs.is_dir() else 0
             jobs = _train_jobs()
             stage1 = [job for job, comment in jobs.items() if comment.endswith("_stage1_0")]  # worker 0 of stage 1
-            if stage1 and 0 < finished:
+            if stage1 and 0 < finished and _training(history):
                 subprocess.run(["scancel", stage1[0]], check=True)
                 cancelled = (stage1[0], finished)
             time.sleep(0.1)
@@ -128,6 +135,6 @@ def test_a_cancelled_worker_is_resubmitted_and_nothing_is_lost_or_trained_twice(
     for attempts in (workdir / RESULTS).glob(f"*/runs/*/{ATTEMPTS}"):
         starts = [json.loads(line)["start_step"] for line in attempts.read_text().splitlines()]
         assert starts.count(0) == 1, f"{attempts.parent.name} started from scratch {starts.count(0)} times"
-    history = (workdir / RESULTS / LOGS_DIR / "stage1" / "worker-0.history.log").read_text()
+    history = history.read_text()
     assert history.count("worker 0 of 2 (pid") == 2, "the history keeps the cancelled attempt and the retry"
     assert "received SIGTERM, checkpointing and stopping" in history
