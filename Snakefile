@@ -26,10 +26,12 @@ include: "workflow/rules/samples.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/tokenizers.smk"
 include: "workflow/rules/findings.smk"
+include: "workflow/rules/dynamics.smk"
 
 
-# Only training goes to the queue on a cluster: every other job is small, or (aggregation
-# healing a damaged run, the baselines) rare or short, and runs where Snakemake runs.
+# Only training and the dynamics of each stage go to the queue on a cluster: every other job is
+# small, or (aggregation healing a damaged run, the baselines) rare or short, and runs where
+# Snakemake runs.
 localrules:
     all,
     corpus,
@@ -46,6 +48,8 @@ localrules:
     retokenize,
     tokenizers,
     findings,
+    dynamics_ranked,
+    plot_dynamics,
 
 
 rule all:

@@ -173,7 +173,7 @@ def project(args: argparse.Namespace) -> None:
                   f"{seconds / 60:.1f} min predicted on one {kind} worker", flush=True)
 
 
-def _stage_once(args: argparse.Namespace, mode: str, folder: Path) -> tuple[float, dict[str, float], dict[str, str]]:
+def train_stage(args: argparse.Namespace, mode: str, folder: Path) -> tuple[float, dict[str, float], dict[str, str]]:
     """Grid + workers for one mode in `folder`: (wall seconds of training, min_loss by run id, engine by run id)."""
     import pandas as pd
 
@@ -209,7 +209,7 @@ def stage(args: argparse.Namespace) -> None:
             losses, engines = {}, {}
             for mode in ("off", "auto"):
                 folder = Path(tmp) / f"{mode}-{round_}"
-                wall, losses[mode], engines[mode] = _stage_once(args, mode, folder)
+                wall, losses[mode], engines[mode] = train_stage(args, mode, folder)
                 walls[mode].append(wall)
                 shutil.rmtree(folder)
                 print(f"round {round_ + 1}: {mode} {wall:.1f} s", flush=True)

@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from rnnsweep.config import STAGES
+from rnnsweep.config import STAGES, load
 from rnnsweep.layout import ATTEMPTS, LOGS_DIR, RESULT, SUMMARY
 
 pytestmark = pytest.mark.slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
+MEASURED = load(ROOT / "configs/default.yaml", ROOT / "configs/smoke.yaml")["dynamics"]["stages"]  # dynamics jobs
 STUDY = SMOKE["study"]
 RESULTS = f"results/{STUDY}"
 #: Columns that say how long a run took, where, or on which attempt: all that may differ between two runs of the study.
@@ -80,8 +81,9 @@ def test_smoke_study_on_slurm_equals_the_local_one(tmp_path, copy_checkout, loca
     print(f"smoke study on SLURM: {time.monotonic() - started:.0f} s")
     log = done.stdout + done.stderr
     submitted = [line for line in log.splitlines() if "has been submitted with SLURM jobid" in line]
-    assert submitted and all("rule_train" in line for line in submitted), "only training goes to the queue"
-    assert len(submitted) == len(STAGES) * SMOKE["workers"]
+    queued = ("rule_train", "rule_dynamics")
+    assert submitted and all(any(rule in line for rule in queued) for line in submitted), "only training and dynamics go to the queue"
+    assert len(submitted) == len(STAGES) * SMOKE["workers"] + len(MEASURED)
     assert log.count("Unable to guess SLURM account") < len(submitted), "an account is guessed once, not at every submission"
     _assert_same_summaries(workdir, local_study)
 

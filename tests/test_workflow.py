@@ -22,13 +22,16 @@ from rnnsweep import config
 from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
 from rnnsweep.layout import (
-    BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, FIGURE_SUFFIX, FINDINGS, HEADLINE, SAMPLES, STAGE_FIGURES,
+    BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, DYNAMICS_FIGURES, DYNAMICS_RANKED, DYNAMICS_REPORTED,
+    FIGURE_SUFFIX,
+    FINDINGS, HEADLINE, SAMPLES, STAGE_FIGURES,
     STAGE_TABLES, SUMMARY, TABLE_SUFFIX, TOKENIZER, TOKENIZERS, TOKENIZERS_FIGURE, retrained_stage,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
 RESULTS, FIGURES_DIR = f"results/{STUDY}", f"figures/{STUDY}"
+MEASURED = config.load(ROOT / "configs/default.yaml", ROOT / "configs/smoke.yaml")["dynamics"]["stages"]
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -145,6 +148,8 @@ REPORTED = [
     f"{RESULTS}/{config.STAGES[-1]}/{SAMPLES}", f"{RESULTS}/{BASELINES}", f"{RESULTS}/{HEADLINE}", f"{RESULTS}/{FINDINGS}",
     f"{RESULTS}/{DATA_DIR}/{CORPUS_META}",
     *(f"{FIGURES_DIR}/{png}" for png in [*FIGURE_FILES, f"{BASELINES_FIGURE}{FIGURE_SUFFIX}"]),
+    *(f"{RESULTS}/{stage}/{name}" for stage in MEASURED for name in DYNAMICS_REPORTED),
+    *(f"{FIGURES_DIR}/{stage}/{name}{FIGURE_SUFFIX}" for stage in MEASURED for name in DYNAMICS_FIGURES),
 ]
 
 
@@ -218,8 +223,11 @@ def test_another_rank_by_selects_again_and_redraws_only_what_ranks(study):
     plan = snakemake(study, "-n", "--config", "rank_by=valid_bpb")
     counts = _job_counts(plan.stdout)
     assert counts["select"] == 2 and "grid" not in counts and "corpus" not in counts
-    stage1 = re.findall(r"output: (\S*stage1/\S+)", plan.stdout)
-    assert stage1 == [f"{FIGURES_DIR}/stage1/loss_curves{FIGURE_SUFFIX}"], stage1
+    outputs = [path for line in re.findall(r"output: (.+)", plan.stdout) for path in line.split(", ")]
+    stage1 = [path for path in outputs if "/stage1/" in path]
+    ranked = [f"{RESULTS}/stage1/{name}" for name in DYNAMICS_RANKED]
+    redrawn = [f"{FIGURES_DIR}/stage1/{name}{FIGURE_SUFFIX}" for name in ("loss_curves", *DYNAMICS_FIGURES)]
+    assert sorted(stage1) == sorted([*ranked, *redrawn]), stage1  # and no run is measured again
 
 
 def _results(study: Path, stage: str) -> dict[str, tuple[int, str]]:

@@ -28,7 +28,7 @@ from rnnsweep.grid import (
     BATCH_DESIGNS, BYTE_VOCAB, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
     vocabulary_problem, write_manifest,
 )
-from rnnsweep.layout import MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
+from rnnsweep.layout import DYNAMICS_FIGURES, MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 
 log = logging.getLogger("rnnsweep")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -56,6 +56,9 @@ RANK_KEY = "rank_by"
 #: test slice its runs are scored on, which the baselines score too (the first stage's).
 BASELINE_KEYS = ("max_order",)
 SCORING_KEYS = ("eval_bytes", "history_size")
+#: The `dynamics` block's keys a stage's dynamics command takes as they are (stages and eval_bytes pick per stage).
+DYNAMICS_KEYS = ("contexts", "lyapunov_bytes", "exponents")  # what is measured of every run
+ATTRACTOR_KEYS = ("best", "attractor_inputs", "attractor_starts", "attractor_steps")  # of the best runs
 
 
 def option(key: str) -> str:
@@ -121,6 +124,21 @@ class OneLineParser(argparse.ArgumentParser):
 def _rank_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(option(RANK_KEY), type=config.option_type(RANK_KEY), default=config.default(RANK_KEY),
                         help=config.description(RANK_KEY))
+
+
+def _schema_options(parser: argparse.ArgumentParser, block: str, keys: Iterable[str], required: bool = False) -> None:
+    """Keys of a profile block as options, typed and described by the schema (a list key takes several values)."""
+    for key in keys:
+        item = config.item_type(block, key)
+        parser.add_argument(option(key), type=item or config.option_type(block, key), nargs="+" if item else None,
+                            required=required, help=config.description(block, key))
+
+
+def _dynamics_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="the folder of the splits (default: data/ beside the stage folders)")
+    parser.add_argument("--seed", type=config.option_type("seed"), default=0,
+                        help="of the substituted states and the attractors' starting states")
+    parser.add_argument("--threads", type=_positive, default=1, help="torch threads")
 
 
 def _positive(text: str) -> int:
@@ -356,6 +374,21 @@ def cmd_plot(args: argparse.Namespace) -> None:
     plots.FIGURES[args.figure](summary, curves, Path(args.out), **options)
 
 
+def cmd_plot_dynamics(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from rnnsweep import dynamics_plots  # matplotlib is slow to import; only plotting needs it
+    from rnnsweep.layout import DYNAMICS_CURVES, DYNAMICS_TABLES
+
+    stage = Path(args.stage)
+    try:
+        tables = {name: pd.read_csv(stage / name) for name in DYNAMICS_TABLES}
+    except (OSError, ValueError) as err:
+        raise SummaryError(f"{stage} has no complete dynamics tables ({err}); run `rnnsweep dynamics --stage` first") from None
+    tables[DYNAMICS_CURVES]["id"] = tables[DYNAMICS_CURVES]["id"].fillna("")  # the n-gram rows belong to no run
+    dynamics_plots.FIGURES[args.figure](read_summary(summary_path(stage)), tables, Path(args.out), args.rank_by)
+
+
 def cmd_baselines(args: argparse.Namespace) -> None:
     from rnnsweep.baselines import baselines
 
@@ -400,29 +433,73 @@ def cmd_findings(args: argparse.Namespace) -> None:
 
 
 def cmd_dynamics(args: argparse.Namespace) -> None:
-    """One finished byte run's memory, sensitivity and Lyapunov exponents, printed as a few short tables."""
-    import json
-
+    """Every run of a stage measured, tables beside its summary (--stage); or one run's measures printed (--run)."""
     import torch
 
-    from rnnsweep import dynamics
+    torch.set_num_threads(args.threads)
+    if args.run:
+        _print_run_dynamics(Path(args.run), args)
+        return
+    from rnnsweep.dynamics_stage import Measures, stage_dynamics
 
-    folder = Path(args.run)
+    _require(args, "--stage", ("eval_bytes", *DYNAMICS_KEYS, *BASELINE_KEYS))
+    settings = Measures(eval_bytes=args.eval_bytes, contexts=tuple(args.contexts) if args.contexts else None,
+                        lyapunov_bytes=args.lyapunov_bytes, exponents=args.exponents, max_order=args.max_order,
+                        seed=args.seed)
+    stage_dir = Path(args.stage)
+    _write_tables(stage_dynamics(stage_dir, Path(args.data) if args.data else data_dir_of(stage_dir), settings), stage_dir)
+
+
+def cmd_dynamics_ranked(args: argparse.Namespace) -> None:
+    """What of a stage's dynamics depends on rank_by: correlation with the loss, the best runs' attractors."""
+    import torch
+
+    from rnnsweep.dynamics_stage import Attractors, ranked_dynamics
+
+    torch.set_num_threads(args.threads)
+    settings = Attractors(best=args.best, inputs=tuple(args.attractor_inputs), starts=args.attractor_starts,
+                          steps=args.attractor_steps, seed=args.seed)
+    stage_dir = Path(args.stage)
+    data_dir = Path(args.data) if args.data else data_dir_of(stage_dir)
+    _write_tables(ranked_dynamics(stage_dir, data_dir, settings, args.rank_by), stage_dir)
+
+
+def _require(args: argparse.Namespace, mode: str, keys: Iterable[str]) -> None:
+    missing = [option(key) for key in keys if getattr(args, key) is None and key != "contexts"]
+    if missing:
+        raise config.ConfigError(f"{mode} needs {', '.join(missing)}")
+
+
+def _write_tables(tables: Mapping[str, object], folder: Path) -> None:
+    """Every table computed before the first is written, so a failure writes none."""
+    for name, table in tables.items():
+        write_csv(table, folder / name)
+
+
+def _print_run_dynamics(folder: Path, args: argparse.Namespace) -> None:
+    import json
+
+    from rnnsweep import dynamics
+    from rnnsweep.sample import load_run
+    from rnnsweep.train import held_out_windows
+
     try:
         settings = json.loads((folder / "config.json").read_text())
         history, eval_bytes = int(settings["history_size"]), int(settings["eval_bytes"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise data.DataError(f"{folder} is not a finished run's folder ({err})") from None
-    torch.set_num_threads(args.threads)
+    model = load_run(folder)
     split = data.load_split(Path(args.data) if args.data else data_dir_of(folder.parent.parent), "valid")
-    found = dynamics.run_dynamics(folder, split, eval_bytes, history, args.lyapunov_bytes)
-    memory = found.memory
-    print(f"{folder.name}: held-out bits per byte when the cell sees only the last k bytes ({eval_bytes} bytes of valid)")
-    print(f"  {'k':<12}" + " ".join(f"{k:>7}" for k in memory.ks))
+    windows = held_out_windows(split, args.eval_bytes or eval_bytes, history)
+    ks = args.contexts or dynamics.context_lengths(history)
+    found = dynamics.measure(model, windows, ks, split[:args.lyapunov_bytes or 500], args.exponents or 8, args.seed)
+    print(f"{folder.name}: held-out bits per byte when the cell sees only the last k bytes "
+          f"({windows.size - len(windows)} bytes of valid)")
+    print(f"  {'k':<12}" + " ".join(f"{k:>7}" for k in found.ks))
     for variant in dynamics.VARIANTS:
-        print(f"  {variant:<12}" + " ".join(f"{b:7.4f}" for b in memory.bpb[variant]))
-    print("sensitivity by lag (mean gradient norm, lag 0 first): " + " ".join(f"{v:.3g}" for v in found.sensitivity[:12]))
-    for key, value in found.row().items():
+        print(f"  {variant:<12}" + " ".join(f"{b:7.4f}" for b in found.memory[variant][0]))
+    print("sensitivity by lag (mean gradient norm, lag 0 first): " + " ".join(f"{v:.3g}" for v in found.sensitivity[0, :12]))
+    for key, value in found.rows()[0].items():
         print(f"  {key:<17} {value:.4g}")
 
 
@@ -581,12 +658,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", help="baselines.csv: its order-1 n-gram decides the memory claim")
     p.set_defaults(func=cmd_findings)
 
-    p = sub.add_parser("dynamics", help="print what one finished byte run does with time: memory, sensitivity, Lyapunov exponents")
-    p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")
-    p.add_argument("--data", help="the folder of the splits (default: data/ beside the stage folders)")
-    p.add_argument("--lyapunov-bytes", type=_positive, default=500, help="held-out bytes the state map is driven along")
-    p.add_argument("--threads", type=_positive, default=1, help="torch threads")
+    p = sub.add_parser("dynamics", help="what trained cells do with time: memory, sensitivity, Lyapunov exponents; "
+                       "of every run of a stage (tables beside its summary) or of one run (printed)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", help="an aggregated stage's folder: its dynamics tables are written into it")
+    which.add_argument("--run", help="a finished run's folder (runs/<id>): its measures are printed")
+    p.add_argument("--eval-bytes", type=_positive, help="held-out bytes measured (--run: the run's eval_bytes)")
+    _schema_options(p, "dynamics", DYNAMICS_KEYS)
+    _schema_options(p, "baselines", BASELINE_KEYS)
+    _dynamics_common(p)
     p.set_defaults(func=cmd_dynamics)
+
+    p = sub.add_parser("dynamics-ranked", help="what of a stage's dynamics depends on rank_by: each measure's "
+                       "correlation with the loss, and the best runs' attractors, orbit diagram and trajectory")
+    p.add_argument("--stage", required=True, help="a stage folder whose dynamics were measured (rnnsweep dynamics)")
+    _schema_options(p, "dynamics", ATTRACTOR_KEYS, required=True)
+    _dynamics_common(p)
+    _rank_option(p)
+    p.set_defaults(func=cmd_dynamics_ranked)
+
+    p = sub.add_parser("plot-dynamics", help="draw one figure of a stage's dynamics from its tables")
+    p.add_argument("figure", choices=DYNAMICS_FIGURES)
+    p.add_argument("--stage", required=True, help="a stage folder holding its summary and dynamics tables")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    _rank_option(p)
+    p.set_defaults(func=cmd_plot_dynamics)
 
     p = sub.add_parser("status", help="show each stage's runs, workers, speed, ETA and best runs; reads only")
     p.add_argument("--results", default="results", help="a results folder or one study's folder (default: results)")

@@ -220,6 +220,26 @@ def option_type(*path: str) -> Callable[[str], object]:
     return parse
 
 
+def item_type(*path: str) -> Callable[[str], object] | None:
+    """An argparse `type` for one item of the list key at `path` (None if the key is no list), like option_type."""
+    node = _node(path)
+    if "array" not in _types(node):
+        return None
+    items = {**_resolved(node["items"]), "$defs": schema()["$defs"]}
+    validator = jsonschema.Draft202012Validator(items)
+    kinds = _types(items)
+
+    def parse(text: str) -> object:
+        value = _parse_scalar(text, kinds)
+        error = None if value is None else jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if value is None or error is not None:
+            raise argparse.ArgumentTypeError(f"{text}: {error.message if error else 'not ' + ' or '.join(sorted(kinds))}"
+                                             f" ({'.'.join(path)} in the profile schema)")
+        return value
+
+    return parse
+
+
 def check_stage(stage: str) -> str:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")

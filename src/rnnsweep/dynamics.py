@@ -1,57 +1,63 @@
-"""What a trained cell does with time: how much of its past it uses, how fast it forgets, whether it is stable.
+"""What trained cells do with time: how much of their past they use, how fast they forget, where their state goes.
 
-Three measures of one finished byte run, on its held-out windows (rnnsweep.train.held_out_windows):
+Every measure runs on many runs at once: the runs of one shape (depth and width)
+load into one superset model (rnnsweep.model.ByteModel), one replicate each, as
+training batches them. On held-out windows (rnnsweep.train.held_out_windows):
 
-* memory by context length: bits per byte when the cell sees only the last `k`
-  bytes before each scored byte (k = 0: the current byte alone). Two variants.
-  `zero`: the state is reset to zero k bytes back (at the window's start if that
-  is later); at k = history_size this is exactly the held-out score. It also
-  measures warm-up from an untypical zero state, so `substituted` replaces the
-  bytes before t - k by bytes from a random place of the split instead: the state
-  is a typical one that knows nothing true of the past. `memory_gain_bits` (bpb at
-  k = 0 minus bpb at full context) and `memory_horizon` (the smallest k reaching
-  90 % of that gain) use the substituted variant.
-* sensitivity by lag: the mean norm of the gradient of log p(last byte of a window)
-  with respect to the input embedding k steps before it, through the whole window
-  (backpropagation through time, for analysis only). `tau_bytes` is the decay time
-  of an exponential fit over lags 1 and on; `lag_1pct` the first lag below 1 % of
-  lag 0's.
-* Lyapunov exponents of the state map driven by held-out text: the state of every
-  layer stacked, s_t = F(s_{t-1}, x_t); the exponents are the mean log growth rates
-  of the QR method applied to the Jacobians dF/ds, per byte. A negative largest
-  exponent (`lyapunov_1`) means a contracting map: it forgets where it started.
+* memory by context length: bits per byte when the cell sees only the current
+  byte and the `k` before it. Two variants. `zero`: the state is reset to zero
+  k bytes back; `substituted`: it is replaced by another window's state at the
+  same position, a typical state that knows nothing true of this past (a zero
+  state also measures warm-up from an untypical start). A byte whose window
+  starts within its context is predicted from the window's start, as held-out
+  scoring does, so at k = history_size both variants are the recorded score.
+  One pass per cut point serves every k: the cell restarted at position p and
+  run on predicts byte p + k + 1 from exactly k + 1 bytes.
+  `memory_gain_bits` is substituted bpb at k = 0 minus bpb at full context;
+  `memory_horizon` the smallest k reaching 90 % of that gain.
+* sensitivity by lag: the mean norm of the gradient of log p(each window's last
+  byte) with respect to the embedded input k steps before it, through the whole
+  window (backpropagation through time, for analysis only). `tau_bytes` is the
+  decay time of an exponential fit over lags >= 1; `lag_1pct` the first lag
+  below 1 % of lag 0.
+* Lyapunov exponents of the state map s_t = F(s_{t-1}, x_t) (every layer's
+  state stacked) driven by held-out text: the mean log growth rates of the QR
+  method, with each step's Jacobian-times-frame by forward-mode differentiation
+  (the frame's columns ride in the batch). `lyapunov_1 < 0`: a contracting map.
+* attractors: from random states, the cell run on one input byte repeated;
+  where each start ends: a fixed point, a cycle of period p, or irregular.
 
-The gradients and Jacobians use the line-by-line reference model (rnnsweep.reference)
-in float64, with the run's weights; the memory curves use the engine itself, so that
-the zero variant at full context reproduces the run's recorded `valid_bpb`.
+Everything runs in the model's precision: the runs' own (float32) in a study,
+so the zero variant at full context reproduces the recorded `valid_bpb`;
+float64 where the tests check Jacobians against finite differences.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 from torch import Tensor
 
 from rnnsweep.data import DataError
-from rnnsweep.grid import Design
 from rnnsweep.model import ByteModel
-from rnnsweep.reference import ReferenceModel, load_engine_state
-from rnnsweep.train import held_out_windows
 
 VARIANTS = ("zero", "substituted")
 GAIN_SHARE = 0.9  # memory_horizon: the smallest context that reaches this share of the memory gain
 FLOOR = 0.01  # lag_1pct: sensitivity below this share of lag 0's
-CHUNK = 4096  # sequences run at once: bounds memory, not results
+ENDINGS = ("fixed", "cycle", "irregular")  # where an attractor start ends
+#: Attractor classification: a state within this (root-mean-square per unit) of itself p steps back repeats.
+REPEAT_TOL = 1e-6
+MAX_PERIOD = 32
 
 
 def context_lengths(history_size: int) -> list[int]:
-    """0, 1, 2, 4, ... and history_size: the contexts measured (k = history_size is the whole window)."""
+    """0, 1, 2, 4, ... and history_size: the contexts reported (k = history_size is the whole window)."""
     ks, k = [0], 1
     while k < history_size:
         ks.append(k)
@@ -59,102 +65,107 @@ def context_lengths(history_size: int) -> list[int]:
     return ks + [history_size]
 
 
-def _last_logits(model: ByteModel, inputs: np.ndarray) -> Tensor:
-    """The logits after feeding each row of `inputs` (B, L) from a zero state: (B, vocab)."""
-    out = []
-    for first in range(0, len(inputs), CHUNK):
-        part = torch.from_numpy(np.ascontiguousarray(inputs[first:first + CHUNK])).long().to(model.device)
-        states, logits = model.initial_state(len(part)), None
-        for t in range(part.shape[1]):
-            logits, states = model.logits(part[:, t][None], states)
-        out.append(logits[0])
-    return torch.cat(out)
-
-
-def _nats(model: ByteModel, inputs: np.ndarray, targets: np.ndarray) -> float:
-    logits = _last_logits(model, inputs).double()
-    return float(F.cross_entropy(logits, torch.from_numpy(targets).long().to(logits.device), reduction="sum"))
-
-
-def _prefix_nats(model: ByteModel, windows: np.ndarray, upto: int) -> float:
-    """Summed nats of positions 1..upto of every window, each predicted from the window's start (held-out scoring)."""
-    text = torch.from_numpy(np.array(windows, dtype=np.int64)).to(model.device)
-    total, states = 0.0, model.initial_state(len(windows))
-    for j in range(upto):
-        logits, states = model.logits(text[:, j][None], states)
-        total += float(F.cross_entropy(logits[0].double(), text[:, j + 1], reduction="sum"))
-    return total
-
-
-def memory_bpb(model: ByteModel, windows: np.ndarray, k: int, variant: str, split: np.ndarray,
-               rng: np.random.Generator) -> float:
-    """Bits per byte over every scored byte of `windows` when the cell sees only the last `k` bytes before it."""
-    n, history = windows.shape
-    short = min(k + 1, history - 1)  # targets j <= k + 1 see the window's start anyway: held-out scoring
-    total = _prefix_nats(model, windows, short)
-    for j in range(short + 1, history):
-        if variant == "zero":
-            inputs = windows[:, j - 1 - k:j]
-        else:
-            cut = j - 1 - k
-            starts = rng.integers(0, len(split) - cut, n)
-            inputs = np.concatenate([split[starts[:, None] + np.arange(cut)], windows[:, cut:j]], axis=1)
-        total += _nats(model, inputs, windows[:, j])
-    return total / (n * (history - 1)) / math.log(2)
-
-
-@dataclass(frozen=True)
-class Memory:
-    ks: list[int]
-    bpb: dict[str, list[float]]  # variant -> bpb at each k
-
-    @property
-    def gain_bits(self) -> float:
-        curve = self.bpb["substituted"]
-        return curve[0] - curve[-1]
-
-    @property
-    def horizon(self) -> int:
-        """The smallest k whose substituted bpb reaches GAIN_SHARE of the gain (0 where there is no gain)."""
-        curve, gain = self.bpb["substituted"], self.gain_bits
-        if gain <= 0:
-            return 0
-        return next(k for k, b in zip(self.ks, curve) if curve[0] - b >= GAIN_SHARE * gain)
-
-
-def memory(model: ByteModel, split: np.ndarray, eval_bytes: int, history_size: int, seed: int = 0,
-           ks: Sequence[int] | None = None) -> Memory:
-    windows = held_out_windows(split, eval_bytes, history_size)
-    ks = list(ks if ks is not None else context_lengths(history_size))
+def check_contexts(ks: Sequence[int], history_size: int) -> None:
     bad = [k for k in ks if not 0 <= k <= history_size]
     if bad:
         raise DataError(f"context lengths {bad} are not within 0..history_size ({history_size})")
-    bpb = {v: [memory_bpb(model, windows, k, v, split, np.random.default_rng(seed)) for k in ks] for v in VARIANTS}
-    return Memory(ks, bpb)
 
 
-def reference_of(design: Design, weights: dict[str, Tensor], vocab: int) -> ReferenceModel:
-    """The run's weights in the line-by-line model, in float64: for gradients and Jacobians through time."""
-    return load_engine_state(ReferenceModel(design, vocab).double(), {k: v.double() for k, v in weights.items()})
+def _text(windows: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.array(windows, dtype=np.int64))
 
 
-def sensitivity(ref: ReferenceModel, windows: np.ndarray) -> np.ndarray:
-    """Mean gradient norm of log p(each window's last byte) w.r.t. the input embedding k steps back, k = 0..H-2."""
-    text = torch.from_numpy(np.array(windows, dtype=np.int64))
-    inputs = [ref.embedded(text[:, t]).detach().requires_grad_() for t in range(text.shape[1] - 1)]
-    states = [s.double() for s in ref.initial_state(len(text), torch.device("cpu"))]
-    logits = None
-    for y in inputs:
-        logits, states = ref.step(y, states, detach=False)
-    logp = -F.cross_entropy(logits, text[:, -1], reduction="sum")  # rows are independent: one backward serves all
-    grads = torch.autograd.grad(logp, inputs, allow_unused=True)
-    norms = [torch.zeros(len(text), dtype=torch.float64) if g is None else g.norm(dim=1) for g in grads]
-    return torch.stack(norms[::-1]).mean(dim=1).numpy()  # lag 0 first
+def _nats(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of each row in the logits' precision, as held-out scoring takes it: logits (R, B, V), targets
+    (B,) -> (R, B) float64, for sums."""
+    return F.cross_entropy(logits.transpose(1, 2), targets.expand(len(logits), -1), reduction="none").double()
+
+
+def _feed(model: ByteModel, byte: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """One position for every replicate: the same bytes (B,) to each."""
+    return model.logits(byte.expand(model.replicates, -1), states)
+
+
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of 0..n-1 that moves every index (n >= 2): each window's partner is another window."""
+    if n < 2:
+        raise DataError("the substituted memory needs at least two held-out windows; raise the dynamics eval_bytes")
+    return (np.arange(n) + rng.integers(1, n)) % n if n == 2 else _shuffled(n, rng)
+
+
+def _shuffled(n: int, rng: np.random.Generator) -> np.ndarray:
+    while True:
+        order = rng.permutation(n)
+        if np.all(order != np.arange(n)):
+            return order
+
+
+@torch.no_grad()
+def memory_curves(model: ByteModel, windows: np.ndarray, ks: Sequence[int], rng: np.random.Generator
+                  ) -> dict[str, np.ndarray]:
+    """variant -> (R, len(ks)) bits per byte at each context length k (k >= H - 2: every byte sees its window's
+    start, the held-out score). Cells restart at every position and run as far as the largest k < H - 2."""
+    n, history = windows.shape
+    text = _text(windows)
+    states, at_cut, first = model.initial_state(n), [], []
+    for s in range(history - 1):  # from each window's start: held-out scoring, and every cut's true state
+        at_cut.append(states)
+        logits, states = _feed(model, text[:, s], states)
+        first.append(_nats(logits, text[:, s + 1]).sum(1))
+    from_start = torch.stack(first, 1).cumsum(1)  # (R, H-1): bytes 1..k+1, which see their window's start
+    partner = torch.from_numpy(derangement(n, rng))
+    # Rows (p, variant, w) for the cuts p = 1..H-2, p-major, so the rows still running at each k are a prefix.
+    states = [torch.stack([torch.stack([torch.zeros_like(state), state[:, partner]], 1)
+                           for state in (at_cut[p][layer] for p in range(1, history - 1))], 1).flatten(1, 3)
+              for layer in range(len(states))]  # (R, (H-2)·2·n, width)
+    restarted = {}
+    for k in range(max([k for k in ks if k < history - 2], default=-1) + 1):
+        cuts = history - 2 - k  # p + k + 1 <= H - 1: byte p + k + 1 is predicted from k + 1 bytes
+        states = [state[:, :cuts * 2 * n] for state in states]
+        logits, states = _feed(model, _per_variant(text[:, k + 1:history - 1]), states)
+        restarted[k] = _nats(logits, _per_variant(text[:, k + 2:history])).view(-1, cuts, 2, n).sum((1, 3))
+    out = {}
+    for v, variant in enumerate(VARIANTS):
+        nats = [restarted[k][:, v] + from_start[:, k] if k in restarted else from_start[:, -1] for k in ks]
+        out[variant] = (torch.stack(nats, 1) / (n * (history - 1)) / math.log(2)).numpy()
+    return out
+
+
+def _per_variant(columns: Tensor) -> Tensor:
+    """Bytes (n, P) of P cuts as rows (p, variant, w): each cut's bytes for both variants."""
+    return columns.T.unsqueeze(1).expand(-1, len(VARIANTS), -1).reshape(-1)
+
+
+def memory_gain(substituted: np.ndarray) -> np.ndarray:
+    """Bits per byte the past is worth: bpb at k = 0 minus at full context, per replicate (curves from k = 0 to full)."""
+    return substituted[:, 0] - substituted[:, -1]
+
+
+def memory_horizon(substituted: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """The smallest k whose bpb reaches GAIN_SHARE of the gain (0 where there is no gain), per replicate."""
+    gain = memory_gain(substituted)
+    reached = substituted[:, :1] - substituted >= GAIN_SHARE * gain[:, None]
+    return np.where(gain > 0, np.asarray(ks)[reached.argmax(axis=1)], 0)
+
+
+def sensitivity(model: ByteModel, windows: np.ndarray) -> np.ndarray:
+    """(R, H - 1): the mean gradient norm of log p(each window's last byte) w.r.t. the embedded input k steps back."""
+    text = _text(windows)
+    with torch.enable_grad():
+        inputs = [model.embed(text[:, t].expand(model.replicates, -1)).detach().requires_grad_()
+                  for t in range(text.shape[1] - 1)]
+        states, logits = model.initial_state(len(text)), None
+        for x in inputs:
+            logits, states, _, _ = model.from_embedded(x, states)
+        logp = -_nats(logits, text[:, -1]).sum()  # replicates and windows are independent: one backward serves all
+        grads = torch.autograd.grad(logp, inputs, allow_unused=True)
+    norms = [torch.zeros(model.replicates) if g is None else g.norm(dim=2).mean(dim=1) for g in grads]
+    return torch.stack(norms[::-1], dim=1).double().numpy()  # lag 0 first
 
 
 def decay(norms: np.ndarray) -> tuple[float, float]:
-    """(tau_bytes, lag_1pct): the decay time of an exponential fit over lags >= 1 (inf if it does not decay, NaN
-    without two positive points), and the first lag whose norm is below FLOOR of lag 0's (NaN if none)."""
+    """(tau_bytes, lag_1pct) of one sensitivity curve: the decay time of an exponential fit over lags >= 1 (inf if it
+    does not decay, NaN without two positive points), and the first lag below FLOOR of lag 0's (NaN if none)."""
     below = np.nonzero(norms < FLOOR * norms[0])[0] if norms[0] > 0 else np.array([1])
     lag = float(below[0]) if len(below) else math.nan
     lags = np.arange(1, len(norms))
@@ -165,81 +176,124 @@ def decay(norms: np.ndarray) -> tuple[float, float]:
     return (-1 / slope if slope < 0 else math.inf), lag
 
 
-def state_map(ref: ReferenceModel) -> Callable[[Tensor, Tensor], Tensor]:
-    """s_t = F(s_{t-1}, x_t) with every layer's state stacked into one vector (one sequence, batch 1)."""
-    n, layers = ref.design.state_size, ref.design.n_layers
-
-    def step(state: Tensor, byte: Tensor) -> Tensor:
-        states = list(state.view(layers, 1, n))
-        _, nxt = ref.step(ref.embedded(byte.view(1)), states, detach=False)
-        return torch.cat(nxt, dim=1).view(-1)
-
-    return step
+def _split_state(model: ByteModel, state: Tensor) -> list[Tensor]:
+    return list(state.split(model.layout.state_size, dim=2))
 
 
-def jacobian(ref: ReferenceModel, state: Tensor, byte: Tensor) -> Tensor:
-    """dF/ds at (state, byte): (L·n, L·n)."""
-    step = state_map(ref)
-    return torch.autograd.functional.jacobian(lambda s: step(s, byte), state)
+def state_step(model: ByteModel, state: Tensor, byte: Tensor) -> Tensor:
+    """The state map: every layer's state stacked, (R, B, L·n), one position on bytes (B,)."""
+    _, nxt = _feed(model, byte, _split_state(model, state))
+    return torch.cat(nxt, dim=2)
 
 
-def qr_exponents(jacobians: Callable[[int], Tensor], steps: int, dim: int, count: int, burn_in: int = 0) -> np.ndarray:
-    """The `count` largest Lyapunov exponents of a product of `steps` Jacobians (jacobians(t) is step t's), by the
-    QR method: carry an orthonormal frame, re-orthonormalise it each step, average the logs of R's diagonal."""
-    q = torch.eye(dim, count, dtype=torch.float64)
-    sums = torch.zeros(count, dtype=torch.float64)
+def jacobian_times(model: ByteModel, state: Tensor, byte: Tensor, frame: Tensor) -> tuple[Tensor, Tensor]:
+    """(next state (R, 1, L·n), dF/ds · frame (R, L·n, m)) at state (R, 1, L·n) on one byte, for a frame (R, L·n, m)
+    of m tangent vectors: forward-mode differentiation, the m vectors side by side in the batch."""
+    m = frame.shape[2]
+    with fwad.dual_level():
+        dual = fwad.make_dual(state.expand(-1, m, -1).contiguous(), frame.mT.contiguous())
+        primal, tangent = fwad.unpack_dual(state_step(model, dual, byte.expand(m)))
+    return primal[:, :1].detach(), tangent.mT
+
+
+def qr_exponents(jacobian_times_frame, steps: int, frame: Tensor, burn_in: int = 0) -> np.ndarray:
+    """The Lyapunov exponents of a product of `steps` maps, by the QR method: carry an orthonormal frame
+    (R, dim, m), apply step t's Jacobian to it (jacobian_times_frame(t, frame)), re-orthonormalise, and average
+    the logs of R's diagonal after `burn_in`. (R, m), largest first."""
+    sums = torch.zeros(frame.shape[0], frame.shape[2], dtype=torch.float64)
     for t in range(steps):
-        q, r = torch.linalg.qr(jacobians(t) @ q)
+        frame, r = torch.linalg.qr(jacobian_times_frame(t, frame))
         if t >= burn_in:
-            sums += torch.log(torch.abs(torch.diagonal(r)).clamp_min(1e-300))
-    return (sums / max(steps - burn_in, 1)).numpy()
+            sums += torch.log(torch.diagonal(r, dim1=1, dim2=2).abs().double().clamp_min(1e-300))
+    exponents = (sums / max(steps - burn_in, 1)).numpy()
+    return -np.sort(-exponents, axis=1)
 
 
-def lyapunov(ref: ReferenceModel, text: np.ndarray, count: int = 8, burn_in: int = 20) -> np.ndarray:
-    """The largest `count` Lyapunov exponents (nats per byte) of the state map driven by `text`, largest first."""
-    dim = ref.design.n_layers * ref.design.state_size
+def lyapunov(model: ByteModel, text: np.ndarray, count: int = 8, burn_in: int = 20) -> np.ndarray:
+    """(R, min(count, L·n)): the largest Lyapunov exponents (nats per byte) of the state map driven by `text`."""
+    dim = model.layout.n_layers * model.layout.state_size
     count = min(count, dim)
-    step = state_map(ref)
-    state = torch.zeros(dim, dtype=torch.float64)
     data = torch.from_numpy(np.array(text, dtype=np.int64))
+    state = torch.zeros(model.replicates, 1, dim, dtype=model.compute_dtype)
+    frame = torch.eye(dim, count, dtype=model.compute_dtype).expand(model.replicates, -1, -1)
 
-    def jacobians(t: int) -> Tensor:
-        """Step t's Jacobian at the current state, which then moves on along the text."""
+    def step(t: int, frame: Tensor) -> Tensor:
         nonlocal state
-        at = jacobian(ref, state, data[t])
-        with torch.no_grad():
-            state = step(state, data[t])
-        return at
+        state, moved = jacobian_times(model, state, data[t:t + 1], frame)
+        return moved
 
-    return np.sort(qr_exponents(jacobians, len(text), dim, count, burn_in))[::-1]
+    return qr_exponents(step, len(data), frame, min(burn_in, len(data) // 2))
+
+
+@torch.no_grad()
+def orbit(model: ByteModel, byte: Tensor, steps: int, keep: int, seed: int = 0) -> Tensor:
+    """(R, B, keep, L·n): the last `keep` of `steps` states from uniform random states in [-1, 1], each of the B
+    orbits driven by its own input byte (B,) repeated at every step."""
+    dim = model.layout.n_layers * model.layout.state_size
+    gen = torch.Generator().manual_seed(seed)
+    state = torch.rand(model.replicates, len(byte), dim, generator=gen, dtype=torch.float64).mul(2).sub(1)
+    state, tail = state.to(model.compute_dtype), []
+    for t in range(steps):
+        state = state_step(model, state, byte)
+        if t >= steps - keep:
+            tail.append(state.double())
+    return torch.stack(tail, dim=2)
+
+
+def period(tail: Tensor) -> Tensor:
+    """The smallest p <= MAX_PERIOD with an orbit's last state within REPEAT_TOL (root mean square per unit) of its
+    state p steps back, 0 where there is none, for tails (..., MAX_PERIOD + 1, dim) of orbits' last states."""
+    last = tail[..., -1:, :]
+    distance = (tail[..., :-1, :] - last).pow(2).mean(-1).sqrt().flip(-1)  # (..., MAX_PERIOD): p = 1, 2, ...
+    repeats = distance < REPEAT_TOL
+    return torch.where(repeats.any(-1), repeats.int().argmax(-1) + 1, 0)
+
+
+def ending(p: int) -> str:
+    """What a period means: 1 a fixed point, more a cycle, 0 (no repeat within MAX_PERIOD) irregular."""
+    return ENDINGS[0] if p == 1 else ENDINGS[1] if p > 1 else ENDINGS[2]
+
+
+@torch.no_grad()
+def trajectory(model: ByteModel, text: np.ndarray) -> np.ndarray:
+    """(len(text), L·n): the state of replicate 0 after each byte of `text`, from a zero state."""
+    data = torch.from_numpy(np.array(text, dtype=np.int64))
+    state = torch.zeros(model.replicates, 1, model.layout.n_layers * model.layout.state_size, dtype=model.compute_dtype)
+    out = []
+    for t in range(len(data)):
+        state = state_step(model, state, data[t:t + 1])
+        out.append(state[0, 0].double())
+    return torch.stack(out).numpy()
 
 
 @dataclass(frozen=True)
-class RunDynamics:
-    memory: Memory
-    sensitivity: np.ndarray
-    tau_bytes: float
-    lag_1pct: float
-    lyapunov: np.ndarray
+class Measured:
+    """The measures of R runs: curves by context length and by lag, and one row of numbers per run."""
 
-    def row(self) -> dict[str, float]:
-        return {"memory_gain_bits": self.memory.gain_bits, "memory_horizon": self.memory.horizon,
-                "tau_bytes": self.tau_bytes, "lag_1pct": self.lag_1pct,
-                **{f"lyapunov_{i + 1}": float(v) for i, v in enumerate(self.lyapunov)}}
+    ks: list[int]  # the context lengths of the memory curves, the last the full window
+    memory: dict[str, np.ndarray]  # variant -> (R, len(ks)) bpb
+    sensitivity: np.ndarray  # (R, H - 1) by lag
+    lyapunov: np.ndarray  # (R, m) largest first
+
+    def rows(self) -> list[dict[str, float]]:
+        sub = self.memory["substituted"]
+        gains, horizons = memory_gain(sub), memory_horizon(sub, self.ks)
+        out = []
+        for r in range(len(sub)):
+            tau, lag = decay(self.sensitivity[r])
+            out.append({
+                "memory_gain_bits": float(gains[r]), "memory_horizon": int(horizons[r]),
+                "bpb_k0_zero": float(self.memory["zero"][r, 0]), "bpb_k0_substituted": float(sub[r, 0]),
+                "bpb_full": float(sub[r, -1]), "tau_bytes": tau, "lag_1pct": lag,
+                **{f"lyapunov_{i + 1}": float(v) for i, v in enumerate(self.lyapunov[r])},
+            })
+        return out
 
 
-def run_dynamics(folder: Path, split: np.ndarray, eval_bytes: int, history_size: int, lyapunov_bytes: int = 500,
-                 seed: int = 0) -> RunDynamics:
-    """Every measure of one finished byte run (its folder, runs/<id>) on a held-out split."""
-    from rnnsweep.sample import load_run  # the run's weights, checked against its record
-
-    model = load_run(folder)
-    if model.vocab != 256:
-        raise DataError(f"{folder} reads BPE tokens; dynamics are measured on byte runs")
-    design = model.designs[0]
-    ref = reference_of(design, model.replicate(model.theta, 0), model.vocab)
-    windows = held_out_windows(split, eval_bytes, history_size)
-    norms = sensitivity(ref, windows)
-    tau, lag = decay(norms)
-    return RunDynamics(memory(model, split, eval_bytes, history_size, seed), norms, tau, lag,
-                       lyapunov(ref, split[:lyapunov_bytes]))
+def measure(model: ByteModel, windows: np.ndarray, ks: Sequence[int], lyapunov_text: np.ndarray, exponents: int,
+            seed: int = 0) -> Measured:
+    """Every per-run measure of a model's replicates."""
+    check_contexts(ks, windows.shape[1])
+    ks = sorted(set(ks) - {windows.shape[1]}) + [windows.shape[1]]
+    return Measured(ks, memory_curves(model, windows, ks, np.random.default_rng(seed)), sensitivity(model, windows),
+                    lyapunov(model, lyapunov_text, exponents))

@@ -31,6 +31,7 @@ the total), and they are not shares of the variance.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import combinations
 
 import numpy as np
@@ -110,10 +111,11 @@ def holm(p_values: pd.Series | np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def effects(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each term's estimate with its 95 % interval and p value, per response, in its unit and in bits per byte."""
+def effects(summary: pd.DataFrame, responses: Mapping[str, float] = RESPONSES) -> pd.DataFrame:
+    """Each term's estimate with its 95 % interval and p value, per response, in its unit and in bits per byte
+    (`responses` maps each modelled column to its factor to bits per byte; NaN where it is no loss)."""
     rows = []
-    for response, to_bpb in RESPONSES.items():
+    for response, to_bpb in responses.items():
         fit = _fit(summary, response)
         if fit is None:
             continue
@@ -175,12 +177,13 @@ def _switch_contrasts(frame: pd.DataFrame, response: str, switch: str, within: s
     return {"response": response, "switch": switch, "within": within, **contrast(on, off)}
 
 
-def marginals(summary: pd.DataFrame, effects_table: pd.DataFrame | None = None) -> pd.DataFrame:
+def marginals(summary: pd.DataFrame, effects_table: pd.DataFrame | None = None,
+              responses: Mapping[str, float] = RESPONSES) -> pd.DataFrame:
     """Each switch's marginal on − off difference of the mean response, and, for every interaction the model
     finds (Holm p < 1 − LEVEL), each partner's on − off difference within each level of the other."""
-    table = effects(summary) if effects_table is None else effects_table
+    table = effects(summary, responses) if effects_table is None else effects_table
     rows = []
-    for response in (r for r in RESPONSES if r in summary.columns):
+    for response in (r for r in responses if r in summary.columns):
         frame = _frame(summary, response)
         switches = [_short(s) for s in SWITCHES if frame[_short(s)].nunique() > 1]
         main = [_switch_contrasts(frame, response, s) for s in switches]

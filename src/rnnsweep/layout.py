@@ -42,6 +42,22 @@ FIGURE_SUFFIX = ".png"
 #: The tables and figures that rank runs or designs, and so take the profile's `rank_by` (rnnsweep.ranking).
 RANKED_TABLES = ("groups",)
 RANKED_FIGURES = ("loss_curves", "best_curves", "group_swarm", "group_curves", "group_means", "group_table")
+#: A stage's dynamics (rnnsweep.dynamics_stage): per run,
+#: curves by context and lag (with the n-gram baselines on the same bytes), the switches' effects on them and their
+#: correlation with the loss, and the best runs' attractors, orbit diagram and state trajectory.
+DYNAMICS = "dynamics.csv"
+DYNAMICS_CURVES = "dynamics_curves.csv"
+DYNAMICS_EFFECTS = "dynamics_effects.csv"
+DYNAMICS_LOSS = "dynamics_loss.csv"
+ATTRACTORS = "attractors.csv"
+ORBITS = "orbits.csv"
+TRAJECTORY = "trajectory.csv"
+DYNAMICS_MEASURED = (DYNAMICS, DYNAMICS_CURVES, DYNAMICS_EFFECTS)  # `rnnsweep dynamics --stage`: every run measured
+DYNAMICS_RANKED = (DYNAMICS_LOSS, ATTRACTORS, ORBITS, TRAJECTORY)  # `rnnsweep dynamics-ranked`: depends on rank_by
+DYNAMICS_TABLES = DYNAMICS_MEASURED + DYNAMICS_RANKED
+DYNAMICS_REPORTED = (DYNAMICS, DYNAMICS_EFFECTS, DYNAMICS_LOSS)  # in the HTML report; the rest is the figures' data
+#: Figures of a stage's dynamics, figures/<study>/<stage>/<name>.png (`rnnsweep plot <name>`, plots.DYNAMICS_FIGURES).
+DYNAMICS_FIGURES = ("memory", "sensitivity", "lyapunov", "attractors")
 FINDINGS = "findings.md"  # results/<study>/findings.md: the published claims tested on stage 1 (rnnsweep.findings)
 HEADLINE = "headline.csv"  # results/<study>/headline.csv: each stage's runs and best design (rnnsweep.report)
 SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage

@@ -530,12 +530,23 @@ class ByteModel:
         """Rows of the stacked (R·V, n) lookup table: replicate r's symbol b is row r·V + b."""
         return byte if self.replicates == 1 else byte + self._row0
 
+    def embed(self, byte: Tensor) -> Tensor:
+        """The embedded input (R, B, n) of bytes (R, B): what the first layer reads."""
+        return self._embed(self._rows(byte))
+
+    def _embed(self, rows: Tensor) -> Tensor:
+        table = self.params["embed_w"].view(-1, self.layout.state_size)  # (R·V, n)
+        return table.index_select(0, rows.view(-1)).view(*rows.shape, -1).add_(self.params["embed_b"])  # (R, B, n)
+
     def forward(self, rows: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor], list[Saved], Tensor]:
         """(logits, next states, per-layer saved tensors, last layer output) from lookup-table rows."""
         if self._work is not self.theta:
             self._work.copy_(self.theta)
-        table = self.params["embed_w"].view(-1, self.layout.state_size)  # (R·V, n)
-        x = table.index_select(0, rows.view(-1)).view(*rows.shape, -1).add_(self.params["embed_b"])  # (R, B, n)
+        return self.from_embedded(self._embed(rows), states)
+
+    def from_embedded(self, x: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor], list[Saved], Tensor]:
+        """`forward` from the embedded input x (R, B, n): plain tensor operations, so autograd can follow them
+        through time (rnnsweep.dynamics), though training differentiates by hand."""
         saved, next_states = [], []
         for cell, s in zip(self.cells, states):
             x, h, sv = cell.forward(x, s)

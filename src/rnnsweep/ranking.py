@@ -56,14 +56,15 @@ def agreement(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for a, b in combinations(present, 2):
         rho = float(scipy_stats.spearmanr(designs[a], designs[b]).statistic) if n >= 3 else math.nan
-        low, high = _rho_interval(rho, n)
+        low, high = rho_interval(rho, n)
         best_a, best_b = set(designs[a].nsmallest(top).index), set(designs[b].nsmallest(top).index)
         rows.append({"metric_a": a, "metric_b": b, "designs": n, "spearman": rho, "ci_low": low, "ci_high": high,
                      "top": top, "top_changed": len(best_a - best_b)})
     return pd.DataFrame(rows, columns=["metric_a", "metric_b", "designs", "spearman", "ci_low", "ci_high", "top", "top_changed"])
 
 
-def _rho_interval(rho: float, n: int) -> tuple[float, float]:
+def rho_interval(rho: float, n: int) -> tuple[float, float]:
+    """The 95 % interval of Spearman's rho over n pairs: Fisher z with the Bonett–Wright variance."""
     if n < 4 or not np.isfinite(rho) or abs(rho) >= 1:
         return (rho, rho) if abs(rho) == 1 else (math.nan, math.nan)
     half = scipy_stats.norm.ppf((1 + LEVEL) / 2) * math.sqrt((1 + rho**2 / 2) / (n - 3))

@@ -2,10 +2,10 @@
 
 It exists to check the fused engine in `rnnsweep.model` (the tests copy the
 same weights into both and compare values and gradients), as the baseline
-of the speed benchmark, and as the differentiable model that
-`rnnsweep.dynamics` analyses: with `detach=False` the state carries its graph
-from step to step, so gradients and Jacobians reach back through time (for
-analysis only; training detaches, as the study defines). It favours
+of the speed benchmark, and to check the gradients through time that
+`rnnsweep.dynamics` takes from the engine: with `detach=False` the state
+carries its graph from step to step (for analysis only; training detaches,
+as the study defines). It favours
 resemblance to the definitions over speed: one nn.Linear per map and a one-hot
 input through an affine map.
 """

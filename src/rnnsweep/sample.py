@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -35,15 +35,25 @@ def _run_config(folder: Path) -> pd.Series:
 
 def load_run(folder: Path) -> ByteModel:
     """The trained model of a finished run's folder, on the CPU: only weights its result record names."""
-    folder = Path(folder)
-    row = _run_config(folder)
-    try:
-        finished_record(folder)
-        weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{folder} is not a finished run's folder ({err})") from None
-    model = ByteModel(Design.from_mapping(row), [0], torch.device("cpu"), vocab=int(row.get("vocab_size", BYTE_VOCAB)))
-    model.load_replicate(0, weights)
+    return load_runs([folder])
+
+
+def load_runs(folders: Sequence[Path], dtype: torch.dtype = torch.float32) -> ByteModel:
+    """The trained runs of one shape and vocabulary as one model on the CPU, replicate i = folders[i] (a superset
+    model where their designs differ): only weights their result records name."""
+    rows = [_run_config(folder) for folder in folders]
+    designs = [Design.from_mapping(row) for row in rows]
+    vocabs = {int(row.get("vocab_size", BYTE_VOCAB)) for row in rows}
+    if len(vocabs) != 1 or len({(d.n_layers, d.state_size) for d in designs}) != 1:
+        raise DataError("runs loaded together must share their depth, width and vocabulary")
+    model = ByteModel(designs, [0] * len(designs), torch.device("cpu"), dtype=dtype,
+                      superset=len(set(designs)) > 1, vocab=vocabs.pop())
+    for r, folder in enumerate(map(Path, folders)):
+        try:
+            finished_record(folder)
+            model.load_replicate(r, torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{folder} is not a finished run's folder ({err})") from None
     return model
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from rnnsweep import config as study_config
 from rnnsweep.cli import (
+    ATTRACTOR_KEYS,
     BASELINE_KEYS,
     DATA_KEYS,
+    DYNAMICS_KEYS,
     PLOT_KEYS,
     RANK_KEY,
     SAMPLE_KEYS,
@@ -29,6 +31,11 @@ from rnnsweep.layout import (
     CORPUS_META,
     CURVES,
     DATA_DIR,
+    DYNAMICS_FIGURES,
+    DYNAMICS_MEASURED,
+    DYNAMICS_RANKED,
+    DYNAMICS_REPORTED,
+    DYNAMICS_TABLES,
     FIGURE_SUFFIX,
     FINDINGS,
     LOGS_DIR,
@@ -98,6 +105,13 @@ TRAINING = shell_words(profile_options(config, WORKER_KEYS))
 # What ranks runs, for every rule that ranks (tables, figures, headline, samples); selection has it in its options.
 RANKING = shell_words(profile_options(config, [RANK_KEY]))
 STUDY_CATEGORY = "study"  # the report's category for what belongs to no one stage
+DYNAMICS_CATEGORY = "dynamics"  # the report's category for the dynamics of every stage
+# The dynamics steps' options: the profile's `dynamics` block, with the n-gram order of the baselines.
+DYNAMICS_OPTIONS = shell_words(
+    profile_options(config["dynamics"], DYNAMICS_KEYS)
+    + profile_options(config["baselines"], BASELINE_KEYS)
+)
+ATTRACTOR_OPTIONS = shell_words(profile_options(config["dynamics"], ATTRACTOR_KEYS))
 
 
 wildcard_constraints:
@@ -107,11 +121,25 @@ wildcard_constraints:
         sorted({name for names in STAGE_FIGURES.values() for name in names})
     ),
     table="|".join(sorted({name for names in STAGE_TABLES.values() for name in names})),
+    dynamics_figure="|".join(DYNAMICS_FIGURES),
 
 
-def in_report(path, caption, category="{stage}"):
+def in_report(path, caption, category="{stage}", subcategory=None):
     """Mark an output for `snakemake --report`: its caption is workflow/report/<caption>.rst, its category its stage."""
-    return report(path, caption=f"../report/{caption}.rst", category=category)
+    return report(
+        path,
+        caption=f"../report/{caption}.rst",
+        category=category,
+        subcategory=subcategory,
+    )
+
+
+def dynamics_output(name):
+    """A table of a stage's dynamics; the ones a reader reads (not the figures' raw data) go into the report."""
+    path = stage_file("{stage}", name)
+    if name in DYNAMICS_REPORTED:
+        return in_report(path, "dynamics_table", DYNAMICS_CATEGORY, "{stage}")
+    return path
 
 
 def stage_file(stage, name):
@@ -193,6 +221,9 @@ def all_targets():
         for stage, names in STAGE_FIGURES.items()
         for name in names
     ]
+    for stage in config["dynamics"]["stages"]:
+        targets += [stage_file(stage, name) for name in DYNAMICS_TABLES]
+        targets += [figure_file(stage, name) for name in DYNAMICS_FIGURES]
     if config["compare_tokenizers"]:
         targets += [
             f"{RESULTS}/{TOKENIZERS_TABLE}",

@@ -1,0 +1,65 @@
+"""The cost of a stage's dynamics against the stage's training, on one profile (CPU).
+
+Each round, in a fresh folder: the corpus, the stage-1 grid, `--workers`
+real `rnnsweep worker` processes (one thread each, as the profile runs them;
+timed), aggregation, then `rnnsweep dynamics --stage` with the profile's
+`dynamics` block and as many threads as there were workers (timed): the
+workflow gives the dynamics job the cores the workers had. Reported: both
+wall times per round and their ratio, and the median over rounds.
+
+    python benchmarks/dynamics.py --profile configs/quick.yaml --corpus ../shared/data/nietzsche.txt --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from batched import ROOT, train_stage  # benchmarks/batched.py, beside this script
+
+
+def dynamics_s(args: argparse.Namespace, folder: Path) -> float:
+    """Wall seconds of `rnnsweep dynamics --stage` on the trained stage 1 in `folder`."""
+    from rnnsweep import config
+    from rnnsweep.cli import BASELINE_KEYS, DYNAMICS_KEYS, RANK_KEY, profile_options
+
+    cfg = config.load(ROOT / "configs" / "default.yaml", args.profile)
+    command = [
+        sys.executable, "-m", "rnnsweep", "dynamics", "--stage", str(folder / "stage1"), "--data", str(folder / "data"),
+        "--eval-bytes", str(cfg["dynamics"]["eval_bytes"]["stage1"]), "--threads", str(args.workers),
+        *profile_options(cfg["dynamics"], DYNAMICS_KEYS), *profile_options(cfg["baselines"], BASELINE_KEYS),
+        *profile_options(cfg, [RANK_KEY]),
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", type=Path, default=ROOT / "configs" / "quick.yaml")
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            folder = Path(tmp) / f"round-{round_}"
+            train, _, _ = train_stage(args, "auto", folder)
+            measure = dynamics_s(args, folder)
+            ratios.append(measure / train)
+            shutil.rmtree(folder)
+            print(f"round {round_ + 1}: stage-1 training {train:.1f} s, dynamics {measure:.1f} s, "
+                  f"dynamics / training {measure / train:.3f}", flush=True)
+    print(f"dynamics / training: median {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
