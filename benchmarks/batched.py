@@ -185,7 +185,8 @@ def train_stage(args: argparse.Namespace, mode: str, folder: Path) -> tuple[floa
     cfg = config.load(ROOT / "configs" / "default.yaml", args.profile, overrides=overrides)
     py = [sys.executable, "-m", "rnnsweep"]
     data, manifest = folder / "data", manifest_path(folder / "stage1")
-    subprocess.run([*py, "data", "--corpus", str(args.corpus), "--out", str(data)], check=True, capture_output=True)
+    subprocess.run([*py, "data", "--corpus", str(args.corpus), "--cache-dir", str(folder / "cache"), "--out", str(data)],
+                   check=True, capture_output=True)
     grid = [*py, "grid", "--out", str(manifest), *manifest_options(cfg, "stage1")]
     subprocess.run(grid, check=True, capture_output=True)
     start = time.perf_counter()

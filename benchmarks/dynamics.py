@@ -2,9 +2,10 @@
 
 Each round, in a fresh folder: the corpus, the stage-1 grid, `--workers`
 real `rnnsweep worker` processes (one thread each, as the profile runs them;
-timed), aggregation, then `rnnsweep dynamics --stage` with the profile's
-`dynamics` block and as many threads as there were workers (timed): the
-workflow gives the dynamics job the cores the workers had. Reported: both
+timed), aggregation, then the stage's two dynamics jobs with the profile's
+`dynamics` block (timed): `rnnsweep dynamics --stage` with as many threads as
+there were workers (the workflow gives it the cores the workers had), and
+`rnnsweep dynamics-ranked`. Reported: both
 wall times per round and their ratio, and the median over rounds.
 
     python benchmarks/dynamics.py --profile configs/quick.yaml --corpus ../shared/data/nietzsche.txt --rounds 2
@@ -25,19 +26,21 @@ from batched import ROOT, train_stage  # benchmarks/batched.py, beside this scri
 
 
 def dynamics_s(args: argparse.Namespace, folder: Path) -> float:
-    """Wall seconds of `rnnsweep dynamics --stage` on the trained stage 1 in `folder`."""
+    """Wall seconds of the stage's two dynamics jobs (`rnnsweep dynamics --stage`, `dynamics-ranked`) on the trained
+    stage 1 in `folder`, with the profile's settings, as the workflow runs them."""
     from rnnsweep import config
-    from rnnsweep.cli import BASELINE_KEYS, DYNAMICS_KEYS, RANK_KEY, profile_options
+    from rnnsweep.cli import ATTRACTOR_KEYS, BASELINE_KEYS, DYNAMICS_KEYS, RANK_KEY, profile_options
 
     cfg = config.load(ROOT / "configs" / "default.yaml", args.profile)
-    command = [
-        sys.executable, "-m", "rnnsweep", "dynamics", "--stage", str(folder / "stage1"), "--data", str(folder / "data"),
-        "--eval-bytes", str(cfg["dynamics"]["eval_bytes"]["stage1"]), "--threads", str(args.workers),
+    common = ["--stage", str(folder / "stage1"), "--data", str(folder / "data")]
+    measured = [
+        "dynamics", *common, "--eval-bytes", str(cfg["dynamics"]["eval_bytes"]["stage1"]), "--threads", str(args.workers),
         *profile_options(cfg["dynamics"], DYNAMICS_KEYS), *profile_options(cfg["baselines"], BASELINE_KEYS),
-        *profile_options(cfg, [RANK_KEY]),
     ]
+    ranked = ["dynamics-ranked", *common, *profile_options(cfg["dynamics"], ATTRACTOR_KEYS), *profile_options(cfg, [RANK_KEY])]
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    for command in (measured, ranked):
+        subprocess.run([sys.executable, "-m", "rnnsweep", *command], check=True, capture_output=True)
     return time.perf_counter() - start
 
 
