@@ -69,8 +69,12 @@ def _slow_memory(model: ByteModel, windows: np.ndarray, k: int, partner: np.ndar
     return {v: total / (n * (history - 1)) / math.log(2) for v, total in out.items()}
 
 
-def test_memory_curves_are_their_definition_computed_one_byte_at_a_time(splits):
+@pytest.mark.parametrize("design_path", [False, True], ids=["superset restarts", "each design restarts alone"])
+def test_memory_curves_are_their_definition_computed_one_byte_at_a_time(splits, design_path, monkeypatch):
+    if design_path:
+        monkeypatch.setattr(dynamics, "DESIGN_PATH_WIDTH", 1)
     model = _model(DESIGNS[2][::24], seed=3)  # 4 designs of 2 layers in one superset model
+    assert len(dynamics._restart_paths(model)) == (4 if design_path else 1)
     windows = held_out_windows(splits[1], 60, 9)
     ks = [0, 1, 3, 6, 9]
     got = dynamics.memory_curves(model, windows, ks, np.random.default_rng(7))
@@ -87,17 +91,19 @@ def test_the_state_jacobian_is_the_finite_difference_one_for_every_switch_combin
     model = _model(DESIGNS[layers])
     dim = layers * 3
     gen = torch.Generator().manual_seed(layers)
-    state = torch.randn(model.replicates, 1, dim, generator=gen, dtype=torch.float64) * 0.5
-    byte = torch.tensor([65])
-    frame = torch.eye(dim, dtype=torch.float64).expand(model.replicates, -1, -1)
+    state = torch.randn(model.replicates, 2, dim, generator=gen, dtype=torch.float64) * 0.5  # two pieces side by side
+    byte = torch.tensor([65, 10])
+    frame = torch.eye(dim, dtype=torch.float64).expand(model.replicates, 2, -1, -1)
     moved, got = dynamics.jacobian_times(model, state, byte, frame)
     eps = 1e-6
     with torch.no_grad():
         torch.testing.assert_close(moved, dynamics.state_step(model, state, byte), rtol=1e-12, atol=1e-15)
-        up = dynamics.state_step(model, state.expand(-1, dim, -1) + eps * frame.mT, byte.expand(dim))
-        down = dynamics.state_step(model, state.expand(-1, dim, -1) - eps * frame.mT, byte.expand(dim))
-    want = ((up - down) / (2 * eps)).mT  # (R, dim, dim): column i is dF/ds · e_i
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+        for piece in range(2):
+            at, on = state[:, piece:piece + 1].expand(-1, dim, -1), byte[piece].expand(dim)
+            up = dynamics.state_step(model, at + eps * frame[:, piece].mT, on)
+            down = dynamics.state_step(model, at - eps * frame[:, piece].mT, on)
+            want = ((up - down) / (2 * eps)).mT  # (R, dim, dim): column i is dF/ds · e_i
+            torch.testing.assert_close(got[:, piece], want, rtol=1e-6, atol=1e-9)
 
 
 def test_the_superset_jacobian_is_each_designs_own(splits):
@@ -105,7 +111,7 @@ def test_the_superset_jacobian_is_each_designs_own(splits):
     designs = DESIGNS[2][5::31]
     group = _model(designs)
     state = torch.rand(len(designs), 1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.5
-    frame = torch.eye(6, 3, dtype=torch.float64).expand(len(designs), -1, -1)
+    frame = torch.eye(6, 3, dtype=torch.float64).expand(len(designs), 1, -1, -1)
     _, together = dynamics.jacobian_times(group, state, torch.tensor([101]), frame)
     for r, design in enumerate(designs):
         alone = ByteModel(design, [0], dtype=torch.float64)
@@ -141,6 +147,9 @@ def test_qr_recovers_the_exponents_of_a_linear_map():
     frame = torch.eye(5, 4, dtype=torch.float64)[None]
     got = dynamics.qr_exponents(lambda t, q: matrix @ q, steps=2000, frame=frame, burn_in=100)
     np.testing.assert_allclose(got[0], np.log(moduli[:4].numpy()), atol=2e-3)
+    pieces = torch.stack([frame[0], torch.linalg.qr(torch.randn(5, 4, generator=gen, dtype=torch.float64))[0]])[None]
+    got = dynamics.qr_exponents(lambda t, q: matrix @ q, steps=2000, frame=pieces, burn_in=100)  # (1, 2, 5, 4)
+    np.testing.assert_allclose(got[0], np.log(moduli[:4].numpy()), atol=2e-3)  # two frames side by side agree
 
 
 def test_a_cell_that_ignores_its_state_has_no_memory_and_no_sensitivity_beyond_lag_0(splits):
@@ -235,6 +244,17 @@ def test_a_stages_dynamics_tables_and_figures(tmp_path, aggregated_stage, data_d
         out = tmp_path / f"{name}.png"
         assert cli.main(["plot-dynamics", name, "--stage", str(stage), "--out", str(out)]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_groups_measured_side_by_side_give_the_numbers_of_one_at_a_time(tmp_path, aggregated_stage, data_dir):
+    """Three workers split the two shapes into chunks and run them in threads; every measure stays what it is."""
+    tables = {}
+    for threads in ("1", "3"):
+        stage = tmp_path / threads / "stage1"
+        shutil.copytree(aggregated_stage, stage)
+        assert _stage_dynamics(stage, data_dir, "--threads", threads) == 0
+        tables[threads] = pd.read_csv(stage / DYNAMICS).set_index("id").sort_index()
+    pd.testing.assert_frame_equal(tables["1"], tables["3"], rtol=1e-5)
 
 
 def test_the_ranked_part_refuses_measures_of_other_runs(tmp_path, aggregated_stage, data_dir, capsys):

@@ -138,7 +138,8 @@ def _dynamics_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="the folder of the splits (default: data/ beside the stage folders)")
     parser.add_argument("--seed", type=config.option_type("seed"), default=0,
                         help="of the substituted states and the attractors' starting states")
-    parser.add_argument("--threads", type=_positive, default=1, help="torch threads")
+    parser.add_argument("--threads", type=_positive, default=1,
+                        help="torch threads (dynamics --stage: processes measuring groups of runs side by side, one thread each)")
 
 
 def _positive(text: str) -> int:
@@ -436,18 +437,20 @@ def cmd_dynamics(args: argparse.Namespace) -> None:
     """Every run of a stage measured, tables beside its summary (--stage); or one run's measures printed (--run)."""
     import torch
 
-    torch.set_num_threads(args.threads)
     if args.run:
+        torch.set_num_threads(args.threads)
         _print_run_dynamics(Path(args.run), args)
         return
     from rnnsweep.dynamics_stage import Measures, stage_dynamics
 
+    torch.set_num_threads(1)  # --threads processes, one thread each (rnnsweep.dynamics_stage.measure_runs)
     _require(args, "--stage", ("eval_bytes", *DYNAMICS_KEYS, *BASELINE_KEYS))
     settings = Measures(eval_bytes=args.eval_bytes, contexts=tuple(args.contexts) if args.contexts else None,
                         lyapunov_bytes=args.lyapunov_bytes, exponents=args.exponents, max_order=args.max_order,
                         seed=args.seed)
     stage_dir = Path(args.stage)
-    _write_tables(stage_dynamics(stage_dir, Path(args.data) if args.data else data_dir_of(stage_dir), settings), stage_dir)
+    data_dir = Path(args.data) if args.data else data_dir_of(stage_dir)
+    _write_tables(stage_dynamics(stage_dir, data_dir, settings, workers=args.threads), stage_dir)
 
 
 def cmd_dynamics_ranked(args: argparse.Namespace) -> None:

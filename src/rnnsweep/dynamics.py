@@ -23,7 +23,8 @@ training batches them. On held-out windows (rnnsweep.train.held_out_windows):
 * Lyapunov exponents of the state map s_t = F(s_{t-1}, x_t) (every layer's
   state stacked) driven by held-out text: the mean log growth rates of the QR
   method, with each step's Jacobian-times-frame by forward-mode differentiation
-  (the frame's columns ride in the batch). `lyapunov_1 < 0`: a contracting map.
+  (the frame's columns ride in the batch), along PIECES stretches of the text
+  side by side. `lyapunov_1 < 0`: a contracting map.
 * attractors: from random states, the cell run on one input byte repeated;
   where each start ends: a fixed point, a cycle of period p, or irregular.
 
@@ -100,35 +101,89 @@ def _shuffled(n: int, rng: np.random.Generator) -> np.ndarray:
             return order
 
 
+@dataclass(frozen=True)
+class FromStart:
+    """Held-out windows run from a zero state, as held-out scoring runs them: what memory and sensitivity share."""
+
+    states: list[list[Tensor]]  # before position t = 0 .. H-2: every layer's state (R, n, width), detached
+    nats: Tensor  # (R, H-1) float64: byte t + 1 of every window predicted from its start, summed over windows
+    sensitivity: np.ndarray  # (R, H-1): mean gradient norm of log p(each window's last byte) by lag, lag 0 first
+
+
+def from_start(model: ByteModel, windows: np.ndarray) -> FromStart:
+    """One pass over the windows, the embedded inputs kept as leaves: one backward from the last bytes gives the
+    sensitivity at every lag (replicates and windows are independent, so one backward serves all)."""
+    text = _text(windows)
+    with torch.enable_grad():
+        inputs = [model.embed(text[:, t].expand(model.replicates, -1)).detach().requires_grad_()
+                  for t in range(text.shape[1] - 1)]
+        states, before, nats, logits = model.initial_state(len(text)), [], [], None
+        for t, x in enumerate(inputs):
+            before.append([state.detach() for state in states])
+            logits, states, _, _ = model.from_embedded(x, states)
+            nats.append(_nats(logits.detach(), text[:, t + 1]).sum(1))
+        grads = torch.autograd.grad(-_nats(logits, text[:, -1]).sum(), inputs, allow_unused=True)
+    norms = [torch.zeros(model.replicates) if g is None else g.norm(dim=2).mean(dim=1) for g in grads]
+    return FromStart(before, torch.stack(nats, 1), torch.stack(norms[::-1], dim=1).double().numpy())
+
+
 @torch.no_grad()
-def memory_curves(model: ByteModel, windows: np.ndarray, ks: Sequence[int], rng: np.random.Generator
-                  ) -> dict[str, np.ndarray]:
+def memory_curves(model: ByteModel, windows: np.ndarray, ks: Sequence[int], rng: np.random.Generator,
+                  start: FromStart | None = None) -> dict[str, np.ndarray]:
     """variant -> (R, len(ks)) bits per byte at each context length k (k >= H - 2: every byte sees its window's
-    start, the held-out score). Cells restart at every position and run as far as the largest k < H - 2."""
+    start, the held-out score). Cells restart at every position and run as far as the largest k < H - 2.
+    `start`: the windows' pass from their start, if already made."""
     n, history = windows.shape
     text = _text(windows)
-    states, at_cut, first = model.initial_state(n), [], []
-    for s in range(history - 1):  # from each window's start: held-out scoring, and every cut's true state
-        at_cut.append(states)
-        logits, states = _feed(model, text[:, s], states)
-        first.append(_nats(logits, text[:, s + 1]).sum(1))
-    from_start = torch.stack(first, 1).cumsum(1)  # (R, H-1): bytes 1..k+1, which see their window's start
+    start = start or from_start(model, windows)
+    from_first = start.nats.cumsum(1)  # (R, H-1): bytes 1..k+1, which see their window's start
     partner = torch.from_numpy(derangement(n, rng))
     # Rows (p, variant, w) for the cuts p = 1..H-2, p-major, so the rows still running at each k are a prefix.
     states = [torch.stack([torch.stack([torch.zeros_like(state), state[:, partner]], 1)
-                           for state in (at_cut[p][layer] for p in range(1, history - 1))], 1).flatten(1, 3)
-              for layer in range(len(states))]  # (R, (H-2)·2·n, width)
-    restarted = {}
-    for k in range(max([k for k in ks if k < history - 2], default=-1) + 1):
+                           for state in (start.states[p][layer] for p in range(1, history - 1))], 1).flatten(1, 3)
+              for layer in range(model.layout.n_layers)]  # (R, (H-2)·2·n, width)
+    last = max([k for k in ks if k < history - 2], default=-1)
+    restarted = torch.zeros(model.replicates, last + 1, len(VARIANTS), dtype=torch.float64)
+    for part, reps in _restart_paths(model):
+        restarted[reps] = _restart(part, text, [state[reps] for state in states], last)
+    out = {}
+    for v, variant in enumerate(VARIANTS):
+        nats = [restarted[:, k, v] + from_first[:, k] if k <= last else from_first[:, -1] for k in ks]
+        out[variant] = (torch.stack(nats, 1) / (n * (history - 1)) / math.log(2)).numpy()
+    return out
+
+
+def _restart(model: ByteModel, text: Tensor, states: list[Tensor], last: int) -> Tensor:
+    """(R, last + 1, variants) nats of the restarted rows (p, variant, w), run from their cuts for k = 0 .. last."""
+    n, history = text.shape
+    out = []
+    for k in range(last + 1):
         cuts = history - 2 - k  # p + k + 1 <= H - 1: byte p + k + 1 is predicted from k + 1 bytes
         states = [state[:, :cuts * 2 * n] for state in states]
         logits, states = _feed(model, _per_variant(text[:, k + 1:history - 1]), states)
-        restarted[k] = _nats(logits, _per_variant(text[:, k + 2:history])).view(-1, cuts, 2, n).sum((1, 3))
-    out = {}
-    for v, variant in enumerate(VARIANTS):
-        nats = [restarted[k][:, v] + from_start[:, k] if k in restarted else from_start[:, -1] for k in ks]
-        out[variant] = (torch.stack(nats, 1) / (n * (history - 1)) / math.log(2)).numpy()
-    return out
+        out.append(_nats(logits, _per_variant(text[:, k + 2:history])).view(-1, cuts, 2, n).sum((1, 3)))
+    return torch.stack(out, 1) if out else torch.zeros(model.replicates, 0, len(VARIANTS), dtype=torch.float64)
+
+
+#: From this width on, the restarted rows of a superset group run on each design's own path: their products are
+#: bound by arithmetic, and a design computes only its own maps (at 64, 1.6x faster than the superset's every map;
+#: at 16 the superset's one product per map is 2.6x faster than many small ones: benchmarks/README.md).
+DESIGN_PATH_WIDTH = 64
+
+
+def _restart_paths(model: ByteModel) -> list[tuple[ByteModel, Tensor]]:
+    """(model, its replicates' indices) to run the restarted rows on: the superset model itself, or one model per
+    design on the design path, with the replicates' own weights."""
+    designs = model.designs
+    if len(set(designs)) == 1 or model.layout.state_size < DESIGN_PATH_WIDTH:
+        return [(model, torch.arange(model.replicates))]
+    paths = []
+    for design in dict.fromkeys(designs):
+        reps = [r for r, d in enumerate(designs) if d == design]
+        own = ByteModel(design, [0] * len(reps), dtype=model.theta.dtype, compute_dtype=model.compute_dtype,
+                        vocab=model.vocab, weights=[model.replicate(model.theta, r) for r in reps])
+        paths.append((own, torch.tensor(reps)))
+    return paths
 
 
 def _per_variant(columns: Tensor) -> Tensor:
@@ -150,17 +205,7 @@ def memory_horizon(substituted: np.ndarray, ks: Sequence[int]) -> np.ndarray:
 
 def sensitivity(model: ByteModel, windows: np.ndarray) -> np.ndarray:
     """(R, H - 1): the mean gradient norm of log p(each window's last byte) w.r.t. the embedded input k steps back."""
-    text = _text(windows)
-    with torch.enable_grad():
-        inputs = [model.embed(text[:, t].expand(model.replicates, -1)).detach().requires_grad_()
-                  for t in range(text.shape[1] - 1)]
-        states, logits = model.initial_state(len(text)), None
-        for x in inputs:
-            logits, states, _, _ = model.from_embedded(x, states)
-        logp = -_nats(logits, text[:, -1]).sum()  # replicates and windows are independent: one backward serves all
-        grads = torch.autograd.grad(logp, inputs, allow_unused=True)
-    norms = [torch.zeros(model.replicates) if g is None else g.norm(dim=2).mean(dim=1) for g in grads]
-    return torch.stack(norms[::-1], dim=1).double().numpy()  # lag 0 first
+    return from_start(model, windows).sensitivity
 
 
 def decay(norms: np.ndarray) -> tuple[float, float]:
@@ -187,42 +232,51 @@ def state_step(model: ByteModel, state: Tensor, byte: Tensor) -> Tensor:
 
 
 def jacobian_times(model: ByteModel, state: Tensor, byte: Tensor, frame: Tensor) -> tuple[Tensor, Tensor]:
-    """(next state (R, 1, L·n), dF/ds · frame (R, L·n, m)) at state (R, 1, L·n) on one byte, for a frame (R, L·n, m)
-    of m tangent vectors: forward-mode differentiation, the m vectors side by side in the batch."""
-    m = frame.shape[2]
+    """(next states (R, P, L·n), dF/ds · frame (R, P, L·n, m)) of P states (R, P, L·n) on their bytes (P,), for a
+    frame of m tangent vectors at each (R, P, L·n, m): forward-mode differentiation, the P·m vectors side by side
+    in the batch."""
+    reps, pieces, dim, m = frame.shape
     with fwad.dual_level():
-        dual = fwad.make_dual(state.expand(-1, m, -1).contiguous(), frame.mT.contiguous())
-        primal, tangent = fwad.unpack_dual(state_step(model, dual, byte.expand(m)))
-    return primal[:, :1].detach(), tangent.mT
+        primal = state.unsqueeze(2).expand(-1, -1, m, -1).reshape(reps, pieces * m, dim).contiguous()
+        dual = fwad.make_dual(primal, frame.mT.reshape(reps, pieces * m, dim).contiguous())
+        nxt, tangent = fwad.unpack_dual(state_step(model, dual, byte.repeat_interleave(m)))
+    return nxt.view(reps, pieces, m, dim)[:, :, 0].detach(), tangent.view(reps, pieces, m, dim).mT
 
 
 def qr_exponents(jacobian_times_frame, steps: int, frame: Tensor, burn_in: int = 0) -> np.ndarray:
-    """The Lyapunov exponents of a product of `steps` maps, by the QR method: carry an orthonormal frame
-    (R, dim, m), apply step t's Jacobian to it (jacobian_times_frame(t, frame)), re-orthonormalise, and average
-    the logs of R's diagonal after `burn_in`. (R, m), largest first."""
-    sums = torch.zeros(frame.shape[0], frame.shape[2], dtype=torch.float64)
+    """The Lyapunov exponents of products of `steps` maps, by the QR method: carry orthonormal frames (R, ..., dim,
+    m), apply step t's Jacobians to them (jacobian_times_frame(t, frame)), re-orthonormalise, and average the logs
+    of R's diagonal after `burn_in`, over steps and over the frames of a replicate. (R, m), largest first."""
+    sums = torch.zeros(*frame.shape[:-2], frame.shape[-1], dtype=torch.float64)
     for t in range(steps):
         frame, r = torch.linalg.qr(jacobian_times_frame(t, frame))
         if t >= burn_in:
-            sums += torch.log(torch.diagonal(r, dim1=1, dim2=2).abs().double().clamp_min(1e-300))
-    exponents = (sums / max(steps - burn_in, 1)).numpy()
+            sums += torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs().double().clamp_min(1e-300))
+    exponents = (sums.reshape(len(sums), -1, sums.shape[-1]).mean(1) / max(steps - burn_in, 1)).numpy()
     return -np.sort(-exponents, axis=1)
 
 
+#: The Lyapunov text is cut into this many pieces, driven side by side, each with its own burn-in: a step reads
+#: every weight for a few rows, so two trajectories of half the length cost about half of one.
+PIECES = 2
+
+
 def lyapunov(model: ByteModel, text: np.ndarray, count: int = 8, burn_in: int = 20) -> np.ndarray:
-    """(R, min(count, L·n)): the largest Lyapunov exponents (nats per byte) of the state map driven by `text`."""
+    """(R, min(count, L·n)): the largest Lyapunov exponents (nats per byte) of the state map driven by `text`, cut
+    into PIECES trajectories from a zero state (their exponents averaged)."""
     dim = model.layout.n_layers * model.layout.state_size
-    count = min(count, dim)
-    data = torch.from_numpy(np.array(text, dtype=np.int64))
-    state = torch.zeros(model.replicates, 1, dim, dtype=model.compute_dtype)
-    frame = torch.eye(dim, count, dtype=model.compute_dtype).expand(model.replicates, -1, -1)
+    count, pieces = min(count, dim), min(PIECES, len(text))
+    length = len(text) // pieces
+    data = torch.from_numpy(np.array(text[:pieces * length], dtype=np.int64).reshape(pieces, length))
+    state = torch.zeros(model.replicates, pieces, dim, dtype=model.compute_dtype)
+    frame = torch.eye(dim, count, dtype=model.compute_dtype).expand(model.replicates, pieces, -1, -1)
 
     def step(t: int, frame: Tensor) -> Tensor:
         nonlocal state
-        state, moved = jacobian_times(model, state, data[t:t + 1], frame)
+        state, moved = jacobian_times(model, state, data[:, t], frame)
         return moved
 
-    return qr_exponents(step, len(data), frame, min(burn_in, len(data) // 2))
+    return qr_exponents(step, length, frame, min(burn_in, length // 2))
 
 
 @torch.no_grad()
@@ -295,5 +349,6 @@ def measure(model: ByteModel, windows: np.ndarray, ks: Sequence[int], lyapunov_t
     """Every per-run measure of a model's replicates."""
     check_contexts(ks, windows.shape[1])
     ks = sorted(set(ks) - {windows.shape[1]}) + [windows.shape[1]]
-    return Measured(ks, memory_curves(model, windows, ks, np.random.default_rng(seed)), sensitivity(model, windows),
+    start = from_start(model, windows)
+    return Measured(ks, memory_curves(model, windows, ks, np.random.default_rng(seed), start), start.sensitivity,
                     lyapunov(model, lyapunov_text, exponents))

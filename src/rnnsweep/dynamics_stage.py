@@ -15,7 +15,10 @@ in its first two principal components.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +98,23 @@ def _splits(data_dir: Path, runs: pd.DataFrame) -> tuple[np.ndarray, ...]:
     return text.splits
 
 
-def _groups(runs: pd.DataFrame, windows: int) -> Iterator[pd.DataFrame]:
-    """Runs of one shape and window, in chunks whose memory curves fit MEMORY_BUDGET."""
-    for (layers, width, history), group in runs.groupby(SHAPE, sort=True):
+def _groups(runs: pd.DataFrame, windows: int, workers: int = 1) -> Iterator[pd.DataFrame]:
+    """Runs of one shape and window, in chunks whose memory curves fit MEMORY_BUDGET; with several workers, also
+    no chunk above 1 / (2 · workers) of the whole cost, so that the workers finish together."""
+    shapes = runs.groupby(SHAPE, sort=True)
+    share = sum(_cost(group) for _, group in shapes) // (2 * workers)
+    for (layers, width, history), group in shapes:
         rows = max(1, (history - 2) * windows)
-        per_run = rows * (BYTE_VOCAB + 2 * layers * width) * 4
-        size = max(1, MEMORY_BUDGET // per_run)
+        size = max(1, MEMORY_BUDGET // (rows * (BYTE_VOCAB + 2 * layers * width) * 4))
+        if workers > 1:
+            size = min(size, max(1, share // _cost(group.iloc[:1])))
         for first in range(0, len(group), size):
             yield group.iloc[first:first + size]
+
+
+def _cost(group: pd.DataFrame) -> int:
+    """What measuring a group costs, roughly: the weights its steps read (runs · layers · width²)."""
+    return len(group) * int(group["n_layers"].iloc[0]) * int(group["state_size"].iloc[0]) ** 2
 
 
 def _windows(split: np.ndarray, eval_bytes: int, history: int) -> np.ndarray:
@@ -123,19 +135,38 @@ def _model(stage_dir: Path, ids: Sequence[str]) -> ByteModel:
     return load_runs([run_dir(stage_dir, run_id) for run_id in ids])
 
 
-def measure_runs(stage_dir: Path, runs: pd.DataFrame, split: np.ndarray, settings: Measures
+def measure_runs(stage_dir: Path, runs: pd.DataFrame, split: np.ndarray, settings: Measures, workers: int = 1
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per run, the curves in long form: id, measure, x, value) of every run listed."""
+    """(one row per run, the curves in long form: id, measure, x, value) of every run listed, `workers` groups
+    at a time in processes of one torch thread each: a group's steps are too small to keep two threads busy, two
+    groups side by side are not (benchmarks/README.md). A group's numbers do not depend on what runs beside it."""
+    groups = list(_groups(runs, max(2, settings.eval_bytes // int(runs["history_size"].max())), workers))
+    largest_first = sorted(range(len(groups)), key=lambda g: -_cost(groups[g]))
+    jobs = [(stage_dir, groups[g]["id"].tolist(), int(groups[g]["history_size"].iloc[0]), split, settings)
+            for g in largest_first]
+    if workers == 1:
+        found = dict(zip(largest_first, (measure_group(*job) for job in jobs)))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=_PROCESSES, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            found = dict(zip(largest_first, pool.map(measure_group, *zip(*jobs))))
     rows, curves = [], []
-    for group in _groups(runs, max(2, settings.eval_bytes // int(runs["history_size"].max()))):
-        history = int(group["history_size"].iloc[0])
-        windows = _windows(split, settings.eval_bytes, history)
-        found = dynamics.measure(_model(stage_dir, group["id"]), windows, _contexts(settings, history),
-                                 split[:settings.lyapunov_bytes], settings.exponents, settings.seed)
-        for run_id, row in zip(group["id"], found.rows()):
-            rows.append({"id": run_id, **row})
-        curves += _curve_rows(group["id"].tolist(), found)
+    for g, group in enumerate(groups):
+        rows += [{"id": run_id, **row} for run_id, row in zip(group["id"], found[g].rows())]
+        curves += _curve_rows(group["id"].tolist(), found[g])
     return pd.DataFrame(rows), pd.DataFrame(curves, columns=["id", "measure", "x", "value"])
+
+
+#: How worker processes start: forked on Linux (nothing to import again), spawned where forking a process that
+#: holds torch is unsafe (macOS) or unavailable.
+_PROCESSES = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+
+
+def measure_group(stage_dir: Path, ids: Sequence[str], history: int, split: np.ndarray, settings: Measures
+                  ) -> dynamics.Measured:
+    """The measures of runs of one shape and window (history bytes), loaded together."""
+    return dynamics.measure(_model(stage_dir, ids), _windows(split, settings.eval_bytes, history),
+                            _contexts(settings, history), split[:settings.lyapunov_bytes], settings.exponents,
+                            settings.seed)
 
 
 def _curve_rows(ids: list[str], found: dynamics.Measured) -> list[dict]:
@@ -202,11 +233,12 @@ def loss_correlation(merged: pd.DataFrame, rank_by: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["measure", "loss", "designs", "spearman", "ci_low", "ci_high"])
 
 
-def stage_dynamics(stage_dir: Path, data_dir: Path, settings: Measures) -> dict[str, pd.DataFrame]:
-    """The measures of every run of a stage, and the switches' effects on them, by file name (rnnsweep.layout)."""
+def stage_dynamics(stage_dir: Path, data_dir: Path, settings: Measures, workers: int = 1) -> dict[str, pd.DataFrame]:
+    """The measures of every run of a stage (`workers` groups at a time), and the switches' effects on them, by file
+    name (rnnsweep.layout)."""
     runs = _stage_runs(stage_dir)
     train, split, _ = _splits(data_dir, runs)
-    per_run, curves = measure_runs(stage_dir, runs, split, settings)
+    per_run, curves = measure_runs(stage_dir, runs, split, settings, workers)
     windows = _windows(split, settings.eval_bytes, int(runs["history_size"].iloc[0]))
     curves = pd.concat([curves, pd.DataFrame(ngram_rows(train, windows, settings.max_order))], ignore_index=True)
     return {

@@ -442,6 +442,9 @@ class ByteModel:
     `load_replicate`) are always in the replicate's own design's layout, so a
     run's weights and checkpoints do not depend on the path or the group.
 
+    `weights` (one state dict per replicate, in its design's layout) start the
+    replicates from trained weights instead of their seeds' initial ones.
+
     `compute_dtype` (default: `dtype`) is the precision of the step's arithmetic.
     With bfloat16 the parameters stay float32 (the optimiser's master copy):
     each step casts them to a bfloat16 working copy in one pass, runs forward
@@ -458,6 +461,7 @@ class ByteModel:
         compute_dtype: torch.dtype | None = None,
         superset: bool = False,
         vocab: int = VOCAB,
+        weights: Sequence[dict[str, Tensor]] | None = None,
     ) -> None:
         self.designs = [designs] * len(seeds) if isinstance(designs, Design) else list(designs)
         if len(self.designs) != len(seeds):
@@ -474,7 +478,7 @@ class ByteModel:
         self.theta = torch.zeros(self.replicates * sum(p.numel for p in self.plan), device=device, dtype=dtype)
         self.grad = torch.zeros_like(self.theta)
         for r, (design, seed) in enumerate(zip(self.designs, seeds)):
-            self.load_replicate(r, initial_weights(design, seed, vocab))
+            self.load_replicate(r, initial_weights(design, seed, vocab) if weights is None else weights[r])
         mixed = compute_dtype not in (None, dtype)
         self._work = torch.empty_like(self.theta, dtype=compute_dtype) if mixed else self.theta
         self._work_grad = torch.zeros_like(self._work) if mixed else self.grad

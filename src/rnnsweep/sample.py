@@ -9,6 +9,7 @@ Sampling is seeded, so the same call prints the same text.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,9 +27,12 @@ from rnnsweep.stats import design_label
 from rnnsweep.tokens import BYTES, Vocabulary, encode, load_text, read_tokenizer
 
 
-def _run_config(folder: Path) -> pd.Series:
+def _run_config(folder: Path) -> dict:
     try:
-        return pd.read_json(Path(folder) / RUN_CONFIG, typ="series")
+        row = json.loads((Path(folder) / RUN_CONFIG).read_text())
+        if not isinstance(row, dict):
+            raise ValueError(f"{RUN_CONFIG} is not a JSON object")
+        return row
     except (OSError, ValueError) as err:
         raise DataError(f"{folder} is not a finished run's folder ({err})") from None
 
@@ -46,15 +50,21 @@ def load_runs(folders: Sequence[Path], dtype: torch.dtype = torch.float32) -> By
     vocabs = {int(row.get("vocab_size", BYTE_VOCAB)) for row in rows}
     if len(vocabs) != 1 or len({(d.n_layers, d.state_size) for d in designs}) != 1:
         raise DataError("runs loaded together must share their depth, width and vocabulary")
-    model = ByteModel(designs, [0] * len(designs), torch.device("cpu"), dtype=dtype,
-                      superset=len(set(designs)) > 1, vocab=vocabs.pop())
-    for r, folder in enumerate(map(Path, folders)):
-        try:
-            finished_record(folder)
-            model.load_replicate(r, torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-        except (OSError, ValueError) as err:
-            raise DataError(f"{folder} is not a finished run's folder ({err})") from None
-    return model
+    weights = [_trained_weights(Path(folder)) for folder in folders]
+    try:
+        return ByteModel(designs, [0] * len(designs), torch.device("cpu"), dtype=dtype,
+                         superset=len(set(designs)) > 1, vocab=vocabs.pop(), weights=weights)
+    except ValueError as err:
+        raise DataError(f"the weights of {', '.join(map(str, folders))} do not fit their designs ({err})") from None
+
+
+def _trained_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A finished run's weights, only if its result record names them (hash checked)."""
+    try:
+        finished_record(folder)
+        return torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{folder} is not a finished run's folder ({err})") from None
 
 
 def reading_of(folder: Path, data_dir: Path) -> tuple[Vocabulary, Callable[[bytes], list[int]]]:
