@@ -206,3 +206,19 @@ def test_group_table_warns_of_one_design_under_two_ids_and_missing_seeds(caplog)
     assert sorted(table["seeds"]) == [4, 4, 4] and sorted(table["n"]) == [3, 4, 4]
     assert sorted(table["warning"]) == ["", "the same design as another id here",
                                         "the same design as another id here; 3 usable seeds of 4"]
+
+
+def test_holm_equals_statsmodels_with_ties_caps_and_nan_left_out():
+    from statsmodels.stats.multitest import multipletests
+
+    from rnnsweep.stats import holm
+
+    rng = np.random.default_rng(4)
+    for size in (1, 2, 7, 40):
+        p = rng.choice([*rng.uniform(0, 0.2, size), 0.01, 0.5], size)  # ties, and sums above 1
+        p[rng.random(size) < 0.2] = np.nan
+        finite = np.isfinite(p)
+        adjusted = holm(p)
+        assert np.array_equal(np.isnan(adjusted), ~finite)
+        if finite.any():
+            np.testing.assert_allclose(adjusted[finite], multipletests(p[finite], method="holm")[1], rtol=1e-12)

@@ -39,10 +39,9 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as scipy_stats
 from statsmodels.stats.anova import anova_lm
-from statsmodels.stats.multitest import multipletests
 
 from rnnsweep.grid import SWITCHES
-from rnnsweep.stats import usable_runs
+from rnnsweep.stats import holm, usable_runs
 
 #: Responses modelled, with the factor that turns them into bits per byte.
 RESPONSES: dict[str, float] = {"min_loss": 1 / math.log(2), "valid_bpb": 1.0}
@@ -99,16 +98,6 @@ def _fit(summary: pd.DataFrame, response: str):
     if not terms or len(frame) <= len(terms) + 2 or frame["y"].std() == 0:
         return None
     return smf.ols("y ~ " + " + ".join(terms), data=frame).fit(cov_type=COVARIANCE)
-
-
-def holm(p_values: pd.Series | np.ndarray) -> np.ndarray:
-    """Holm-adjusted p values (family-wise error over the given tests); NaN stays NaN."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(len(p), np.nan)
-    tested = np.isfinite(p)
-    if tested.any():
-        adjusted[tested] = multipletests(p[tested], method="holm")[1]
-    return adjusted
 
 
 def effects(summary: pd.DataFrame, responses: Mapping[str, float] = RESPONSES) -> pd.DataFrame:
