@@ -29,30 +29,12 @@ include: "workflow/rules/findings.smk"
 include: "workflow/rules/dynamics.smk"
 
 
-# Only training and the dynamics of each stage go to the queue on a cluster: every other job is
-# small, or (aggregation healing a damaged run, the baselines) rare or short, and runs where
-# Snakemake runs.
-localrules:
-    all,
-    corpus,
-    tokenize,
-    grid,
-    aggregate,
-    table,
-    select,
-    plot,
-    samples,
-    headline,
-    baselines,
-    compare,
-    retokenize,
-    tokenizers,
-    findings,
-    dynamics_ranked,
-    plot_dynamics,
+# Every rule but `train` and `dynamics` is a `localrule`: small, or (aggregation healing a damaged
+# run, the baselines) rare or short, it runs where Snakemake runs; only those two go to a cluster.
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+    localrule: True

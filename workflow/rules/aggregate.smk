@@ -14,6 +14,7 @@ rule aggregate:
         curves=in_report(stage_file("{stage}", CURVES), "curves"),
     log:
         f"{LOGS}/{{stage}}/aggregate.log",
+    localrule: True
     conda:
         ENV
     threads: config["threads_per_worker"]
@@ -33,6 +34,7 @@ rule table:
         in_report(stage_file("{stage}", f"{{table}}{TABLE_SUFFIX}"), "table"),
     log:
         f"{LOGS}/{{stage}}/{{table}}.log",
+    localrule: True
     conda:
         ENV
     params:

@@ -9,6 +9,7 @@ rule baselines:
         in_report(f"{RESULTS}/{BASELINES}", "baselines_table", STUDY_CATEGORY),
     log:
         f"{LOGS}/baselines.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -34,6 +35,7 @@ rule compare:
         ),
     log:
         f"{LOGS}/compare.log",
+    localrule: True
     conda:
         ENV
     shell:

@@ -9,6 +9,7 @@ rule corpus:
         splits=[str(split_path(Path(DATA), split)) for split in SPLITS],
     log:
         f"{LOGS}/corpus.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -33,6 +34,7 @@ rule tokenize:
         meta=f"{DATA}/{TOKENS_META}",
     log:
         f"{LOGS}/tokenize.log",
+    localrule: True
     conda:
         ENV
     params:

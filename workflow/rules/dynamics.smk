@@ -34,6 +34,7 @@ rule dynamics_ranked:
         [dynamics_output(name) for name in DYNAMICS_RANKED],
     log:
         f"{LOGS}/{{stage}}/dynamics_ranked.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -60,6 +61,7 @@ rule plot_dynamics:
         ),
     log:
         f"{LOGS}/{{stage}}/plot_{{dynamics_figure}}.log",
+    localrule: True
     conda:
         ENV
     params:

@@ -9,6 +9,7 @@ rule findings:
         in_report(f"{RESULTS}/{FINDINGS}", "findings", "findings"),
     log:
         f"{LOGS}/findings.log",
+    localrule: True
     conda:
         ENV
     params:

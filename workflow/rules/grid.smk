@@ -6,6 +6,7 @@ rule grid:
         stage_file("stage1", MANIFEST),
     log:
         f"{LOGS}/stage1/grid.log",
+    localrule: True
     conda:
         ENV
     params:

@@ -11,6 +11,7 @@ rule plot:
         in_report(figure_file("{stage}", "{figure}"), "figure"),
     log:
         f"{LOGS}/{{stage}}/plot_{{figure}}.log",
+    localrule: True
     conda:
         ENV
     params:

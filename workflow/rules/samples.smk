@@ -9,6 +9,7 @@ rule samples:
         in_report(stage_file(STAGES[-1], SAMPLES), "samples", STUDY_CATEGORY),
     log:
         f"{LOGS}/{STAGES[-1]}/samples.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -33,6 +34,7 @@ rule headline:
         in_report(f"{RESULTS}/{HEADLINE}", "headline", STUDY_CATEGORY),
     log:
         f"{LOGS}/headline.log",
+    localrule: True
     conda:
         ENV
     params:

@@ -11,6 +11,7 @@ rule select:
         f"{LOGS}/{{stage}}/select.log",
     wildcard_constraints:
         stage="|".join(STAGES[1:]),
+    localrule: True
     conda:
         ENV
     params:

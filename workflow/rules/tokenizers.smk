@@ -9,6 +9,7 @@ rule retokenize:
         stage_file(RETRAINED, MANIFEST),
     log:
         f"{LOGS}/{RETRAINED}/retokenize.log",
+    localrule: True
     conda:
         ENV
     params:
@@ -32,6 +33,7 @@ rule tokenizers:
         ),
     log:
         f"{LOGS}/tokenizers.log",
+    localrule: True
     conda:
         ENV
     shell:
