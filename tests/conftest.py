@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -168,16 +169,38 @@ def fake_result(
     return record
 
 
-def worker_in_thread(stage_dir: Path, data_dir: Path) -> tuple[threading.Thread, dict]:
+class CountedWaits(threading.Event):
+    """A worker's stop event that counts the poll periods the worker waited through (nothing it could claim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def worker_in_thread(stage_dir: Path, data_dir: Path, stop: threading.Event | None = None
+                     ) -> tuple[threading.Thread, dict]:
     """A claiming worker running in a thread of this process, started: (thread, outcome), where outcome gets
-    `trained` (runs trained) or `error` (what it raised), for the main thread to report."""
+    `trained` (runs trained) or `error` (what it raised), for the main thread to report. `stop`: its stop event."""
     from rnnsweep.claims import Worker
 
     outcome: dict = {}
+    stop = stop or threading.Event()
 
     def work() -> None:
         try:
-            outcome["trained"] = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9).run()
+            outcome["trained"] = Worker(stage_dir, data_dir, device="cpu", poll_s=0.05, progress_s=1e9, stop=stop).run()
         except BaseException as err:  # reported by the main thread
             outcome["error"] = err
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fake_result, run_worker_processes, start_lease_holder, worker_in_thread
+from conftest import CountedWaits, fake_result, run_worker_processes, start_lease_holder, wait_for, worker_in_thread
 from rnnsweep import provenance
 from rnnsweep.claims import RunLock, Worker
 from rnnsweep.results import read_result, settle_result
@@ -88,12 +88,13 @@ def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_d
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        thread, outcome = worker_in_thread(stage_dir, data_dir)
-        deadline = time.monotonic() + 60
-        while read_result(stage_dir, free.id) is None and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.02)
+        stop = CountedWaits()
+        thread, outcome = worker_in_thread(stage_dir, data_dir, stop)
+        wait_for(lambda: read_result(stage_dir, free.id) is not None or not thread.is_alive(), "the free run")
         assert read_result(stage_dir, free.id) is not None, outcome
-        time.sleep(0.5)  # many poll periods: the worker must keep waiting, not claim or give up
+        waited = stop.waits
+        # Ten poll periods with only the held run left: the worker must keep waiting, not claim or give up.
+        wait_for(lambda: stop.waits >= waited + 10 or not thread.is_alive(), "ten polls")
         assert thread.is_alive(), outcome
         assert read_result(stage_dir, held.id) is None
         assert not run_dir(stage_dir, held.id).exists()
@@ -105,13 +106,6 @@ def test_lock_held_by_live_process_is_skipped_until_holder_dies(tmp_path, data_d
     assert "error" not in outcome, outcome.get("error")
     assert outcome["trained"] == 2
     assert read_result(stage_dir, held.id)["status"] == "ok"
-
-
-def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _attempts(stage_dir: Path, run_id: str) -> list[dict]:
@@ -126,7 +120,7 @@ def test_a_holder_whose_lock_file_is_deleted_checkpoints_and_claims_again(tmp_pa
     stage_dir = tmp_path / "results" / "stage1"
     write_manifest(stage_dir / "manifest.csv", [run])
     thread, outcome = worker_in_thread(stage_dir, data_dir)
-    _wait_for(lambda: _attempts(stage_dir, run.id), "the worker to claim the run")
+    wait_for(lambda: _attempts(stage_dir, run.id), "the worker to claim the run")
     lock_path(stage_dir, run.id).unlink()
     thread.join(timeout=120)
     assert "error" not in outcome, outcome.get("error")
@@ -150,7 +144,7 @@ def test_a_run_another_live_worker_trains_is_not_trained_even_with_its_lock_free
         (stage_dir / "progress").mkdir()
         (stage_dir / "progress" / f"{socket.gethostname()}-{other.pid}.json").write_text(json.dumps(beat))
         thread, outcome = worker_in_thread(stage_dir, data_dir)
-        _wait_for(lambda: "not training it twice" in caplog.text and read_result(stage_dir, free.id), "the worker to skip the run")
+        wait_for(lambda: "not training it twice" in caplog.text and read_result(stage_dir, free.id), "the worker to skip the run")
         assert thread.is_alive() and not _attempts(stage_dir, busy.id)
     finally:
         other.kill()

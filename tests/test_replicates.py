@@ -13,7 +13,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_pa
 from rnnsweep.model import ByteModel
 from rnnsweep.policy import run_groups
 from rnnsweep.train import Interrupted, train_run, train_runs
-from conftest import run_worker_processes, worker_in_thread
+from conftest import CountedWaits, run_worker_processes, wait_for, worker_in_thread
 from designs import all_on, design
 from grouping import TINY, stop_at
 from test_claims import HOLDER
@@ -257,13 +256,13 @@ def test_worker_trains_the_free_part_of_a_group_then_the_rest_once_freed(tmp_pat
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        thread, outcome = worker_in_thread(stage_dir, data_dir)
-        deadline = time.monotonic() + 60
-        while thread.is_alive() and time.monotonic() < deadline and not all(
-            read_result(stage_dir, run.id) for run in (runs[0], runs[2])
-        ):
-            time.sleep(0.02)
-        time.sleep(0.3)  # several poll periods: the worker must wait for the held run, not give up
+        stop = CountedWaits()
+        thread, outcome = worker_in_thread(stage_dir, data_dir, stop)
+        wait_for(lambda: not thread.is_alive() or all(read_result(stage_dir, run.id) for run in (runs[0], runs[2])),
+                 "the free replicates")
+        waited = stop.waits
+        # Ten poll periods with only the held replicate left: the worker must wait for it, not give up.
+        wait_for(lambda: stop.waits >= waited + 10 or not thread.is_alive(), "ten polls")
         assert thread.is_alive(), outcome
         assert read_result(stage_dir, runs[1].id) is None
     finally:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from conftest import worker_args
+from conftest import wait_for, worker_args
 from rnnsweep.data import SPLITS, load_split, prepare_corpus
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import DATA_DIR, PROGRESS_DIR, run_dir
-from rnnsweep.progress import Heartbeat
+from rnnsweep.progress import Heartbeat, read_heartbeats
 from rnnsweep.status import render, stage_status
 from rnnsweep.train import train_run
 
@@ -24,7 +24,7 @@ TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_b
 #: A worker process that claims a run and is killed outright: it leaves its heartbeat behind.
 DEAD_WORKER = """
 import os, signal, sys
-from rnnsweep.progress import Heartbeat
+from rnnsweep.progress import Heartbeat, read_heartbeats
 beat = Heartbeat(sys.argv[1], 1, 2).start()
 beat.claim([sys.argv[2]], 20)
 os.kill(os.getpid(), signal.SIGKILL)
@@ -60,9 +60,15 @@ def test_a_stage_with_runs_done_held_failed_and_waiting(tmp_path, one_thread):
     try:
         held.claim([runs[2].id], 20)
         held.update(7, 2.5, 100.0)
-        time.sleep(1.5)  # the dead worker's heartbeat is now 1.5 s old; the live one 0.05 s at most
+        wait_for(lambda: any(beat.get("step") == 7 for beat in read_heartbeats(stage_dir)), "the live heartbeat's step")
+        beats = {beat["pid"]: beat["updated"] for beat in read_heartbeats(stage_dir)}
+        live_at = beats.pop(os.getpid())
+        [dead_at] = beats.values()
+        assert live_at > dead_at  # the live heartbeat started after the dead worker was killed
+        # A clock between them, 1 s on: the dead one's last beat is older than 1 s, the live one's newer.
+        now = dead_at + 1.0 + (live_at - dead_at) / 2
         before = _files(study)
-        status = stage_status(stage_dir, study / DATA_DIR, stale_s=1.0)
+        status = stage_status(stage_dir, study / DATA_DIR, now=now, stale_s=1.0)
         text = render(tmp_path / "results")
         assert _files(study) == before, "status must not write, move or lock anything"
     finally:
