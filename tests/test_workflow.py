@@ -239,7 +239,7 @@ def _results(study: Path, stage: str) -> dict[str, tuple[int, str]]:
 
 
 def test_a_damaged_file_of_each_kind_heals_to_the_untouched_tables(study):
-    """tools/damage_injection.py, three edits: a run's file, a stage table, a corpus file (README: A damaged file)."""
+    """tools/damage_injection.py, three edits: a run's file, a stage table, a corpus file (docs/usage.md: A damaged file)."""
     spec = importlib.util.spec_from_file_location("damage_injection", ROOT / "tools/damage_injection.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

@@ -4,7 +4,7 @@ Runs the smoke study with Snakemake in a copy of the checkout (or takes a
 finished one with --study), keeps its tables as the reference, then `--edits`
 times: picks one file (in turn a run's file, a stage table, a corpus file; the
 file at random), edits it (a JSON field set to a wrong value, or one byte
-flipped), cuts it short or deletes it, and runs the command the README gives
+flipped), cuts it short or deletes it, and runs the command docs/usage.md gives
 for a study one no longer trusts:
 
 * a run's file or a stage table: `snakemake -R aggregate <that stage's summary>`,
@@ -102,7 +102,7 @@ def damage(path: Path, rng: random.Random) -> str:
 
 
 def heal(study: Path, results: Path, path: Path) -> subprocess.CompletedProcess:
-    """The README's command for a study one no longer trusts, aimed at the stage the file belongs to."""
+    """The command of docs/usage.md for a study one no longer trusts, aimed at the stage the file belongs to."""
     relative = path.relative_to(results)
     if relative.parts[0] == DATA_DIR:
         return snakemake(study, "-R", "corpus", "--", str(results.relative_to(study) / STAGES[-1] / SUMMARY))
