@@ -27,6 +27,7 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/tokenizers.smk"
 include: "workflow/rules/findings.smk"
 include: "workflow/rules/dynamics.smk"
+include: "workflow/rules/costs.smk"
 
 
 # Every rule but `train` and `dynamics` is a `localrule`: small, or (aggregation healing a damaged
@@ -37,4 +38,5 @@ rule all:
     default_target: True
     input:
         all_targets(),
+        rules.costs.output,
     localrule: True

@@ -149,8 +149,7 @@ def fake_result(
     import hashlib
     import json
 
-    from rnnsweep.layout import RESULT_FIELDS
-    from rnnsweep.results import FILES_FIELD
+    from rnnsweep.results import FILES_FIELD, RESULT_FIELDS
 
     folder.mkdir(parents=True, exist_ok=True)
     curve = curve or [(step, 3.0 - step / 100) for step in range(log_every, n_steps + 1, log_every)]

@@ -39,7 +39,7 @@ def _fake_result(stage_dir: Path, run, k: int, splits) -> dict:
     data = provenance.data_id(*splits)
     curve = [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]
     return fake_result(
-        run_dir(stage_dir, run.id), run.id, run.steps, run.log_every, curve, valid_bpb=4.0 + k, test_bpb=4.5 + k,
+        run_dir(stage_dir, run.id), run.id, run.settings.steps, run.settings.log_every, curve, valid_bpb=4.0 + k, test_bpb=4.5 + k,
         params=count_params(run.design), seed=run.seed, engine=run.engine, fingerprint=provenance.fingerprint(run, data),
         data=data,
     )
@@ -93,7 +93,7 @@ def test_summary_of_hand_written_results(tmp_path, data_dir, splits):
         assert list(frame["valid_bpb"]) == [r["valid_bpb"] for r in records]
         assert list(frame["params"]) == [count_params(r.design) for r in runs]
         assert list(frame["seed"]) == [r.seed for r in runs]
-        assert list(frame["steps"]) == [r.steps for r in runs]
+        assert list(frame["steps"]) == [r.settings.steps for r in runs]
         assert list(frame["replicate"]) == [0] * len(runs)
     on_disk_curves = pd.read_csv(stage_dir / "curves.csv", dtype={"id": str})
     expected = [(r.id, s, e) for k, r in enumerate(runs) for s, e in [(5, 3.0 - k / 10), (10, 2.5 - k / 10)]]

@@ -12,7 +12,7 @@ import pytest
 from rnnsweep.baselines import COLUMNS, COMPRESSORS, NGramModel, baselines
 from rnnsweep.data import load_split
 from rnnsweep.provenance import data_id
-from rnnsweep.train import held_out_windows
+from rnnsweep.data import held_out_windows
 
 
 def witten_bell(train: bytes, context: bytes, byte: int, order: int) -> float:

@@ -74,7 +74,7 @@ def test_four_worker_processes_train_each_run_exactly_once(tmp_path, data_dir):
     for run in runs:
         assert _result_files(stage_dir, run.id) == ["result.json"]
         record = read_result(stage_dir, run.id)
-        assert record["status"] == "ok" and record["id"] == run.id and record["steps"] == run.steps
+        assert record["status"] == "ok" and record["id"] == run.id and record["steps"] == run.settings.steps
 
 
 # --------------------------------------------------------------------------- a lock held elsewhere
@@ -127,7 +127,7 @@ def test_a_holder_whose_lock_file_is_deleted_checkpoints_and_claims_again(tmp_pa
     assert outcome["trained"] == 1
     assert "lock file of " + run.id + " was removed or replaced" in caplog.text
     starts = [a["start_step"] for a in _attempts(stage_dir, run.id)]
-    assert len(starts) == 2 and starts[0] == 0 < starts[1] < run.steps  # resumed, not started again
+    assert len(starts) == 2 and starts[0] == 0 < starts[1] < run.settings.steps  # resumed, not started again
     alone = tmp_path / "alone"
     train_run(run, *(load_split(data_dir, split) for split in SPLITS), alone, torch.device("cpu"))
     assert (run_dir(stage_dir, run.id) / "curve.csv").read_bytes() == (alone / "curve.csv").read_bytes()

@@ -18,7 +18,8 @@ from rnnsweep.layout import DYNAMICS, DYNAMICS_FIGURES, DYNAMICS_RANKED, DYNAMIC
 from rnnsweep.model import ByteModel, initial_weights
 from rnnsweep.reference import ReferenceModel, load_engine_state
 from rnnsweep.sample import load_run
-from rnnsweep.train import held_out_windows, train_run
+from rnnsweep.data import held_out_windows
+from rnnsweep.train import train_run
 from tests.conftest import worker_args
 
 TINY = dict(steps=40, batch_size=4, history_size=8, log_every=5, lr=3e-3, eval_bytes=200)
@@ -40,8 +41,8 @@ def test_the_designs_checked_are_every_switch_combination_at_every_depth():
 def test_memory_at_full_context_is_the_runs_recorded_valid_bpb(tmp_path, splits, one_thread):
     run = make_runs(stage1_designs([2], [4])[37:38], TINY)[0]
     record = train_run(run, *splits, tmp_path / run.id, torch.device("cpu"))
-    windows = held_out_windows(splits[1], run.eval_bytes, run.history_size)
-    ks = dynamics.context_lengths(run.history_size)
+    windows = held_out_windows(splits[1], run.settings.eval_bytes, run.settings.history_size)
+    ks = dynamics.context_lengths(run.settings.history_size)
     memory = dynamics.memory_curves(load_run(tmp_path / run.id), windows, ks, np.random.default_rng(0))
     assert ks == [0, 1, 2, 4, 8]
     for variant in dynamics.VARIANTS:

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from rnnsweep import cli, findings
 from rnnsweep.grid import SWITCHES, stage1_designs

@@ -168,7 +168,7 @@ def test_make_runs_ids_and_seeds(grid):
     again = make_runs(designs, SETTINGS_VALUES, replicates=3, base_seed=7)
     assert [r.seed for r in again] == [r.seed for r in runs]
     for r in runs:
-        assert {k: getattr(r, k) for k in SETTINGS_VALUES} == SETTINGS_VALUES
+        assert dict(r.settings) == SETTINGS_VALUES
         assert r.seed == run_seed(r.config_id, r.replicate, 7)
         assert 0 <= r.seed < 2**31
 
@@ -268,7 +268,7 @@ def test_same_id_other_settings_takes_the_new_row_in_place(tmp_path, runs):
     changed[4] = make_runs([runs[4].design], {**SETTINGS_VALUES, "steps": 21})[0]
     written = write_manifest(path, changed)
     assert [r.id for r in written] == [r.id for r in runs]  # same order
-    assert read_manifest(path)[4].steps == 21
+    assert read_manifest(path)[4].settings.steps == 21
     assert [r for i, r in enumerate(read_manifest(path)) if i != 4] == [r for i, r in enumerate(runs) if i != 4]
 
 

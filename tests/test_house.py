@@ -1,8 +1,7 @@
 """The house rules that keep the workflow easy to change: each fact in one place, lint and format clean.
 
-The profile schema is the one place that names a profile's keys and choices; the code's lists of
-manifest columns, precisions, paths and lock kinds must say the same, and every key a rule passes
-to a command must be an option of that command.
+The profile schema is the one place that names a profile's keys, their types, ranges and choices: the
+commands' options are made from it (rnnsweep.options), and a key added to it reaches every run.
 """
 
 from __future__ import annotations
@@ -13,26 +12,31 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rnnsweep import baselines, cli, config, plots, select, tables
-from rnnsweep.claims import LOCKS
-from rnnsweep.grid import BATCH_DESIGNS, PRECISIONS, SETTINGS
-from rnnsweep.layout import STAGE_FIGURES, STAGE_TABLES, WITH_BASELINES
+from rnnsweep import cli, config, figures, options, provenance, select, tables
+from rnnsweep.grid import PRECISIONS, read_manifest
+from rnnsweep.layout import STAGE_TABLES
+from rnnsweep.train import COMPUTE_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = config.load(ROOT / "configs/default.yaml")
+#: The files each command is given beside what it takes from a profile.
+FILES = {
+    "data": ["--out", "d"], "tokenize": ["--data", "d"], "worker": ["--manifest", "m.csv"], "aggregate": ["--manifest", "m.csv"],
+    "plot": ["loss_curves", "--summary", "s", "--curves", "c", "--out", "o"], "baselines": ["--data", "d", "--out", "o"],
+    "samples": ["--summary", "s", "--data", "d", "--out", "o"], "dynamics": ["--stage", "s"], "dynamics-ranked": ["--stage", "s"],
+    "plot-dynamics": ["memory", "--stage", "s", "--out", "o"], "headline": ["--summary", "s", "--out", "o"],
+    "table": ["groups", "--summary", "s", "--out", "o"],
+}
 
 
-def _choices(key: str) -> tuple[str, ...]:
-    return tuple(config.schema()["properties"][key]["enum"])
-
-
-def test_the_code_lists_what_the_schema_lists():
-    assert SETTINGS == config.training_keys()
-    assert PRECISIONS == _choices("precision")
-    assert BATCH_DESIGNS == _choices("batch_designs")
-    assert LOCKS == _choices("lock")
-    assert baselines.MAX_ORDER == config.schema()["properties"]["baselines"]["properties"]["max_order"]["maximum"]
+def test_every_choice_the_schema_offers_has_its_implementation():
+    assert set(COMPUTE_DTYPES) == set(PRECISIONS)
+    assert set(select.SELECTIONS) == set(config.STAGES[1:])
+    assert {name for names in STAGE_TABLES.values() for name in names} == set(tables.TABLES)
+    for figure in (*figures.STAGE_FIGURES, *figures.DYNAMICS_FIGURES):
+        assert callable(figure.drawer()) and figure.caption and set(figure.stages) <= set(config.STAGES), figure.name
 
 
 def test_design_keys_are_the_stage_blocks_own_keys():
@@ -40,50 +44,67 @@ def test_design_keys_are_the_stage_blocks_own_keys():
     assert config.design_keys("stage2") == ("keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes")
     assert config.design_keys("stage3") == ("top_k", "replicates")
     for stage in config.STAGES:
-        assert not set(config.design_keys(stage)) & set(SETTINGS)
+        assert not set(config.design_keys(stage)) & set(config.training_keys())
+
+
+def _parsed(argv: list[str], wanted) -> dict:
+    args = cli.build_parser().parse_args(argv)
+    return {key.path: getattr(args, key.name) for key in wanted}
+
+
+def _profile(wanted) -> dict:
+    return {key.path: options._value(PROFILE, key.path) for key in wanted}
+
+
+@pytest.mark.parametrize("command", sorted(options.COMMANDS))
+def test_a_profile_reaches_each_command_unchanged(command):
+    """What a rule passes (options.command_args) parses back, through the options made from the schema, to the
+    profile's own values: the types, lists and nulls survive the trip through text."""
+    wanted = options.COMMANDS[command]
+    assert _parsed([command, *FILES[command], *options.command_args(PROFILE, command)], wanted) == _profile(wanted)
 
 
 @pytest.mark.parametrize("stage", config.STAGES)
-def test_a_profile_passes_through_the_manifest_commands(stage, tmp_path):
+def test_a_profile_reaches_the_manifest_commands_unchanged(stage, tmp_path):
     out = ["--out", str(tmp_path / "manifest.csv")]
     argv = ["grid", *out] if stage == "stage1" else ["select", "--stage", stage, "--summary", "s.csv", *out]
-    args = cli.build_parser().parse_args([*argv, *cli.manifest_options(PROFILE, stage)])
-    for key in (*config.design_keys(stage), *SETTINGS):
-        assert getattr(args, key) == PROFILE[stage][key], key
-    for key in cli.MANIFEST_KEYS:
-        assert getattr(args, key) == PROFILE[key], key
+    wanted = options.manifest_keys(stage)
+    assert _parsed([*argv, *options.manifest_args(PROFILE, stage)], wanted) == _profile(wanted)
 
 
-@pytest.mark.parametrize("command", ["worker", "aggregate"])
-def test_a_profile_passes_through_the_training_commands(command, tmp_path):
-    args = cli.build_parser().parse_args([command, "--manifest", "m.csv", *cli.worker_options(PROFILE)])
-    for key in (*cli.WORKER_KEYS, cli.THREADS_KEY):
-        assert getattr(args, key) == PROFILE[key], key
+def _schema_with(line: str) -> dict:
+    """The profile schema with one more training setting (`line`, a YAML mapping entry), as a user would add it."""
+    text = (ROOT / "src/rnnsweep/config.schema.yaml").read_text()
+    anchor = "  training: &training\n"
+    assert anchor in text
+    return yaml.safe_load(text.replace(anchor, anchor + f"      {line}\n"))
 
 
-def test_a_profile_passes_through_the_plot_and_data_commands():
-    plot = ["plot", "loss_curves", "--summary", "s", "--curves", "c", "--out", "o"]
-    args = cli.build_parser().parse_args([*plot, *cli.profile_options(PROFILE["plots"], cli.PLOT_KEYS)])
-    assert {key: getattr(args, key) for key in cli.PLOT_KEYS} == PROFILE["plots"]
-    samples = ["samples", "--summary", "s", "--data", "d", "--out", "o"]
-    options = cli.profile_options(PROFILE["samples"], cli.SAMPLE_KEYS) + cli.profile_options(PROFILE, ["seed"])
-    args = cli.build_parser().parse_args([*samples, *options])
-    assert {key: getattr(args, key) for key in cli.SAMPLE_KEYS} == PROFILE["samples"] and args.seed == PROFILE["seed"]
-    options = cli.profile_options(PROFILE["baselines"], cli.BASELINE_KEYS) + cli.profile_options(PROFILE["stage1"], cli.SCORING_KEYS)
-    args = cli.build_parser().parse_args(["baselines", "--data", "d", "--out", "o", *options])
-    assert {key: getattr(args, key) for key in cli.BASELINE_KEYS} == PROFILE["baselines"]
-    assert all(getattr(args, key) == PROFILE["stage1"][key] for key in cli.SCORING_KEYS)
-    args = cli.build_parser().parse_args(["data", "--out", "d", *cli.profile_options(PROFILE, cli.DATA_KEYS)])
-    assert (args.corpus, args.cache_dir, args.url, args.generated_bytes, args.seed) == tuple(
-        PROFILE[key] for key in ("corpus", "cache_dir", "enwik8_url", "generated_bytes", "seed")
-    )
+def test_a_training_key_added_to_the_schema_reaches_the_manifest_and_the_fingerprint(monkeypatch, tmp_path):
+    """Adding a key to the schema is the whole change outside the code that uses it: the profile validates it,
+    `grid` takes it as an option, every manifest row carries it and its fingerprint changes with it; at its
+    default the fingerprint is the one of before the key, so no result made before is retrained."""
+    profile = config.load(ROOT / "configs/default.yaml", ROOT / "configs/smoke.yaml")
+    before = _grid(profile, tmp_path / "before")[0]
+    schema = _schema_with("clip: {type: number, minimum: 0, default: 0, description: a test}")
+    monkeypatch.setattr(config, "schema", lambda: schema)
+    with pytest.raises(config.ConfigError, match="stage1.clip"):
+        config.validate({**profile, "stage1": {**profile["stage1"], "clip": -1}})
+    at_default, clipped = (_grid({**profile, "stage1": {**profile["stage1"], "clip": value}}, tmp_path / str(value)) for value in (0, 0.5))
+    assert [run.settings.clip for run in (at_default[0], clipped[0])] == [0, 0.5]
+    header = (tmp_path / "0.5" / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert "clip" in header
+    data = "d" * 16
+    assert provenance.fingerprint(at_default[0], data) == provenance.fingerprint(before, data)
+    assert provenance.fingerprint(clipped[0], data) != provenance.fingerprint(before, data)
+    assert [run.id for run in clipped] == [run.id for run in at_default]
 
 
-def test_every_named_table_and_figure_has_its_function():
-    assert {name for names in STAGE_TABLES.values() for name in names} == set(tables.TABLES)
-    assert {name for names in STAGE_FIGURES.values() for name in names} == set(plots.FIGURES)
-    assert set(select.SELECTIONS) == set(config.STAGES[1:])
-    assert set(WITH_BASELINES) <= set(plots.FIGURES)
+def _grid(profile: dict, folder: Path) -> list:
+    """Stage 1's manifest as the workflow writes it: `rnnsweep grid` with the profile's arguments."""
+    path = folder / "manifest.csv"
+    assert cli.main(["grid", "--out", str(path), *options.manifest_args(config.validate(profile), "stage1")]) == 0
+    return read_manifest(path)
 
 
 def test_snakemake_lint_is_clean():

@@ -63,7 +63,7 @@ def test_fingerprint_changes_with_everything_that_makes_the_numbers(monkeypatch)
         dataclasses.replace(run, seed=run.seed + 1),
         dataclasses.replace(run, replicate=1, id=f"{run.id}-r1"),
         dataclasses.replace(run, precision="bf16"),
-        *(dataclasses.replace(run, **{k: v * 2}) for k, v in TINY.items()),
+        *(dataclasses.replace(run, settings=run.settings.replace(**{k: v * 2})) for k, v in TINY.items()),
     ]
     prints = {provenance.fingerprint(other, "d" * 16) for other in changed} | {provenance.fingerprint(run, "e" * 16)}
     monkeypatch.setattr(provenance, "ENGINE", "engine-next")

@@ -60,7 +60,7 @@ def test_the_samples_page_continues_the_test_split_with_each_stages_best(trained
     best = summary.sort_values("min_loss")["id"].iloc[0]
     page = samples_markdown({"stage1": stage / "summary.csv"}, data_dir, SampleSettings(50, 0.8, 20, 0))
     prompt = load_split(data_dir, "test")[:20].tobytes().decode("utf-8", errors="replace")
-    assert prompt in page and f"## stage1" in page and f"Run `{best}`" in page
+    assert prompt in page and "## stage1" in page and f"Run `{best}`" in page
     assert page == samples_markdown({"stage1": stage / "summary.csv"}, data_dir, SampleSettings(50, 0.8, 20, 0))
 
 

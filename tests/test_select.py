@@ -170,7 +170,7 @@ def test_stage2_runs(stage1):
     assert [r.design for r in runs] == designs
     assert [r.id for r in runs] == [d.id for d in designs]
     assert all(r.replicate == 0 and r.config_id == r.id for r in runs)
-    assert all(getattr(r, k) == v for r in runs for k, v in SETTINGS.items())
+    assert all(r.settings[k] == v for r in runs for k, v in SETTINGS.items())
     assert len({r.seed for r in runs}) == len(runs)
 
 

@@ -21,7 +21,7 @@ import rnnsweep.train as train_mod
 from rnnsweep import config, policy, provenance
 from rnnsweep.claims import Worker
 from rnnsweep.results import read_result
-from rnnsweep.grid import COLUMNS, READING, SWITCHES, Design, ManifestError, make_runs, read_manifest, stage1_designs, write_manifest
+from rnnsweep.grid import READING, SWITCHES, Design, columns, ManifestError, make_runs, read_manifest, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, manifest_path
 from rnnsweep.model import ByteModel, initial_weights, superset_layout
 from rnnsweep.train import Interrupted, train_runs
@@ -180,7 +180,7 @@ def test_a_manifest_from_before_the_column_reads_as_the_design_path(tmp_path):
     path = manifest_path(tmp_path / "stage1")
     write_manifest(path, runs)
     lines = [line.rsplit(",", 3)[0] for line in path.read_text().splitlines()]  # nor the tokenizer columns
-    assert lines[0] == ",".join(COLUMNS[:-3])
+    assert lines[0] == ",".join(columns()[:-3])
     path.write_text("\n".join(lines) + "\n")
     assert read_manifest(path) == runs
 

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+import rnnsweep.data as data_mod
 import rnnsweep.train as train_mod
 from designs import all_on, design
 from rnnsweep.grid import Design, make_runs
-from rnnsweep.layout import RESULT_FIELDS
 from rnnsweep.model import ByteModel, count_params
 from rnnsweep.optim import Adam
-from rnnsweep.results import FILES_FIELD
+from rnnsweep.results import FILES_FIELD, RESULT_FIELDS
 from rnnsweep.train import Sampler, train_run
 
 CPU = torch.device("cpu")
@@ -42,20 +42,20 @@ def _run(design: Design = DESIGN, **changes):
 def reference(run, train_data):
     """(curve, final ema, weights) of `run`, by hand: windows of history_size bytes, history_size-1 steps each."""
     model = ByteModel(run.design, [run.seed])
-    opt = Adam(model.theta, model.grad, lr=run.lr)
-    sampler = Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1)
+    opt = Adam(model.theta, model.grad, lr=run.settings.lr)
+    sampler = Sampler(train_data, run.settings.batch_size, run.settings.history_size, seed=run.seed + 1)
     ema, curve, step = 3.0, [], 0
-    while step < run.steps:
+    while step < run.settings.steps:
         batch = sampler.next().long()
-        states = [torch.zeros(1, run.batch_size, run.design.state_size) for _ in range(run.design.n_layers)]
-        for j in range(run.history_size - 1):
-            if step == run.steps:
+        states = [torch.zeros(1, run.settings.batch_size, run.design.state_size) for _ in range(run.design.n_layers)]
+        for j in range(run.settings.history_size - 1):
+            if step == run.settings.steps:
                 break
             loss, states = model.train_step(batch[None, :, j], batch[None, :, j + 1], states)
             opt.step()
             ema = 0.95 * ema + 0.05 * loss.item()
             step += 1
-            if step % run.log_every == 0:
+            if step % run.settings.log_every == 0:
                 curve.append((step, ema))
     return curve, ema, model.replicate(model.theta, 0)
 
@@ -318,7 +318,7 @@ def test_loading_a_checkpoint_never_executes_code(tmp_path, splits, one_thread, 
 @pytest.mark.parametrize("eval_bytes, length, windows", [(16, 100, 2), (22, 100, 3), (1000, 30, 4), (3, 100, 1)])
 def test_held_out_windows_score_each_byte_of_the_slice_once(eval_bytes, length, windows):
     data = torch.arange(length, dtype=torch.uint8).numpy()
-    got = train_mod.held_out_windows(data, eval_bytes, 8)
+    got = data_mod.held_out_windows(data, eval_bytes, 8)
     assert got.shape == (windows, 8)
     predicted = got[:, 1:].ravel().tolist()  # the bytes that are targets
     assert predicted == list(range(1, 1 + windows * 7))  # each once, in order, from the slice's start
@@ -331,7 +331,7 @@ def test_held_out_windows_of_tokens_lie_within_the_slice_of_bytes():
     widths = rng.integers(1, 6, size=300)
     data = rng.integers(300, size=500).astype(np.uint16)
     ends = np.cumsum(widths[data])
-    got = train_mod.held_out_windows(data, 400, 8, widths)
+    got = data_mod.held_out_windows(data, 400, 8, widths)
     last = got.shape[0] * 7  # index of the last token predicted
     assert (got.ravel()[: 8] == data[:8]).all() and (got[1:, 0] == got[:-1, -1]).all()
     assert ends[last] <= 400 < ends[last + 7]  # within the slice, and no further window would be
@@ -345,7 +345,7 @@ def test_held_out_bpb_is_summed_nats_over_the_bytes_predicted(splits, one_thread
     rng = np.random.default_rng(2)
     data, widths = (valid, None) if vocab == 256 else (rng.integers(vocab, size=len(valid)).astype(np.uint16), rng.integers(1, 6, size=vocab))
     model = ByteModel(DESIGN, [3], vocab=vocab)
-    windows = train_mod.held_out_windows(data, 100, 8, widths)
+    windows = data_mod.held_out_windows(data, 100, 8, widths)
     total = 0.0
     for window in torch.from_numpy(windows.astype(np.int64)):
         states = model.initial_state(1)

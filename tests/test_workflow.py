@@ -22,7 +22,7 @@ from rnnsweep import config
 from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
 from rnnsweep.layout import (
-    BASELINES, BASELINES_FIGURE, CORPUS_META, CURVES, DATA_DIR, DYNAMICS_FIGURES, DYNAMICS_RANKED, DYNAMICS_REPORTED,
+    BASELINES, BASELINES_FIGURE, BENCHMARKS_DIR, CORPUS_META, COSTS, CURVES, DATA_DIR, DYNAMICS_FIGURES, DYNAMICS_RANKED, DYNAMICS_REPORTED,
     FIGURE_SUFFIX,
     FINDINGS, HEADLINE, SAMPLES, STAGE_FIGURES,
     STAGE_TABLES, SUMMARY, TABLE_SUFFIX, TOKENIZER, TOKENIZERS, TOKENIZERS_FIGURE, retrained_stage,
@@ -129,6 +129,19 @@ def test_every_figure_is_a_real_picture(study, png):
     assert pixels[..., :3].std() > 0.05  # not a blank canvas
 
 
+def test_costs_sum_every_jobs_benchmark_by_rule(study, profile):
+    """Every rule's jobs are counted once, from their own benchmark files, and the study's row is their sum."""
+    table = pd.read_csv(study / f"{RESULTS}/{COSTS}").set_index("rule")
+    files = sorted((study / RESULTS / BENCHMARKS_DIR).glob("*/*.tsv"))
+    ran = pd.Series([path.parent.name for path in files]).value_counts()
+    assert table.loc["(study)", "jobs"] == len(files) - 1  # all but the costs job itself, written after it
+    assert table.drop("(study)")["jobs"].to_dict() == ran.drop("costs").to_dict()
+    assert table.loc["train", "jobs"] == profile["workers"] * len(config.STAGES)
+    assert table.loc["plot", "jobs"] == len(FIGURE_FILES)
+    assert table.loc["(study)", "wall_s"] == pytest.approx(table.drop("(study)")["wall_s"].sum(), abs=0.1 * len(table))
+    assert (table["wall_s"] > 0).all() and table.loc["train", "cpu_s"] > 0 and table.loc["train", "peak_rss_mib"] > 50
+
+
 def test_headline_names_each_stages_best_design(study):
     headline = pd.read_csv(study / f"{RESULTS}/{HEADLINE}").set_index("stage")
     assert list(headline.index) == list(config.STAGES)
@@ -146,6 +159,7 @@ REPORTED = [
     *(f"{RESULTS}/{stage}/{name}" for stage in STAGE_FIGURES for name in (SUMMARY, CURVES)),
     *(f"{RESULTS}/{stage}/{name}{TABLE_SUFFIX}" for stage, names in STAGE_TABLES.items() for name in names),
     f"{RESULTS}/{config.STAGES[-1]}/{SAMPLES}", f"{RESULTS}/{BASELINES}", f"{RESULTS}/{HEADLINE}", f"{RESULTS}/{FINDINGS}",
+    f"{RESULTS}/{COSTS}",
     f"{RESULTS}/{DATA_DIR}/{CORPUS_META}",
     *(f"{FIGURES_DIR}/{png}" for png in [*FIGURE_FILES, f"{BASELINES_FIGURE}{FIGURE_SUFFIX}"]),
     *(f"{RESULTS}/{stage}/{name}" for stage in MEASURED for name in DYNAMICS_REPORTED),

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from rnnsweep.tokens import fingerprints, texts_for
-from rnnsweep.results import read_result
+from rnnsweep.results import RESULT_FIELDS, read_result
 from rnnsweep.fsutil import atomic_open
-from rnnsweep.grid import COLUMNS, OPTIONAL_COLUMNS, ManifestError, read_manifest
-from rnnsweep.layout import CURVE, CURVE_COLUMNS, RESULT_FIELDS, curves_path, manifest_path, run_dir, summary_path
+from rnnsweep import config
+from rnnsweep.grid import OPTIONAL_COLUMNS, ManifestError, columns, read_manifest
+from rnnsweep.layout import CURVE, CURVE_COLUMNS, curves_path, manifest_path, run_dir, summary_path
 
 #: The share of a curve's last logged points that `tail_loss` averages (at least one point).
 TAIL_FRACTION = 0.1
@@ -46,9 +47,13 @@ class SummaryError(ValueError):
     """A summary or curves table that is not what `aggregate` writes; the message names the file."""
 
 
-#: Columns every reader of a summary relies on, and those of the long-form curves table.
-SUMMARY_COLUMNS = (*COLUMNS, "status", "min_loss", "valid_bpb", "test_bpb")
+#: Columns of the long-form curves table.
 CURVES_COLUMNS = ("id", *CURVE_COLUMNS)
+
+
+def summary_columns() -> tuple[str, ...]:
+    """Columns every reader of a summary relies on: the manifest's, and what each run scored."""
+    return (*columns(), "status", "min_loss", "valid_bpb", "test_bpb")
 
 
 def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
@@ -59,11 +64,12 @@ def read_summary(path: Path, curves: bool = False) -> pd.DataFrame:
         raise SummaryError(f"{path} is empty; rerun the stage's aggregation") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path} is not a valid CSV table ({err})") from None
-    needed, numeric = (CURVES_COLUMNS, CURVE_COLUMNS) if curves else (SUMMARY_COLUMNS, ("min_loss", "valid_bpb", "test_bpb"))
+    needed, numeric = (CURVES_COLUMNS, CURVE_COLUMNS) if curves else (summary_columns(), ("min_loss", "valid_bpb", "test_bpb"))
     if not curves:  # a table written before these columns existed: read as its runs were made
-        for column, value in OPTIONAL_COLUMNS.items():
+        absent = {**{c: int(v) if v.isdigit() else v for c, v in OPTIONAL_COLUMNS.items()}, **config.training_defaults()}
+        for column, value in absent.items():
             if column not in frame.columns:
-                frame[column] = int(value) if value.isdigit() else value
+                frame[column] = value
         for split in ("valid", "test"):  # as result records of then: a byte run predicts a token per byte
             if f"{split}_tokens" not in frame.columns and f"{split}_bytes" in frame.columns:
                 frame[f"{split}_tokens"] = frame[f"{split}_bytes"]

@@ -4,7 +4,7 @@ An RNN's `test_bpb` means little alone. Two kinds of reference place it:
 
 * **Byte n-gram models** of order 0 to `max_order` (order k predicts a byte from the k bytes
   before it), counted on the training split and scored on the test slice exactly as a run
-  is: the same windows (rnnsweep.train.held_out_windows), the context never reaching back
+  is: the same windows (rnnsweep.data.held_out_windows), the context never reaching back
   past a window's start. Unseen events get probability through interpolated Witten-Bell
   smoothing, the escape estimate of PPM method C used as an interpolation weight:
 
@@ -34,12 +34,13 @@ import numpy as np
 import pandas as pd
 import zstandard
 
+from rnnsweep import config
 from rnnsweep.data import SPLITS, DataError, load_split
 from rnnsweep.provenance import data_id
-from rnnsweep.train import held_out_windows
+from rnnsweep.data import held_out_windows
 
-#: The highest order: a context and its next byte, order + 1 bytes, are one int64 key.
-MAX_ORDER = 6
+#: The highest order, the schema's bound: a context and its next byte, order + 1 bytes, are one int64 key.
+MAX_ORDER: int = config.node(("baselines", "max_order"))["maximum"]
 #: Columns of baselines.csv: one row per method; `bytes` is how many bytes its bits are spread over.
 COLUMNS = ("method", "kind", "order", "bytes", "bpb", "nats", "data")
 

@@ -71,11 +71,11 @@ def load(path: Path, run: Run, fingerprint: str, generator: torch.Generator) -> 
         if {name: tuple(t.shape) for name, t in state.items()} != shapes:
             raise ValueError(f"its {key} do not fit the design")
     step, position = int(payload["step"]), int(payload["position"])
-    if not 0 <= step < run.steps or position != step % (run.history_size - 1):
+    if not 0 <= step < run.settings.steps or position != step % (run.settings.history_size - 1):
         raise ValueError(f"step {step} at position {position} does not fit the run")
     batch, states = (payload["batch"], payload["states"]) if position else (None, None)
     if position:
-        window, state = (run.batch_size, run.history_size), (run.batch_size, run.design.state_size)
+        window, state = (run.settings.batch_size, run.settings.history_size), (run.settings.batch_size, run.design.state_size)
         if tuple(batch.shape) != window or [tuple(s.shape) for s in states] != [state] * run.design.n_layers:
             raise ValueError("its window does not fit the run")
     generator.set_state(payload["sampler"])  # last: a rejected checkpoint leaves the sampler fresh

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from filelock import FileLock, SoftFileLease, Timeout
 
-from rnnsweep import data
+from rnnsweep import config, data
 from rnnsweep.fsutil import real_dirs
 from rnnsweep.grid import ManifestError, Run, read_manifest
 from rnnsweep.layout import TOKENIZER, TOKENS_META, lock_path, manifest_path, run_dir
@@ -45,7 +45,7 @@ from rnnsweep.tokens import fingerprints, text_of, texts_for
 
 log = logging.getLogger(__name__)
 
-LOCKS = ("filelock", "soft")
+LOCKS = config.choices("lock")
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -259,7 +259,7 @@ class Worker:
 
         first = claimed[0]
         what = first.config_id if first.engine == "design" else "{}x{} superset".format(*first.shape)
-        bar = ProgressBar(f"{self.stage_dir.name} {done}/{total} {what} x{len(claimed)}", first.steps, self.progress_s)
+        bar = ProgressBar(f"{self.stage_dir.name} {done}/{total} {what} x{len(claimed)}", first.settings.steps, self.progress_s)
         self.halt = halt = threading.Event()  # set by a stop signal, or by a lock found not intact
         if self.stop.is_set():
             halt.set()
@@ -270,7 +270,7 @@ class Worker:
             if not all(self.locks[run.id].intact() for run in claimed):
                 halt.set()
 
-        self.heartbeat.claim([run.id for run in claimed], first.steps)
+        self.heartbeat.claim([run.id for run in claimed], first.settings.steps)
         text = text_of(self.texts, first)
         dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
         try:

@@ -3,9 +3,8 @@
 The Snakemake rules call these commands with the files they read and write
 and with values from the validated profile; a user can call the same commands
 by hand (for example to add a worker from another machine that shares the
-results folder). Options that a profile sets are spelled as its keys
-(`threads_per_worker` is `--threads-per-worker`), and `profile_options` turns a
-profile into them: the one place where the two meet.
+results folder). Options that a profile sets are made from the profile schema
+by rnnsweep.options, which also turns a profile into them for the rules.
 """
 
 from __future__ import annotations
@@ -13,105 +12,40 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shlex
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from rnnsweep import config, data
-from rnnsweep.baselines import MAX_ORDER
+from rnnsweep import config, data, figures
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
-from rnnsweep.claims import LOCKS, Worker
+from rnnsweep.claims import Worker
+from rnnsweep.costs import BenchmarkError, costs, read_benchmarks
 from rnnsweep.fsutil import UnsafePath
 from rnnsweep.grid import (
-    BATCH_DESIGNS, BYTE_VOCAB, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
-    vocabulary_problem, write_manifest,
+    BYTE_VOCAB, ManifestError, make_runs, read_manifest, stage1_designs, vocabulary_problem, write_manifest,
 )
 from rnnsweep.layout import DYNAMICS_FIGURES, MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
+from rnnsweep.options import COMMANDS, add_command_options, add_options, command_args, keys, manifest_keys, option
 
 log = logging.getLogger("rnnsweep")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: Errors that are the user's (or the machine's: a full disk, a read-only folder) to fix: one line, no traceback.
-USER_ERRORS = (config.ConfigError, ManifestError, data.DataError, MissingResults, SummaryError, UnsafePath, OSError)
-
-#: Profile keys that say which corpus a study reads and how it is fetched or made.
-DATA_KEYS = ("corpus", "cache_dir", "enwik8_url", "enwik8_sha256", "generated_bytes", "seed")
-#: Profile keys that say how runs are trained, by `worker` and by `aggregate`; and their threads, which a
-#: Snakemake rule passes as the `threads` Snakemake grants (fewer than the profile's under a small --cores).
-WORKER_KEYS = ("device", "lock", "lock_lease_s", "checkpoint_every")
-THREADS_KEY = "threads_per_worker"
-#: Profile keys, beside a stage's design keys and training settings, that a manifest's rows depend on.
-MANIFEST_KEYS = ("precision", "batch_designs", "device", "seed")
-#: Profile keys that say what a study's runs read: bytes, or BPE tokens of a vocabulary of `vocab_size`.
-TOKENIZER_KEY, VOCAB_KEY = "tokenizer", "vocab_size"
-#: Profile keys (of its `samples` block) that the samples page takes, beside `seed`.
-SAMPLE_KEYS = ("bytes", "temperature", "prompt_bytes")
-#: Profile keys (of its `plots` block) that every figure takes.
-PLOT_KEYS = ("threshold", "best_curves", "smooth")
-#: The profile key that says what ranks runs: selection, the headline, the group table, figures and samples take it.
-RANK_KEY = "rank_by"
-#: Profile keys (of its `baselines` block) that `baselines` takes; and a stage's keys that fix the
-#: test slice its runs are scored on, which the baselines score too (the first stage's).
-BASELINE_KEYS = ("max_order",)
-SCORING_KEYS = ("eval_bytes", "history_size")
-#: The `dynamics` block's keys a stage's dynamics command takes as they are (stages and eval_bytes pick per stage).
-DYNAMICS_KEYS = ("contexts", "lyapunov_bytes", "exponents")  # what is measured of every run
-ATTRACTOR_KEYS = ("best", "attractor_inputs", "attractor_starts", "attractor_steps")  # of the best runs
-
-
-def option(key: str) -> str:
-    """The command-line option of a profile key."""
-    return "--" + key.replace("_", "-")
-
-
-def profile_options(block: Mapping[str, object], keys: Iterable[str]) -> list[str]:
-    """The options that pass `keys` of a profile block to a command (a list gives several values, null none)."""
-    argv: list[str] = []
-    for key in keys:
-        value = block[key]
-        if value is not None:
-            argv += [option(key), *map(str, value if isinstance(value, list) else [value])]
-    return argv
-
-
-def manifest_options(profile: Mapping, stage: str) -> list[str]:
-    """What `grid` (stage 1) or `select` (stages 2, 3) needs from a profile besides its files."""
-    block = profile[stage]
-    options = profile_options(block, (*config.design_keys(stage), *SETTINGS)) + profile_options(profile, MANIFEST_KEYS)
-    ranked = profile_options(profile, [RANK_KEY]) if stage != config.STAGES[0] else []  # stage 1 is the whole grid
-    return options + ranked + reading_options(profile, profile[TOKENIZER_KEY])
-
-
-def reading_options(profile: Mapping, tokenizer: str) -> list[str]:
-    """The options that make runs read `tokenizer`: its name, and for BPE the profile's vocabulary size.
-
-    A byte study is not passed the vocabulary size, so editing it changes no byte study's manifests.
-    """
-    vocab = profile_options(profile, [VOCAB_KEY]) if tokenizer == "bpe" else []
-    return [option(TOKENIZER_KEY), tokenizer, *vocab]
-
-
-def worker_options(profile: Mapping) -> list[str]:
-    """What `worker` and `aggregate` need from a profile besides their files."""
-    return profile_options(profile, (*WORKER_KEYS, THREADS_KEY))
+USER_ERRORS = (
+    config.ConfigError, ManifestError, data.DataError, MissingResults, SummaryError, BenchmarkError, UnsafePath, OSError,
+)
 
 
 def worker_args(manifest: Path, data_dir: Path, profile: Mapping, index: int = 0, count: int = 1) -> list[str]:
     """The arguments of worker `index` of `count` on a stage, with a profile's training options."""
     where = ["--manifest", str(manifest), "--data", str(data_dir), "--index", str(index), "--count", str(count)]
-    return ["worker", *where, *worker_options(profile)]
+    return ["worker", *where, *command_args(profile, "worker")]
 
 
 def worker_command(manifest: Path, data_dir: Path, profile: Mapping, index: int = 0, count: int = 1) -> list[str]:
     """`worker_args` as a process to start, with the Python running this one."""
     return [sys.executable, "-m", "rnnsweep", *worker_args(manifest, data_dir, profile, index, count)]
-
-
-def shell_words(argv: Iterable[str]) -> str:
-    """Options as one shell-quoted string, for a Snakemake rule's command."""
-    return " ".join(map(shlex.quote, argv))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -121,17 +55,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _rank_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(option(RANK_KEY), type=config.option_type(RANK_KEY), default=config.default(RANK_KEY),
-                        help=config.description(RANK_KEY))
-
-
-def _schema_options(parser: argparse.ArgumentParser, block: str, keys: Iterable[str], required: bool = False) -> None:
-    """Keys of a profile block as options, typed and described by the schema (a list key takes several values)."""
-    for key in keys:
-        item = config.item_type(block, key)
-        parser.add_argument(option(key), type=item or config.option_type(block, key), nargs="+" if item else None,
-                            required=required, help=config.description(block, key))
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _dynamics_common(parser: argparse.ArgumentParser) -> None:
@@ -142,61 +70,35 @@ def _dynamics_common(parser: argparse.ArgumentParser) -> None:
                         help="torch threads (dynamics --stage: processes measuring groups of runs side by side, one thread each)")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _design_options(parser: argparse.ArgumentParser, stage: str, required: bool) -> None:
-    """The stage's design keys as options, typed and described by the profile schema."""
-    for key in config.design_keys(stage):
-        kind, listed, text = config.describe(stage, key)
-        parser.add_argument(option(key), type=kind, nargs="+" if listed else None, required=required, help=f"{stage}: {text}")
-
-
-def _manifest_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("training settings written into every manifest row")
-    for key in SETTINGS:
-        group.add_argument(option(key), type=float if key == "lr" else int, required=True)
-    group.add_argument("--precision", choices=PRECISIONS, required=True, help="arithmetic of each training step")
-    group.add_argument(
-        "--batch-designs", choices=BATCH_DESIGNS, required=True,
-        help="auto: train designs of one shape as one superset model where the cost model says it is faster; off: never",
-    )
-    group.add_argument("--device", required=True, help="where the workers will train: picks the cost model's device")
-    group.add_argument("--seed", type=int, required=True, help="base of every run's seed")
-    _reading_options(group)
-
-
 def _reading_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument(option(TOKENIZER_KEY), choices=TOKENIZERS, required=True, help="what the runs read: bytes or BPE tokens")
-    parser.add_argument(option(VOCAB_KEY), type=int, help="with --tokenizer bpe: ids in the vocabulary (rnnsweep tokenize)")
+    """What the runs read: `--tokenizer`, and with bpe `--vocab-size` (which a byte study is not passed)."""
+    add_options(parser, keys("tokenizer") + keys("vocab_size", required=False))
 
 
 def _reading(args: argparse.Namespace) -> dict:
     """The runs' tokenizer and vocabulary size from the options, checked."""
     vocab = BYTE_VOCAB if args.tokenizer == "bytes" else args.vocab_size
     if vocab is None:
-        raise config.ConfigError(f"--tokenizer {args.tokenizer} needs {option(VOCAB_KEY)}")
+        raise config.ConfigError(f"--tokenizer {args.tokenizer} needs {option('vocab_size')}")
     problem = vocabulary_problem(args.tokenizer, vocab)
     if problem:
         raise config.ConfigError(problem)
-    return {TOKENIZER_KEY: args.tokenizer, VOCAB_KEY: vocab}
+    return {"tokenizer": args.tokenizer, "vocab_size": vocab}
+
+
+def _manifest_options(parser: argparse.ArgumentParser, stages: Iterable[str]) -> None:
+    """A manifest's keys (rnnsweep.options.manifest_keys) of `stages`, each once, and what its runs read."""
+    group = parser.add_argument_group("settings written into every manifest row")
+    add_options(group, [key for stage in stages for key in manifest_keys(stage)])
+    _reading_options(group)
 
 
 def _worker_options(parser: argparse.ArgumentParser) -> None:
-    """How runs are trained: by `worker`, and by `aggregate` for runs it finds without a valid result."""
+    """Where runs are trained, by `worker`, and by `aggregate` for runs it finds without a valid result."""
     parser.add_argument("--manifest", required=True, help="the stage's manifest.csv; its folder is the stage's")
     parser.add_argument("--data", help="folder with the splits (default: data/ beside the stage folders)")
     parser.add_argument("--index", type=int, default=0, help="this worker's number (spreads workers over the manifest)")
     parser.add_argument("--count", type=_positive, default=1, help="how many workers there are")
-    parser.add_argument("--device", required=True, help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--threads-per-worker", type=_positive, required=True, help="torch threads")
-    parser.add_argument("--lock", choices=LOCKS, required=True, help="filelock (flock) or soft (lease, for NFS)")
-    parser.add_argument("--lock-lease-s", type=float, help="with --lock soft: seconds unrefreshed before a lease may be taken over")
-    parser.add_argument("--checkpoint-every", type=int, required=True, help="steps between checkpoints inside a run (0: none)")
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -221,8 +123,8 @@ def cmd_data(args: argparse.Namespace) -> None:
         args.corpus,
         Path(args.out),
         cache_dir=Path(args.cache_dir).expanduser(),
-        url=args.url,
-        sha256=args.sha256,
+        url=args.enwik8_url,
+        sha256=args.enwik8_sha256,
         generated_bytes=args.generated_bytes,
         seed=args.seed,
         min_bytes=args.min_bytes,
@@ -362,23 +264,22 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from rnnsweep import plots  # matplotlib is slow to import; only plotting needs it
     from rnnsweep.baselines import check_same_bytes, read_baselines
 
-    if args.figure not in plots.FIGURES:
-        raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(plots.FIGURES)}")
+    named = figures.by_name(figures.STAGE_FIGURES)
+    if args.figure not in named:
+        raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(named)}")
     summary, curves = read_summary(Path(args.summary)), read_summary(Path(args.curves), curves=True)
-    options = {key: getattr(args, key) for key in (*PLOT_KEYS, RANK_KEY)}
+    options = {key.name: getattr(args, key.name) for key in COMMANDS["plot"]}
     if args.baselines:
         options["baselines"] = read_baselines(Path(args.baselines))
         check_same_bytes(options["baselines"], summary, f"the runs of {args.summary}")
-    plots.FIGURES[args.figure](summary, curves, Path(args.out), **options)
+    named[args.figure].drawer()(summary, curves, Path(args.out), **options)
 
 
 def cmd_plot_dynamics(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from rnnsweep import dynamics_plots  # matplotlib is slow to import; only plotting needs it
     from rnnsweep.layout import DYNAMICS_CURVES, DYNAMICS_TABLES
 
     stage = Path(args.stage)
@@ -387,7 +288,8 @@ def cmd_plot_dynamics(args: argparse.Namespace) -> None:
     except (OSError, ValueError) as err:
         raise SummaryError(f"{stage} has no complete dynamics tables ({err}); run `rnnsweep dynamics --stage` first") from None
     tables[DYNAMICS_CURVES]["id"] = tables[DYNAMICS_CURVES]["id"].fillna("")  # the n-gram rows belong to no run
-    dynamics_plots.FIGURES[args.figure](read_summary(summary_path(stage)), tables, Path(args.out), args.rank_by)
+    draw = figures.by_name(figures.DYNAMICS_FIGURES)[args.figure].drawer()
+    draw(read_summary(summary_path(stage)), tables, Path(args.out), args.rank_by)
 
 
 def cmd_baselines(args: argparse.Namespace) -> None:
@@ -405,6 +307,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     for stage, summary in summaries.items():
         check_same_bytes(table, summary, f"the {stage} runs")
     plots.compare(table, summaries, Path(args.out))
+
+
+def cmd_costs(args: argparse.Namespace) -> None:
+    write_csv(costs(read_benchmarks(Path(args.benchmarks))), Path(args.out))
 
 
 def cmd_headline(args: argparse.Namespace) -> None:
@@ -444,7 +350,7 @@ def cmd_dynamics(args: argparse.Namespace) -> None:
     from rnnsweep.dynamics_stage import Measures, stage_dynamics
 
     torch.set_num_threads(1)  # --threads processes, one thread each (rnnsweep.dynamics_stage.measure_runs)
-    _require(args, "--stage", ("eval_bytes", *DYNAMICS_KEYS, *BASELINE_KEYS))
+    _require(args, "--stage", ("eval_bytes", *(key.name for key in COMMANDS["dynamics"])))
     settings = Measures(eval_bytes=args.eval_bytes, contexts=tuple(args.contexts) if args.contexts else None,
                         lyapunov_bytes=args.lyapunov_bytes, exponents=args.exponents, max_order=args.max_order,
                         seed=args.seed)
@@ -484,7 +390,7 @@ def _print_run_dynamics(folder: Path, args: argparse.Namespace) -> None:
 
     from rnnsweep import dynamics
     from rnnsweep.sample import load_run
-    from rnnsweep.train import held_out_windows
+    from rnnsweep.data import held_out_windows
 
     try:
         settings = json.loads((folder / "config.json").read_text())
@@ -514,7 +420,7 @@ def _stage_summaries(paths: list[str]) -> dict:
 def cmd_table(args: argparse.Namespace) -> None:
     from rnnsweep.tables import TABLES  # statsmodels is slow to import; only tables need it
 
-    options = {RANK_KEY: args.rank_by} if args.table in RANKED_TABLES else {}
+    options = {"rank_by": args.rank_by} if args.table in RANKED_TABLES else {}
     write_csv(TABLES[args.table](read_summary(Path(args.summary)), **options), Path(args.out))
 
 
@@ -536,169 +442,137 @@ def cmd_samples(args: argparse.Namespace) -> None:
     atomic_write_text(Path(args.out), samples_markdown(summaries, Path(args.data), settings))
 
 
-def _sample_options(parser: argparse.ArgumentParser) -> None:
-    """The samples' settings, with the ranges of the profile's `samples` block and `seed`."""
-    for key in SAMPLE_KEYS[:2]:
-        parser.add_argument(option(key), type=config.option_type("samples", key), required=True, help=config.description("samples", key))
-    parser.add_argument("--seed", type=config.option_type("seed"), required=True, help="of the sampler: the same seed prints the same text")
+Commands = "argparse._SubParsersAction[OneLineParser]"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="rnnsweep", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+def _command(sub: Commands, name: str, func: Callable[[argparse.Namespace], None], text: str) -> OneLineParser:
+    """A command's parser, with the options of everything it takes from a profile (rnnsweep.options.COMMANDS)."""
+    parser = sub.add_parser(name, help=text)
+    parser.set_defaults(func=func)
+    if name in COMMANDS:
+        add_command_options(parser, name)
+    return parser
 
-    p = sub.add_parser("data", help="download or generate the corpus and split it 90/5/5")
-    p.add_argument("--corpus", required=True, help="'enwik8', 'generated' or a path to a byte file")
+
+def _data_commands(sub: Commands) -> None:
+    p = _command(sub, "data", cmd_data, "download or generate the corpus and split it 90/5/5")
     p.add_argument("--out", required=True, help="folder for the splits and corpus.json")
-    p.add_argument("--cache-dir", required=True, help="where enwik8 is kept between studies")
-    p.add_argument("--enwik8-url", dest="url", help="corpus 'enwik8': where to download it")
-    p.add_argument("--enwik8-sha256", dest="sha256", help="corpus 'enwik8': its expected SHA-256 (else the size is checked)")
-    p.add_argument("--generated-bytes", type=int, help="corpus 'generated': its size")
-    p.add_argument("--seed", type=int, help="corpus 'generated': its seed")
     p.add_argument("--min-bytes", type=int, default=2, help="fail if a split is shorter (one window)")
-    p.set_defaults(func=cmd_data)
-
-    p = sub.add_parser("tokenize", help="learn a BPE vocabulary from the training split and write each split as token ids")
+    p = _command(sub, "tokenize", cmd_tokenize, "learn a BPE vocabulary from the training split and write each split as token ids")
     p.add_argument("--data", required=True, help="the folder of the splits; the vocabulary and id files are written beside them")
-    p.add_argument(option(VOCAB_KEY), type=int, required=True, help="pieces in the vocabulary: the 256 bytes, then merges")
-    p.set_defaults(func=cmd_tokenize)
-
-    p = sub.add_parser("retokenize", help="write a manifest of another manifest's runs reading other tokens")
+    p = _command(sub, "retokenize", cmd_retokenize, "write a manifest of another manifest's runs reading other tokens")
     p.add_argument("--manifest", required=True, help="the runs to train again (the last stage's manifest)")
     p.add_argument("--out", required=True, help="the manifest to write")
     _reading_options(p)
-    p.set_defaults(func=cmd_retokenize)
-
-    p = sub.add_parser("tokenizers", help="compare the same runs read as bytes and as BPE tokens: a table and a figure")
-    p.add_argument("--summary", nargs=2, required=True, help="the study's last stage's summary, then its runs' under the other tokenizer")
+    p = _command(sub, "baselines", cmd_baselines, "write the bits per byte of n-gram models and compressors on the test slice")
+    p.add_argument("--data", required=True, help="folder with the splits: n-grams count the training split")
     p.add_argument("--out", required=True, help="the table to write")
-    p.add_argument("--figure", required=True, help="the figure to draw")
-    p.set_defaults(func=cmd_tokenizers)
 
-    p = sub.add_parser("grid", help="write the stage-1 manifest (runs already listed keep their order)")
+
+def _manifest_commands(sub: Commands) -> None:
+    p = _command(sub, "grid", cmd_grid, "write the stage-1 manifest (runs already listed keep their order)")
     p.add_argument("--out", required=True, help="the manifest to write")
-    _design_options(p, "stage1", required=True)
-    _manifest_options(p)
-    p.set_defaults(func=cmd_grid)
-
-    p = sub.add_parser("select", help="write the stage-2 or stage-3 manifest from the previous stage's summary")
+    _manifest_options(p, config.STAGES[:1])
+    p = _command(sub, "select", cmd_select, "write the stage-2 or stage-3 manifest from the previous stage's summary")
     p.add_argument("--stage", required=True)
     p.add_argument("--summary", required=True, help="the previous stage's summary.csv")
     p.add_argument("--out", required=True, help="the manifest to write")
-    for stage in config.STAGES[1:]:
-        _design_options(p, stage, required=False)
-    _manifest_options(p)
-    _rank_option(p)
-    p.set_defaults(func=cmd_select)
+    _manifest_options(p, config.STAGES[1:])
 
-    p = sub.add_parser("worker", help="claim and train unfinished runs of a stage until none is left")
+
+def _training_commands(sub: Commands) -> None:
+    p = _command(sub, "worker", cmd_worker, "claim and train unfinished runs of a stage until none is left")
     _worker_options(p)
     p.add_argument("--history", help="also append the log records to this file: it keeps every attempt of a job "
                                      "whose log is replaced when the job is retried")
-    p.set_defaults(func=cmd_worker)
-
-    p = sub.add_parser("aggregate", help="write a stage's summary and curves tables, training any run without a valid result")
+    p = _command(sub, "aggregate", cmd_aggregate, "write a stage's summary and curves tables, training any run without a valid result")
     _worker_options(p)
     p.add_argument("--summary", help="the summary table to write (default: summary.csv beside the manifest)")
     p.add_argument("--curves", help="the curves table to write (default: curves.csv beside the manifest)")
-    p.set_defaults(func=cmd_aggregate)
+    p = _command(sub, "status", cmd_status, "show each stage's runs, workers, speed, ETA and best runs; reads only")
+    p.add_argument("--results", default="results", help="a results folder or one study's folder (default: results)")
+    p.add_argument("--watch", action="store_true", help="redraw every --every seconds until Ctrl-C")
+    p.add_argument("--every", type=_positive, default=5, help="seconds between redraws with --watch")
 
-    p = sub.add_parser("plot", help="render one figure")
-    p.add_argument("figure")
+
+def _summaries(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
+
+
+def _analysis_commands(sub: Commands) -> None:
+    p = _command(sub, "table", cmd_table, "write an analysis table")
+    p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))
     p.add_argument("--summary", required=True)
-    p.add_argument("--curves", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=float, required=True, help="the 'memory is used' loss line")
-    p.add_argument("--best-curves", type=_positive, required=True, help="how many best runs best_curves draws")
-    p.add_argument("--smooth", type=_positive, required=True, help="moving-average window, in logged points")
-    p.add_argument("--baselines", help="baselines.csv: the swarms draw the best baseline as a line")
-    _rank_option(p)
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser("baselines", help="write the bits per byte of n-gram models and compressors on the test slice")
-    p.add_argument("--data", required=True, help="folder with the splits: n-grams count the training split")
+    p = _command(sub, "headline", cmd_headline, "write each stage's run count, diverged runs and best design: the report's front page")
+    _summaries(p)
+    p.add_argument("--out", required=True)
+    p = _command(sub, "costs", cmd_costs, "sum the jobs' benchmark records by rule: where the study's time went")
+    p.add_argument("--benchmarks", required=True, help="the folder of the benchmark files, <rule>/<job>.tsv")
     p.add_argument("--out", required=True, help="the table to write")
-    p.add_argument("--max-order", type=int, choices=range(MAX_ORDER + 1), required=True, help="n-grams of order 0 to this")
-    p.add_argument("--eval-bytes", type=_positive, required=True, help="the test slice: as the runs were scored")
-    p.add_argument("--history-size", type=int, required=True, help="the runs' window: a context never reaches past its start")
-    p.set_defaults(func=cmd_baselines)
-
-    p = sub.add_parser("compare", help="draw the baselines beside the best run of each stage")
-    p.add_argument("--baselines", required=True, help="baselines.csv")
-    p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("sample", help="print text a trained run generates after a prompt")
-    p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")
-    p.add_argument("--prompt", default="", help="text fed to the run first")
-    p.add_argument("--data", help="a BPE run's data folder, with its vocabulary (default: data/ beside the stage folders)")
-    _sample_options(p)
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser("samples", help="write a page of text from the best run of each stage")
-    p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
-    p.add_argument("--data", required=True, help="the folder of the splits: the prompt is the start of the test split")
-    p.add_argument("--out", required=True)
-    p.add_argument("--prompt-bytes", type=_positive, required=True, help="bytes of the test split fed first")
-    _sample_options(p)
-    _rank_option(p)
-    p.set_defaults(func=cmd_samples)
-
-    p = sub.add_parser("headline", help="write each stage's run count, diverged runs and best design: the report's front page")
-    p.add_argument("--summary", nargs="+", required=True, help="each stage's summary table, in stage order")
-    p.add_argument("--out", required=True)
-    _rank_option(p)
-    p.set_defaults(func=cmd_headline)
-
-    p = sub.add_parser("findings", help="test the published study's claims on a stage summary: evidence and a verdict each")
+    p = _command(sub, "findings", cmd_findings, "test the published study's claims on a stage summary: evidence and a verdict each")
     p.add_argument("--summary", required=True, help="any CSV of runs with the design columns and a loss (a stage's summary.csv)")
     p.add_argument("--out", help="the page to write (default: print it)")
     p.add_argument("--loss", default="min_loss", help="the column to judge by (default: min_loss, as published)")
     p.add_argument("--threshold", type=config.option_type("plots", "threshold"), default=1.9,
                    help="the memory threshold, in the loss's unit (default: 1.9 nats, the study's)")
     p.add_argument("--baselines", help="baselines.csv: its order-1 n-gram decides the memory claim")
-    p.set_defaults(func=cmd_findings)
+    p = _command(sub, "tokenizers", cmd_tokenizers, "compare the same runs read as bytes and as BPE tokens: a table and a figure")
+    p.add_argument("--summary", nargs=2, required=True, help="the study's last stage's summary, then its runs' under the other tokenizer")
+    p.add_argument("--out", required=True, help="the table to write")
+    p.add_argument("--figure", required=True, help="the figure to draw")
 
-    p = sub.add_parser("dynamics", help="what trained cells do with time: memory, sensitivity, Lyapunov exponents; "
-                       "of every run of a stage (tables beside its summary) or of one run (printed)")
+
+def _figure_commands(sub: Commands) -> None:
+    p = _command(sub, "plot", cmd_plot, "render one figure")
+    p.add_argument("figure")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--curves", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--baselines", help="baselines.csv: the swarms draw the best baseline as a line")
+    p = _command(sub, "compare", cmd_compare, "draw the baselines beside the best run of each stage")
+    p.add_argument("--baselines", required=True, help="baselines.csv")
+    _summaries(p)
+    p.add_argument("--out", required=True)
+    p = _command(sub, "plot-dynamics", cmd_plot_dynamics, "draw one figure of a stage's dynamics from its tables")
+    p.add_argument("figure", choices=DYNAMICS_FIGURES)
+    p.add_argument("--stage", required=True, help="a stage folder holding its summary and dynamics tables")
+    p.add_argument("--out", required=True, help="the PNG to write")
+
+
+def _sample_commands(sub: Commands) -> None:
+    p = _command(sub, "sample", cmd_sample, "print text a trained run generates after a prompt")
+    p.add_argument("--run", required=True, help="a finished run's folder (runs/<id>)")
+    p.add_argument("--prompt", default="", help="text fed to the run first")
+    p.add_argument("--data", help="a BPE run's data folder, with its vocabulary (default: data/ beside the stage folders)")
+    add_options(p, keys("bytes", "temperature", block=("samples",)) + keys("seed"))
+    p = _command(sub, "samples", cmd_samples, "write a page of text from the best run of each stage")
+    _summaries(p)
+    p.add_argument("--data", required=True, help="the folder of the splits: the prompt is the start of the test split")
+    p.add_argument("--out", required=True)
+
+
+def _dynamics_commands(sub: Commands) -> None:
+    p = _command(sub, "dynamics", cmd_dynamics, "what trained cells do with time: memory, sensitivity, Lyapunov exponents; "
+                 "of every run of a stage (tables beside its summary) or of one run (printed)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--stage", help="an aggregated stage's folder: its dynamics tables are written into it")
     which.add_argument("--run", help="a finished run's folder (runs/<id>): its measures are printed")
     p.add_argument("--eval-bytes", type=_positive, help="held-out bytes measured (--run: the run's eval_bytes)")
-    _schema_options(p, "dynamics", DYNAMICS_KEYS)
-    _schema_options(p, "baselines", BASELINE_KEYS)
     _dynamics_common(p)
-    p.set_defaults(func=cmd_dynamics)
-
-    p = sub.add_parser("dynamics-ranked", help="what of a stage's dynamics depends on rank_by: each measure's "
-                       "correlation with the loss, and the best runs' attractors, orbit diagram and trajectory")
+    p = _command(sub, "dynamics-ranked", cmd_dynamics_ranked, "what of a stage's dynamics depends on rank_by: each measure's "
+                 "correlation with the loss, and the best runs' attractors, orbit diagram and trajectory")
     p.add_argument("--stage", required=True, help="a stage folder whose dynamics were measured (rnnsweep dynamics)")
-    _schema_options(p, "dynamics", ATTRACTOR_KEYS, required=True)
     _dynamics_common(p)
-    _rank_option(p)
-    p.set_defaults(func=cmd_dynamics_ranked)
 
-    p = sub.add_parser("plot-dynamics", help="draw one figure of a stage's dynamics from its tables")
-    p.add_argument("figure", choices=DYNAMICS_FIGURES)
-    p.add_argument("--stage", required=True, help="a stage folder holding its summary and dynamics tables")
-    p.add_argument("--out", required=True, help="the PNG to write")
-    _rank_option(p)
-    p.set_defaults(func=cmd_plot_dynamics)
 
-    p = sub.add_parser("status", help="show each stage's runs, workers, speed, ETA and best runs; reads only")
-    p.add_argument("--results", default="results", help="a results folder or one study's folder (default: results)")
-    p.add_argument("--watch", action="store_true", help="redraw every --every seconds until Ctrl-C")
-    p.add_argument("--every", type=_positive, default=5, help="seconds between redraws with --watch")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("table", help="write an analysis table")
-    p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))
-    p.add_argument("--summary", required=True)
-    p.add_argument("--out", required=True)
-    _rank_option(p)
-    p.set_defaults(func=cmd_table)
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="rnnsweep", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for group in (_data_commands, _manifest_commands, _training_commands, _analysis_commands, _figure_commands,
+                  _sample_commands, _dynamics_commands):
+        group(sub)
     return parser
 
 

@@ -169,42 +169,60 @@ def design_keys(stage: str) -> tuple[str, ...]:
 
 
 def training_keys() -> tuple[str, ...]:
-    """The training settings every stage's block has (rnnsweep.grid.SETTINGS is the same list, as manifest columns)."""
+    """The training settings every stage's block has and every manifest row carries, in schema order."""
     return tuple(schema()["$defs"]["training"])
 
 
-def describe(stage: str, key: str) -> tuple[type, bool, str]:
-    """(element type, whether a list, description) of a key of a stage's block: what its command-line option takes."""
-    node = schema()["properties"][check_stage(stage)]["properties"][key]
-    kinds = _types(node)
-    listed = "array" in kinds
-    element = _types(_items(node)) if listed else kinds
-    return (int if element == {"integer"} else float), listed, node.get("description") or _resolved(node).get("description", "")
+def training_defaults() -> dict[str, object]:
+    """The training settings that a profile or manifest may leave out, each with the value that means.
+
+    A setting with a schema default is one the study did without: at that
+    value training is what it was before the key existed, so a fingerprint
+    leaves it out and earlier results stay valid (rnnsweep.provenance).
+    """
+    return {key: node["default"] for key, node in schema()["$defs"]["training"].items() if "default" in node}
 
 
-def _node(path: tuple[str, ...]) -> dict:
-    node = schema()
+def setting_value(key: str, text: str) -> object:
+    """A training setting read back from a manifest cell, as the type its schema node names."""
+    kinds = _types(schema()["$defs"]["training"][key])
+    if "string" in kinds:
+        return text
+    value = _parse_scalar(text, kinds)
+    if value is None:
+        raise ValueError(f"{key}: {text!r} is not {' or '.join(sorted(kinds))}")
+    return value
+
+
+def node(path: tuple[str, ...]) -> dict:
+    """The schema node of the profile key at `path` (("plots", "threshold"): the plots block's threshold)."""
+    found = schema()
     for key in path:
-        node = node["properties"][key]
-    return node
+        found = found["properties"][key]
+    return found
+
+
+def nullable(path: tuple[str, ...]) -> bool:
+    """Whether a profile may leave the key at `path` null (the command then goes without it)."""
+    return "null" in _types(node(path))
 
 
 def default(*path: str) -> object:
     """The schema's default of the profile key at `path`: what a command uses when the option is not given."""
-    return _node(path)["default"]
+    return node(path)["default"]
 
 
 def description(*path: str) -> str:
     """The schema's description of the profile key at `path`: a command-line option's help."""
-    return _node(path).get("description") or _resolved(_node(path)).get("description", "")
+    return node(path).get("description") or _resolved(node(path)).get("description", "")
 
 
 def option_type(*path: str) -> Callable[[str], object]:
     """An argparse `type` for the profile key at `path` (e.g. "samples", "temperature"): its text parsed as the
     schema's type and checked against the schema's range, so a command and a profile refuse the same values."""
-    node = _node(path)
-    kinds = _types(node)
-    validator = jsonschema.Draft202012Validator({**_resolved(node), "$defs": schema()["$defs"]})
+    found = node(path)
+    kinds = _types(found)
+    validator = jsonschema.Draft202012Validator({**_resolved(found), "$defs": schema()["$defs"]})
 
     def parse(text: str) -> object:
         value = text if "string" in kinds else _parse_scalar(text, kinds)
@@ -222,10 +240,10 @@ def option_type(*path: str) -> Callable[[str], object]:
 
 def item_type(*path: str) -> Callable[[str], object] | None:
     """An argparse `type` for one item of the list key at `path` (None if the key is no list), like option_type."""
-    node = _node(path)
-    if "array" not in _types(node):
+    found = node(path)
+    if "array" not in _types(found):
         return None
-    items = {**_resolved(node["items"]), "$defs": schema()["$defs"]}
+    items = {**_resolved(_items(found)), "$defs": schema()["$defs"]}
     validator = jsonschema.Draft202012Validator(items)
     kinds = _types(items)
 
@@ -238,6 +256,11 @@ def item_type(*path: str) -> Callable[[str], object] | None:
         return value
 
     return parse
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The values the schema allows a top-level key that names one of a few (precision, lock, tokenizer, ...)."""
+    return tuple(schema()["properties"][key]["enum"])
 
 
 def check_stage(stage: str) -> str:

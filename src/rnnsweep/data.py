@@ -460,3 +460,20 @@ def load_split(data_dir: Path, split: str) -> np.ndarray:
         empty.flags.writeable = False
         return empty
     return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def held_out_windows(data: np.ndarray, eval_bytes: int, history_size: int, widths: np.ndarray | None = None) -> np.ndarray:
+    """The (n, history_size) windows a split is scored on: the same fixed slice for every run.
+
+    The slice is the tokens that lie wholly within the split's first `eval_bytes` bytes (all of it if
+    shorter; at least one window). `widths` gives the bytes each id stands for (None: ids are bytes).
+    Windows of `history_size` tokens overlap by one, so that every token of the slice after the first is
+    predicted exactly once, from the state reset at the start of its window, as in training.
+    """
+    step = history_size - 1
+    within = eval_bytes
+    if widths is not None:  # tokens whose last byte is within the slice
+        within = int(np.searchsorted(np.cumsum(widths[data[:eval_bytes]]), eval_bytes, side="right"))
+    usable = min(max(within, history_size), len(data))
+    starts = np.arange((usable - 1) // step) * step
+    return data[starts[:, None] + np.arange(history_size)]

@@ -2,7 +2,7 @@
 
 Every measure runs on many runs at once: the runs of one shape (depth and width)
 load into one superset model (rnnsweep.model.ByteModel), one replicate each, as
-training batches them. On held-out windows (rnnsweep.train.held_out_windows):
+training batches them. On held-out windows (rnnsweep.data.held_out_windows):
 
 * memory by context length: bits per byte when the cell sees only the current
   byte and the `k` before it. Two variants. `zero`: the state is reset to zero

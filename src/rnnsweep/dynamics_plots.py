@@ -1,4 +1,4 @@
-"""Figures of a stage's dynamics (rnnsweep.dynamics_stage): one function per PNG, collected in FIGURES.
+"""Figures of a stage's dynamics (rnnsweep.dynamics_stage): one function per PNG (rnnsweep.figures lists them).
 
 Each takes the stage's summary, its dynamics tables by file name and `rank_by`,
 and draws from the tables alone: no figure loads a model.
@@ -6,7 +6,6 @@ and draws from the tables alone: no figure loads a model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -176,9 +175,3 @@ def _endings(ax: plt.Axes, table: pd.DataFrame, best: pd.DataFrame) -> None:
     inputs = ", ".join(map(str, sorted(table["input"].unique())))
     ax.set_title(f"Where orbits end on constant input (bytes {inputs})", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
-
-
-#: Figure name (rnnsweep.layout.DYNAMICS_FIGURES) -> the function that draws it.
-FIGURES: dict[str, Callable[..., None]] = {
-    "memory": memory, "sensitivity": sensitivity, "lyapunov": lyapunov, "attractors": attractors,
-}

@@ -14,10 +14,12 @@ import io
 import itertools
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rnnsweep import config
 from rnnsweep.fsutil import atomic_write_text
 
 SWITCHES: tuple[str, ...] = (
@@ -30,19 +32,17 @@ SWITCHES: tuple[str, ...] = (
     "use_residual",
 )
 
-#: Training settings that every manifest row carries, so a worker needs nothing else.
-SETTINGS: tuple[str, ...] = ("steps", "batch_size", "history_size", "log_every", "lr", "eval_bytes")
 #: The arithmetic of a training step; `precision` is a manifest column beside the settings.
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = config.choices("precision")
 #: How a run is trained, the manifest's `engine` column: `design` builds the model of its design alone
 #: (replicates of that design batched with it); `superset` trains it in a batched model of every part,
 #: beside other designs of its shape, its own parts switched on by masks (rnnsweep.model).
 ENGINE_PATHS: tuple[str, ...] = ("design", "superset")
 #: How a manifest picks each design's path (`batch_designs`): by the cost model (rnnsweep.policy), or always `design`.
-BATCH_DESIGNS: tuple[str, ...] = ("auto", "off")
+BATCH_DESIGNS: tuple[str, ...] = config.choices("batch_designs")
 #: What a run reads, the manifest's `tokenizer` column: `bytes` (ids are the bytes, 256 of them) or `bpe`
 #: (ids of a byte-pair vocabulary of `vocab_size` learnt from the training split, rnnsweep.tokens).
-TOKENIZERS: tuple[str, ...] = ("bytes", "bpe")
+TOKENIZERS: tuple[str, ...] = config.choices("tokenizer")
 BYTE_VOCAB = 256
 #: The largest vocabulary: token ids are stored as 16-bit integers.
 MAX_VOCAB = 1 << 16
@@ -91,6 +91,61 @@ class Design:
         return Design(**{**asdict(self), **changes})
 
 
+class Settings(Mapping[str, object]):
+    """A run's training settings, named and typed as the profile schema's `$defs.training`; `settings.lr` reads one.
+
+    The schema is the list: a key added there reaches every manifest row,
+    summary and fingerprint without a line here. Immutable and hashable, so
+    runs with equal settings can share a batch.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    @classmethod
+    def of(cls, values: Mapping[str, object]) -> "Settings":
+        """The training settings among `values`, in schema order; one the schema gives a default may be absent."""
+        defaults = config.training_defaults()
+        try:
+            return cls({key: values[key] if key in values else defaults[key] for key in config.training_keys()})
+        except KeyError as err:
+            raise KeyError(f"training setting {err.args[0]} is missing") from None
+
+    def __getitem__(self, key: str) -> object:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __getattr__(self, key: str) -> object:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"no training setting {key!r}") from None
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError("a run's settings do not change; make new ones with replace()")
+
+    def __reduce__(self) -> tuple:
+        return Settings, (self._values,)
+
+    def __repr__(self) -> str:
+        return f"Settings({self._values!r})"
+
+    def replace(self, **changes: object) -> "Settings":
+        return Settings({**self._values, **changes})
+
+
 @dataclass(frozen=True)
 class Run:
     """One manifest row: a design, its replicate and seed, and its training settings."""
@@ -100,12 +155,7 @@ class Run:
     design: Design
     replicate: int
     seed: int
-    steps: int
-    batch_size: int
-    history_size: int
-    log_every: int
-    lr: float
-    eval_bytes: int
+    settings: Settings
     precision: str = "fp32"
     engine: str = "design"
     tokenizer: str = "bytes"
@@ -114,8 +164,8 @@ class Run:
     def row(self) -> dict[str, object]:
         design = asdict(self.design)
         head = {"id": self.id, "config_id": self.config_id}
-        tail = {k: getattr(self, k) for k in ("replicate", "seed", *SETTINGS, "precision", "engine", *READING)}
-        return {**head, **design, **tail}
+        tail = {k: getattr(self, k) for k in ("precision", "engine", *READING)}
+        return {**head, **design, "replicate": self.replicate, "seed": self.seed, **self.settings, **tail}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -127,15 +177,25 @@ class Run:
         """Runs with equal keys can train as one batched model: the same settings, path and tokens, and one
         design (stage 3's seeds) on the design path, or one shape on the superset path."""
         model = self.design if self.engine == "design" else self.shape
-        return (self.engine, model, *(getattr(self, k) for k in SETTINGS), self.precision, self.tokenizer, self.vocab_size)
+        return (self.engine, model, self.settings, self.precision, self.tokenizer, self.vocab_size)
 
 
 DESIGN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Design))
 #: The manifest columns that say what a run reads; a manifest without them reads bytes.
 READING: tuple[str, ...] = ("tokenizer", "vocab_size")
-COLUMNS: tuple[str, ...] = ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *SETTINGS, "precision", "engine", *READING)
-#: Columns a manifest written before them may lack, and the values such a manifest means.
+#: Columns a manifest written before them may lack, and the values such a manifest means (with any training
+#: setting the schema gives a default, `optional_columns()`).
 OPTIONAL_COLUMNS: dict[str, str] = {"engine": "design", "tokenizer": "bytes", "vocab_size": str(BYTE_VOCAB)}
+
+
+def columns() -> tuple[str, ...]:
+    """A manifest's columns: the run, its design, its training settings (the schema's), how it is trained and read."""
+    return ("id", "config_id", *DESIGN_FIELDS, "replicate", "seed", *config.training_keys(), "precision", "engine", *READING)
+
+
+def optional_columns() -> dict[str, str]:
+    """The columns a manifest may lack, and the value each means when absent."""
+    return {**OPTIONAL_COLUMNS, **{key: str(value) for key, value in config.training_defaults().items()}}
 
 
 def stage1_designs(n_layers: Iterable[int], state_sizes: Iterable[int]) -> list[Design]:
@@ -172,10 +232,10 @@ def run_id(config_id: str, replicate: int) -> str:
 def make_runs(
     designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0, engine: Callable[[Design], str] | None = None
 ) -> list[Run]:
-    """Runs for each design × replicate, with `settings` (SETTINGS, and `precision`, fp32 unless given, and
-    `tokenizer` with its `vocab_size`, bytes unless given); `engine` picks each design's path
+    """Runs for each design × replicate, with `settings` (the training settings, and `precision`, fp32 unless
+    given, and `tokenizer` with its `vocab_size`, bytes unless given); `engine` picks each design's path
     (rnnsweep.policy), `design` unless given."""
-    picked = {k: settings[k] for k in SETTINGS}
+    picked = Settings.of(settings)
     precision = settings.get("precision") or "fp32"
     tokenizer = settings.get("tokenizer") or "bytes"
     reading = {"tokenizer": tokenizer, "vocab_size": BYTE_VOCAB if tokenizer == "bytes" else settings["vocab_size"]}
@@ -184,7 +244,7 @@ def make_runs(
         path = engine(design) if engine else "design"
         for rep in range(replicates):
             seed = run_seed(design.id, rep, base_seed)
-            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, **picked, precision=precision, engine=path, **reading))
+            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, picked, precision=precision, engine=path, **reading))
     return runs
 
 
@@ -199,10 +259,11 @@ def _parse_bool(text: str, where: str) -> bool:
 def _parse_row(row: dict[str, str], where: str) -> Run:
     try:
         design = Design.from_mapping(row)
-        row = {**OPTIONAL_COLUMNS, **row}
-        ints = {k: int(row[k]) for k in ("replicate", "seed", "steps", "batch_size", "history_size", "log_every", "eval_bytes", "vocab_size")}
+        row = {**optional_columns(), **row}
+        settings = Settings({key: config.setting_value(key, row[key]) for key in config.training_keys()})
+        ints = {k: int(row[k]) for k in ("replicate", "seed", "vocab_size")}
         run = Run(
-            id=row["id"], config_id=row["config_id"], design=design, lr=float(row["lr"]), precision=row["precision"],
+            id=row["id"], config_id=row["config_id"], design=design, settings=settings, precision=row["precision"],
             engine=row["engine"], tokenizer=row["tokenizer"], **ints,
         )
     except (KeyError, TypeError, ValueError) as err:
@@ -250,7 +311,7 @@ def read_manifest(path: Path) -> list[Run]:
 
 
 def _parse_rows(reader: csv.DictReader, path: Path) -> list[Run]:
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
+    missing = [c for c in columns() if c not in (reader.fieldnames or []) and c not in optional_columns()]
     if missing:
         raise ManifestError(f"{path}: not a manifest, missing columns {', '.join(missing)}")
     runs, seen = [], set()
@@ -289,7 +350,7 @@ def write_manifest(path: Path, runs: list[Run]) -> list[Run]:
     new = {run.id: run for run in runs}
     merged = [new.pop(run_id) for run_id in _listed_ids(path) if run_id in new] + list(new.values())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns(), lineterminator="\n")
     writer.writeheader()
     writer.writerows(run.row() for run in merged)
     atomic_write_text(path, buf.getvalue())

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rnnsweep import figures
+from rnnsweep.config import STAGES
+
 DATA_DIR = "data"  # results/<study>/data/: the corpus splits beside the stages
 CORPUS_META = "corpus.json"  # written last by `rnnsweep data`: the splits are ready
 TOKENIZER = "tokenizer.json"  # data/tokenizer.json: the BPE vocabulary learnt from the training split
@@ -22,6 +25,8 @@ CURVES = "curves.csv"  # every run's curve, long form
 WORKERS_DIR = "workers"  # workers/<i>.done: worker i saw the stage finished
 PROGRESS_DIR = "progress"  # progress/<host>-<pid>.json: a live worker's heartbeat (rnnsweep.progress)
 LOGS_DIR = "logs"  # results/<study>/logs/<stage>/: one log per job
+BENCHMARKS_DIR = "benchmarks"  # results/<study>/benchmarks/<rule>/<job>.tsv: each job's time and memory
+COSTS = "costs.csv"  # results/<study>/costs.csv: the benchmarks summed by rule (rnnsweep.costs)
 
 #: Analysis tables: stage -> names; table <name> of a stage is <stage>/<name>.csv, written by
 #: `rnnsweep table <name>` (rnnsweep.tables.TABLES).
@@ -31,17 +36,13 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "stage3": ("groups", "ranks"),
 }
 TABLE_SUFFIX = ".csv"
-#: Figures: stage -> names; figure <name> of a stage is figures/<study>/<stage>/<name>.png,
-#: drawn by `rnnsweep plot <name>` (rnnsweep.plots.FIGURES).
-STAGE_FIGURES: dict[str, tuple[str, ...]] = {
-    "stage1": ("loss_curves", "swarm_all", "swarm_below", "regression", "effects", "ranks"),
-    "stage2": ("best_curves", "swarm", "effects", "ranks"),
-    "stage3": ("group_swarm", "group_curves", "group_means", "group_table", "ranks"),
-}
+#: Figures: stage -> names (rnnsweep.figures lists them); figure <name> of a stage is
+#: figures/<study>/<stage>/<name>.png.
+STAGE_FIGURES: dict[str, tuple[str, ...]] = {stage: figures.of_stage(figures.STAGE_FIGURES, stage) for stage in STAGES}
 FIGURE_SUFFIX = ".png"
 #: The tables and figures that rank runs or designs, and so take the profile's `rank_by` (rnnsweep.ranking).
 RANKED_TABLES = ("groups",)
-RANKED_FIGURES = ("loss_curves", "best_curves", "group_swarm", "group_curves", "group_means", "group_table")
+RANKED_FIGURES = tuple(figure.name for figure in figures.STAGE_FIGURES if figure.ranked)
 #: A stage's dynamics (rnnsweep.dynamics_stage): per run,
 #: curves by context and lag (with the n-gram baselines on the same bytes), the switches' effects on them and their
 #: correlation with the loss, and the best runs' attractors, orbit diagram and state trajectory.
@@ -56,8 +57,8 @@ DYNAMICS_MEASURED = (DYNAMICS, DYNAMICS_CURVES, DYNAMICS_EFFECTS)  # `rnnsweep d
 DYNAMICS_RANKED = (DYNAMICS_LOSS, ATTRACTORS, ORBITS, TRAJECTORY)  # `rnnsweep dynamics-ranked`: depends on rank_by
 DYNAMICS_TABLES = DYNAMICS_MEASURED + DYNAMICS_RANKED
 DYNAMICS_REPORTED = (DYNAMICS, DYNAMICS_EFFECTS, DYNAMICS_LOSS)  # in the HTML report; the rest is the figures' data
-#: Figures of a stage's dynamics, figures/<study>/<stage>/<name>.png (`rnnsweep plot <name>`, plots.DYNAMICS_FIGURES).
-DYNAMICS_FIGURES = ("memory", "sensitivity", "lyapunov", "attractors")
+#: Figures of a stage's dynamics, figures/<study>/<stage>/<name>.png (rnnsweep.figures.DYNAMICS_FIGURES).
+DYNAMICS_FIGURES = tuple(figure.name for figure in figures.DYNAMICS_FIGURES)
 FINDINGS = "findings.md"  # results/<study>/findings.md: the published claims tested on stage 1 (rnnsweep.findings)
 HEADLINE = "headline.csv"  # results/<study>/headline.csv: each stage's runs and best design (rnnsweep.report)
 SAMPLES = "samples.md"  # <last stage>/samples.md: text from the best run of each stage
@@ -71,14 +72,10 @@ TOKENIZERS = "tokenizers.csv"
 TOKENIZERS_FIGURE = "tokenizers"
 BASELINES_FIGURE = "baselines"
 #: Figures that also draw the best baseline, as a line (`rnnsweep plot --baselines`).
-WITH_BASELINES = ("swarm_all", "swarm")
+WITH_BASELINES = tuple(figure.name for figure in figures.STAGE_FIGURES if figure.baselines)
 
 # ---------------------------------------------------------------- a run's files
-RESULT = "result.json"  # written last, atomically: its presence marks a run finished
-RESULT_FIELDS = (
-    "id", "status", "min_loss", "final_loss", "valid_bpb", "test_bpb", "valid_bytes", "test_bytes", "valid_tokens", "test_tokens", "params", "steps", "wall_s", "steps_per_s", "device", "precision", "seed",
-    "engine", "fingerprint", "data",
-)
+RESULT = "result.json"  # written last, atomically: its presence marks a run finished (rnnsweep.results.Result)
 CURVE = "curve.csv"
 CURVE_COLUMNS = ("step", "ema_loss")  # a run's curve: the EMA loss every log_every steps
 WEIGHTS = "weights.pt"

@@ -640,7 +640,7 @@ def _term_name(term: str) -> str:
     return " × ".join(part.replace("_", " ") for part in term.split(":"))
 
 
-def ranking_table(
+def group_table(
     summary: pd.DataFrame, curves: pd.DataFrame, out: Path, rank_by: str = ranking.DEFAULT, **_: object
 ) -> None:
     """The stage-3 ranking as a picture, for reports that embed figures only."""
@@ -770,20 +770,3 @@ def rank_agreement(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: 
         ax.grid(lw=0.4, alpha=0.5)
     fig.suptitle(f"How the ranking of {len(designs)} designs depends on what ranks them (means over seeds)")
     _save(fig, out)
-
-
-#: Figure name (rnnsweep.layout.STAGE_FIGURES) -> the function that draws it.
-FIGURES: dict[str, Callable[..., None]] = {
-    "loss_curves": loss_curves,
-    "swarm_all": swarm_all,
-    "swarm_below": swarm_below,
-    "regression": regression_bars,
-    "best_curves": best_curves,
-    "swarm": swarm_all,
-    "group_swarm": group_swarm,
-    "group_curves": group_curves,
-    "group_means": group_means,
-    "group_table": ranking_table,
-    "effects": effects_bars,
-    "ranks": rank_agreement,
-}

@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 
 import yaml
 
+from rnnsweep import config
 from rnnsweep.config import ConfigError
 from rnnsweep.grid import BATCH_DESIGNS, Design, Run
 from rnnsweep.model import VOCAB, plan, superset_layout
@@ -71,7 +72,7 @@ class DeviceCost:
 
 
 COST_MODEL = "cost_model.yaml"
-DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+DEVICE = re.compile(config.node(("device",))["pattern"])  # auto, cpu, cuda or cuda:N
 
 
 @cache
@@ -198,7 +199,7 @@ def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
         first = members[0]
         layout = _run_layout(first)
         share = math.ceil(len(members) * workers / len(runs))
-        size = min(max_group(layout, first.batch_size, kind, first.vocab_size), math.ceil(len(members) / share))
+        size = min(max_group(layout, first.settings.batch_size, kind, first.vocab_size), math.ceil(len(members) / share))
         groups += [members[i : i + size] for i in range(0, len(members), size)]
 
     return sorted(groups, key=lambda group: group_seconds(group, kind), reverse=True)
@@ -207,7 +208,7 @@ def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:
 def group_seconds(group: list[Run], kind: str) -> float:
     """Predicted seconds to train a group (of one batch key) from its first step to its last."""
     run = group[0]
-    return run.steps * group_step_s(_run_layout(run), len(group), run.batch_size, run.engine, kind, run.vocab_size)
+    return run.settings.steps * group_step_s(_run_layout(run), len(group), run.settings.batch_size, run.engine, kind, run.vocab_size)
 
 
 def _run_layout(run: Run) -> Design:

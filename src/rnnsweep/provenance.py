@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from rnnsweep import config
 from rnnsweep.grid import READING, Run
 
 #: The engine's arithmetic. Bump it with any change to model.py, optim.py or the
@@ -50,11 +51,15 @@ def fingerprint(run: Run, data: str, tokens: str | None = None) -> str:
     `tokens` names the tokenizer and id files a BPE run reads (rnnsweep.tokens);
     a byte run reads the bytes alone. The engine is the version and the path
     together. The design path is the arithmetic `ENGINE` always named, and a
-    byte run's row leaves out its tokenizer columns, so byte runs on the design
-    path keep the fingerprints they had before paths and tokenizers existed,
-    and their results stay valid.
+    byte run's row leaves out its tokenizer columns, and a training setting at
+    the default the schema gives it (training as it was before the key existed)
+    is left out, so results made before paths, tokenizers or such a setting
+    existed keep their fingerprints and stay valid.
     """
     row = run.row()
+    for key, value in config.training_defaults().items():
+        if row.get(key, value) == value:
+            row.pop(key, None)
     path = row.pop("engine")
     engine = ENGINE if path == "design" else f"{ENGINE}/{path}"
     content: dict[str, object] = {"run": row, "data": data, "engine": engine}

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rnnsweep import provenance, ranking
+from rnnsweep import config, provenance, ranking
 from rnnsweep.config import STAGES
 from rnnsweep.data import NAMED_CORPORA, SPLITS
-from rnnsweep.grid import SETTINGS, ManifestError, Run, read_manifest, run_seed
+from rnnsweep.grid import ManifestError, Run, read_manifest, run_seed
 from rnnsweep.layout import CORPUS_META, DATA_DIR, HEADLINE, manifest_path, summary_path
 from rnnsweep.stats import design_label
 
@@ -83,7 +83,7 @@ def front_page(study: Path, profile: Mapping, corpus_sha256: str | None) -> dict
 
 def recorded_settings(runs: list[Run]) -> dict[str, object]:
     """What a stage's manifest says its runs are: their count, designs, seeds and training settings."""
-    values = {key: sorted({getattr(run, key) for run in runs}) for key in SETTINGS}
+    values = {key: sorted({run.settings[key] for run in runs}) for key in config.training_keys()}
     return {
         "runs": len(runs), "designs": len({run.config_id for run in runs}),
         "replicates": max(run.replicate for run in runs) + 1 if runs else 0,
@@ -97,7 +97,7 @@ def _stage_staleness(study: Path, stage: str, recorded: dict, block: Mapping, co
     """How a stage's recorded runs differ from the profile's settings and the corpus record."""
     lines = [
         f"{stage}.{key}: the results have {recorded[key]}, the configuration asks for {block[key]}"
-        for key in SETTINGS if key in block and recorded[key] != block[key]
+        for key in config.training_keys() if key in block and recorded[key] != block[key]
     ]
     for key in ("n_layers", "state_sizes") if stage == STAGES[0] else ():
         if recorded[key] != sorted(set(block[key])):

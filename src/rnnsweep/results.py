@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -27,16 +28,48 @@ from rnnsweep import provenance
 from rnnsweep.data import file_sha256
 from rnnsweep.grid import Run
 from rnnsweep.model import count_params
-from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text, real_dirs
-from rnnsweep.layout import CURVE, CURVE_COLUMNS, FINISHED_FILES, RESULT, RESULT_FIELDS, SUPERSEDED, WEIGHTS, run_dir
+from rnnsweep.fsutil import atomic_open, atomic_write_json, real_dirs
+from rnnsweep.layout import CURVE, CURVE_COLUMNS, FINISHED_FILES, RESULT, SUPERSEDED, WEIGHTS, run_dir
 
 log = logging.getLogger(__name__)
 
-#: Result fields and the types they must have; numbers may be NaN (a diverged run's losses).
-_NUMBERS = ("min_loss", "final_loss", "valid_bpb", "test_bpb", "wall_s", "steps_per_s")
-_INTEGERS = ("params", "steps", "seed", "valid_bytes", "test_bytes", "valid_tokens", "test_tokens")
-_TEXTS = ("id", "status", "device", "precision", "engine")
-_HASHES = ("fingerprint", "data")  # also path components (superseded/<fingerprint>/): never anything but hex
+
+@dataclass(frozen=True)
+class Result:
+    """A finished run's record, result.json: what it scored, what it cost and what made it (its fingerprint and
+    the id of the bytes it read). Losses are NaN where a run diverged; the bytes and tokens are each held-out
+    split's scored slice."""
+
+    id: str
+    status: str  # ok or diverged
+    min_loss: float  # the curve's minimum
+    final_loss: float  # its last point
+    valid_bpb: float
+    test_bpb: float
+    valid_bytes: int
+    test_bytes: int
+    valid_tokens: int
+    test_tokens: int
+    params: int
+    steps: int
+    wall_s: float
+    steps_per_s: float
+    device: str
+    precision: str
+    seed: int
+    engine: str
+    fingerprint: str = field(metadata={"hash": True})  # also a path component (superseded/<fingerprint>/)
+    data: str = field(metadata={"hash": True})
+
+
+def _fields_of(kind: str, hashes: bool = False) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(Result) if f.type == kind and f.metadata.get("hash", False) == hashes)
+
+
+#: A record's fields, and the types they must have (numbers may be NaN); hashes are hex and nothing else.
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
+_NUMBERS, _INTEGERS, _TEXTS = _fields_of("float"), _fields_of("int"), _fields_of("str")
+_HASHES = _fields_of("str", hashes=True)
 #: What a finished run's losses are: positive and finite when it finished ok, not a number when it diverged.
 _LOSSES = ("min_loss", "final_loss", "valid_bpb", "test_bpb")
 _HELD_OUT_LOSSES = ("final_loss", "valid_bpb", "test_bpb")  # a diverged run has none of these
@@ -118,13 +151,13 @@ def _run_contradiction(record: dict, curve: Curve, run: Run) -> str | None:
         if record[key] != getattr(run, key):
             return f"{key} is {record[key]!r}, but the run's is {getattr(run, key)!r}"
     ok = record["status"] == "ok"
-    if record["steps"] > run.steps or (ok and record["steps"] != run.steps):
-        return f"steps is {record['steps']}, but an {record['status']} run of {run.steps} steps {'does' if ok else 'does at most'} that many"
+    if record["steps"] > run.settings.steps or (ok and record["steps"] != run.settings.steps):
+        return f"steps is {record['steps']}, but an {record['status']} run of {run.settings.steps} steps {'does' if ok else 'does at most'} that many"
     if record["params"] != count_params(run.design, run.vocab_size):
         return f"params is {record['params']}, but the design has {count_params(run.design, run.vocab_size)}"
     logged = [step for step, _ in curve]
-    if logged != list(range(run.log_every, (record["steps"] if ok else record["steps"] - 1) + 1, run.log_every)):
-        return f"its curve is not logged every {run.log_every} steps up to step {record['steps']}"
+    if logged != list(range(run.settings.log_every, (record["steps"] if ok else record["steps"] - 1) + 1, run.settings.log_every)):
+        return f"its curve is not logged every {run.settings.log_every} steps up to step {record['steps']}"
     if ok and curve and logged[-1] == record["steps"] and record["final_loss"] != curve[-1][1]:
         return f"final_loss {record['final_loss']!r} is not its curve's last point ({curve[-1][1]!r})"
     return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from rnnsweep import data
 from rnnsweep.config import STAGES
 from rnnsweep.grid import TOKENIZERS, ManifestError, Run, read_manifest
-from rnnsweep.layout import DATA_DIR, RESULT, manifest_path, progress_dir, retrained_stage, run_dir
+from rnnsweep.layout import DATA_DIR, RESULT, manifest_path, retrained_stage, run_dir
 from rnnsweep.progress import STALE_S, read_heartbeats
 from rnnsweep.results import read_result
 from rnnsweep.stats import design_label
@@ -103,6 +103,31 @@ def _overlap(start: float, end: float, now: float) -> float:
     return max(0.0, min(end, now) - max(start, now - RATE_WINDOW_S))
 
 
+def _count_finished(status: StageStatus, stage_dir: Path, run: Run, result: dict, now: float) -> tuple[float, float | None]:
+    """Count a finished run; return the design-steps it trained inside the rate window and when that training
+    began (None if none of it is inside)."""
+    status.diverged += result["status"] == "diverged"
+    status.done += result["status"] == "ok"
+    if result["status"] == "ok":
+        status.best.append((result, run))
+    ended = (run_dir(stage_dir, run.id) / RESULT).stat().st_mtime
+    wall = max(float(result["wall_s"]), 1e-9)
+    inside = _overlap(ended - wall, ended, now)
+    return (result["steps"] * inside / wall, ended - wall) if inside else (0.0, None)
+
+
+def _count_unfinished(status: StageStatus, run: Run, held: dict[str, Holder], abandoned: set[str]) -> None:
+    """Count a run without a result: the steps it has left, and whether it waits or its worker failed."""
+    if run.id in held:
+        status.left += run.settings.steps - held[run.id].step
+        return
+    status.left += run.settings.steps
+    if run.id in abandoned:
+        status.failed += 1
+    else:
+        status.waiting += 1
+
+
 def stage_status(
     stage_dir: Path, data_dir: Path, now: float | None = None, stale_s: float = STALE_S, loaded: dict | None = None
 ) -> StageStatus:
@@ -126,25 +151,12 @@ def stage_status(
     worked, starts = 0.0, [now]  # design-steps trained inside the window; when the training in it began
     for run in runs:
         result = read_result(stage_dir, run, prints[run.id]) if prints else None
-        if result is not None:
-            status.diverged += result["status"] == "diverged"
-            status.done += result["status"] == "ok"
-            if result["status"] == "ok":
-                status.best.append((result, run))
-            ended = (run_dir(stage_dir, run.id) / RESULT).stat().st_mtime
-            wall = max(float(result["wall_s"]), 1e-9)
-            inside = _overlap(ended - wall, ended, now)
-            if inside:
-                worked += result["steps"] * inside / wall
-                starts.append(ended - wall)
-        elif run.id in held:
-            status.left += run.steps - held[run.id].step
-        else:
-            status.left += run.steps
-            if run.id in abandoned:
-                status.failed += 1
-            else:
-                status.waiting += 1
+        if result is None:
+            _count_unfinished(status, run, held, abandoned)
+            continue
+        steps, began = _count_finished(status, stage_dir, run, result, now)
+        worked += steps
+        starts += [began] if began is not None else []
     for holder in live:
         if holder.runs:
             status.running.append(holder)

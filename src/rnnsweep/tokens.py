@@ -283,10 +283,10 @@ def texts_for(runs: list[Run], data_dir: Path, loaded: dict[tuple[str, int], Tex
             texts[key] = load_text(data_dir, *key)
     for run in runs:
         for split, ids in zip(SPLITS, text_of(texts, run).splits):
-            if len(ids) < run.history_size:
+            if len(ids) < run.settings.history_size:
                 raise DataError(
                     f"the {split} split in {data_dir} holds {len(ids):,} {run.tokenizer} tokens, fewer than one window "
-                    f"of {run.history_size}; use a smaller history_size or a longer corpus"
+                    f"of {run.settings.history_size}; use a smaller history_size or a longer corpus"
                 )
     return texts
 

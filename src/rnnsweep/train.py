@@ -26,7 +26,7 @@ import socket
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,13 +36,13 @@ import torch.nn.functional as F
 
 from rnnsweep import checkpoint, provenance
 from rnnsweep.checkpoint import BUFFERS, Progress
-from rnnsweep.data import SPLITS, DataError
+from rnnsweep.data import SPLITS, DataError, held_out_windows
 from rnnsweep.fsutil import append_line, atomic_write_json, real_dirs
 from rnnsweep.grid import Run
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RUN_CONFIG
 from rnnsweep.model import ByteModel, count_params
 from rnnsweep.optim import Adam
-from rnnsweep.results import write_finished
+from rnnsweep.results import Result, write_finished
 from rnnsweep.tokens import BYTES, Text, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -107,23 +107,6 @@ def _positions_first(windows: list[torch.Tensor]) -> torch.Tensor:
 EVAL_CHUNK = 256
 
 
-def held_out_windows(data: np.ndarray, eval_bytes: int, history_size: int, widths: np.ndarray | None = None) -> np.ndarray:
-    """The (n, history_size) windows a split is scored on: the same fixed slice for every run.
-
-    The slice is the tokens that lie wholly within the split's first `eval_bytes` bytes (all of it if
-    shorter; at least one window). `widths` gives the bytes each id stands for (None: ids are bytes).
-    Windows of `history_size` tokens overlap by one, so that every token of the slice after the first is
-    predicted exactly once, from the state reset at the start of its window, as in training.
-    """
-    step = history_size - 1
-    within = eval_bytes
-    if widths is not None:  # tokens whose last byte is within the slice
-        within = int(np.searchsorted(np.cumsum(widths[data[:eval_bytes]]), eval_bytes, side="right"))
-    usable = min(max(within, history_size), len(data))
-    starts = np.arange((usable - 1) // step) * step
-    return data[starts[:, None] + np.arange(history_size)]
-
-
 @dataclass(frozen=True)
 class Score:
     """A held-out score: bits per byte of every replicate, the tokens predicted and the bytes they cover."""
@@ -181,12 +164,13 @@ class _Group:
         fingerprints: list[str],
     ) -> None:
         self.runs, self.run_dirs, self.progress, self.samplers, self.device = runs, run_dirs, progress, samplers, device
-        self.settings = runs[0]  # every run of a group has the same settings, path and tokens
+        self.head = runs[0]  # every run of a group has the same settings, path and tokens
+        self.settings = self.head.settings
         self.text, self.fingerprints = text, fingerprints
         self.model = ByteModel(
             [run.design for run in runs], [run.seed for run in runs], device,
-            compute_dtype=COMPUTE_DTYPES[self.settings.precision], superset=self.settings.engine == "superset",
-            vocab=self.settings.vocab_size,
+            compute_dtype=COMPUTE_DTYPES[self.head.precision], superset=self.head.engine == "superset",
+            vocab=self.head.vocab_size,
         )
         self.opt = Adam(self.model.theta, self.model.grad, self.settings.lr)
         self.buffers = dict(zip(BUFFERS, (self.model.theta, self.opt.exp_avg, self.opt.exp_avg_sq)))
@@ -268,35 +252,39 @@ class _Group:
 
     @property
     def _window_dtype(self) -> torch.dtype:
-        return torch.uint8 if self.settings.vocab_size <= 256 else torch.int32
+        return torch.uint8 if self.head.vocab_size <= 256 else torch.int32
 
     def _finish(self, r: int, status: str, held_out: dict[str, tuple[float, int, int]], ended: float) -> dict:
         """Write the run's curve, weights and, last and atomically, its result record."""
         run, run_dir, p = self.runs[r], self.run_dirs[r], self.progress[r]
         train_s = self._train_s(r, ended)
         ok = status == "ok"
-        result = {
-            "id": run.id,
-            "status": status,
-            "min_loss": min((e for _, e in p.curve), default=float("nan")),
-            "final_loss": p.ema if ok else float("nan"),
-            **{f"{split}_bpb": bpb for split, (bpb, _, _) in held_out.items()},
-            **{f"{split}_bytes": n for split, (_, _, n) in held_out.items()},
-            **{f"{split}_tokens": n for split, (_, n, _) in held_out.items()},
-            "params": count_params(run.design, run.vocab_size),
-            "steps": self.step,
-            "wall_s": round(self._train_s(r, time.perf_counter()), 3),
-            "steps_per_s": round(self.step / max(train_s, 1e-9), 2),
-            "device": str(self.device),
-            "precision": run.precision,
-            "seed": run.seed,
-            "engine": run.engine,
-            "fingerprint": self.fingerprints[r],
-            "data": self.text.data_id,
-        }
-        write_finished(run_dir, result, p.curve, self._replicate(self.model.theta, r))
+        result = Result(
+            id=run.id,
+            status=status,
+            min_loss=min((e for _, e in p.curve), default=float("nan")),
+            final_loss=p.ema if ok else float("nan"),
+            valid_bpb=held_out["valid"][0],
+            test_bpb=held_out["test"][0],
+            valid_bytes=held_out["valid"][2],
+            test_bytes=held_out["test"][2],
+            valid_tokens=held_out["valid"][1],
+            test_tokens=held_out["test"][1],
+            params=count_params(run.design, run.vocab_size),
+            steps=self.step,
+            wall_s=round(self._train_s(r, time.perf_counter()), 3),
+            steps_per_s=round(self.step / max(train_s, 1e-9), 2),
+            device=str(self.device),
+            precision=run.precision,
+            seed=run.seed,
+            engine=run.engine,
+            fingerprint=self.fingerprints[r],
+            data=self.text.data_id,
+        )
+        record = asdict(result)
+        write_finished(run_dir, record, p.curve, self._replicate(self.model.theta, r))
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
-        return result
+        return record
 
 
 def train_runs(
@@ -333,7 +321,7 @@ def train_runs(
         raise ValueError("runs that read BPE ids need the data id of the splits' bytes (rnnsweep.tokens.load_text)")
     text = Text((train_data, valid_data, test_data), data_id or provenance.data_id(train_data, valid_data, test_data), vocab)
     fingerprints = [text.fingerprint(run) for run in runs]
-    samplers = [Sampler(train_data, run.batch_size, run.history_size, seed=run.seed + 1) for run in runs]  # before any write
+    samplers = [Sampler(train_data, run.settings.batch_size, run.settings.history_size, seed=run.seed + 1) for run in runs]  # before any write
     progress = []
     for run, run_dir, fingerprint, sampler in zip(runs, run_dirs, fingerprints, samplers):
         real_dirs(run_dir.parent.parent, run_dir)  # the stage folder's runs/<id>, through no symbolic link

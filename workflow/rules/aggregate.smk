@@ -14,13 +14,15 @@ rule aggregate:
         curves=in_report(stage_file("{stage}", CURVES), "curves"),
     log:
         f"{LOGS}/{{stage}}/aggregate.log",
+    benchmark:
+        f"{BENCHMARKS}/aggregate/{{stage}}.tsv"
     localrule: True
     conda:
         ENV
     threads: config["threads_per_worker"]
     params:
         data=lambda wildcards, input: folder_of(input.corpus),
-        training=TRAINING,
+        training=TRAINING_ARGS,
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     shell:
         "python -m rnnsweep aggregate --manifest {input.manifest} --data {params.data} --summary {output.summary}"
@@ -34,6 +36,8 @@ rule table:
         in_report(stage_file("{stage}", f"{{table}}{TABLE_SUFFIX}"), "table"),
     log:
         f"{LOGS}/{{stage}}/{{table}}.log",
+    benchmark:
+        f"{BENCHMARKS}/table/{{stage}}-{{table}}.tsv"
     localrule: True
     conda:
         ENV

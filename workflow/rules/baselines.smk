@@ -9,16 +9,14 @@ rule baselines:
         in_report(f"{RESULTS}/{BASELINES}", "baselines_table", STUDY_CATEGORY),
     log:
         f"{LOGS}/baselines.log",
+    benchmark:
+        f"{BENCHMARKS}/baselines/study.tsv"
     localrule: True
     conda:
         ENV
     params:
         data=lambda wildcards, input: folder_of(input.corpus),
-        # The test slice the first stage's runs are scored on.
-        options=shell_words(
-            profile_options(config["baselines"], BASELINE_KEYS)
-            + profile_options(config[STAGES[0]], SCORING_KEYS)
-        ),
+        options=arguments("baselines"),
     shell:
         "python -m rnnsweep baselines --data {params.data} --out {output} {params.options} 2> {log}"
 
@@ -35,6 +33,8 @@ rule compare:
         ),
     log:
         f"{LOGS}/compare.log",
+    benchmark:
+        f"{BENCHMARKS}/compare/study.tsv"
     localrule: True
     conda:
         ENV

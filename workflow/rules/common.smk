@@ -7,20 +7,15 @@ import sys
 from pathlib import Path
 
 from rnnsweep import config as study_config
-from rnnsweep.cli import (
-    ATTRACTOR_KEYS,
-    BASELINE_KEYS,
-    DATA_KEYS,
-    DYNAMICS_KEYS,
-    PLOT_KEYS,
-    RANK_KEY,
-    SAMPLE_KEYS,
-    SCORING_KEYS,
-    VOCAB_KEY,
-    WORKER_KEYS,
-    manifest_options,
-    profile_options,
-    reading_options,
+from rnnsweep import figures
+from rnnsweep.options import (
+    PLOTS,
+    RANK,
+    TRAINING,
+    command_args,
+    manifest_args,
+    profile_args,
+    reading_args,
     shell_words,
 )
 from rnnsweep.data import NAMED_CORPORA, SPLITS, file_sha256, split_path
@@ -28,6 +23,8 @@ from rnnsweep.grid import TOKENIZERS
 from rnnsweep.layout import (
     BASELINES,
     BASELINES_FIGURE,
+    BENCHMARKS_DIR,
+    COSTS,
     CORPUS_META,
     CURVES,
     DATA_DIR,
@@ -92,6 +89,7 @@ ENV = "../../envs/rnnsweep.yaml"
 RESULTS = f"results/{config['study']}"
 FIGURES_DIR = f"figures/{config['study']}"
 LOGS = f"{RESULTS}/{LOGS_DIR}"
+BENCHMARKS = f"{RESULTS}/{BENCHMARKS_DIR}"
 DATA = f"{RESULTS}/{DATA_DIR}"
 STAGES = study_config.STAGES
 # With compare_tokenizers, the last stage's runs are trained again reading the other tokenizer, in
@@ -101,17 +99,14 @@ RETRAINED = retrained_stage(STAGES[-1], OTHER_TOKENIZER)
 WORKERS = list(range(config["workers"]))
 # How runs are trained: by the workers, and by aggregation for a run it finds without a valid
 # result. Threads are the rule's `threads`, which Snakemake may lower to fit --cores.
-TRAINING = shell_words(profile_options(config, WORKER_KEYS))
-# What ranks runs, for every rule that ranks (tables, figures, headline, samples); selection has it in its options.
-RANKING = shell_words(profile_options(config, [RANK_KEY]))
+TRAINING_ARGS = shell_words(profile_args(config, TRAINING))
+# What ranks runs, for the tables and figures that rank (other commands take it with their arguments).
+RANKING = shell_words(profile_args(config, RANK))
+# Figures by name, for their captions in the report (workflow/report/figure.rst shows a job's).
+STAGE_FIGURE = figures.by_name(figures.STAGE_FIGURES)
+DYNAMICS_FIGURE = figures.by_name(figures.DYNAMICS_FIGURES)
 STUDY_CATEGORY = "study"  # the report's category for what belongs to no one stage
 DYNAMICS_CATEGORY = "dynamics"  # the report's category for the dynamics of every stage
-# The dynamics steps' options: the profile's `dynamics` block, with the n-gram order of the baselines.
-DYNAMICS_OPTIONS = shell_words(
-    profile_options(config["dynamics"], DYNAMICS_KEYS)
-    + profile_options(config["baselines"], BASELINE_KEYS)
-)
-ATTRACTOR_OPTIONS = shell_words(profile_options(config["dynamics"], ATTRACTOR_KEYS))
 
 
 wildcard_constraints:
@@ -122,6 +117,11 @@ wildcard_constraints:
     ),
     table="|".join(sorted({name for names in STAGE_TABLES.values() for name in names})),
     dynamics_figure="|".join(DYNAMICS_FIGURES),
+
+
+def arguments(command):
+    """What `rnnsweep <command>` takes from the profile, as its options (rnnsweep.options.COMMANDS)."""
+    return shell_words(command_args(config, command))
 
 
 def in_report(path, caption, category="{stage}", subcategory=None):

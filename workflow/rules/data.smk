@@ -9,12 +9,14 @@ rule corpus:
         splits=[str(split_path(Path(DATA), split)) for split in SPLITS],
     log:
         f"{LOGS}/corpus.log",
+    benchmark:
+        f"{BENCHMARKS}/corpus/study.tsv"
     localrule: True
     conda:
         ENV
     params:
         out=lambda wildcards, output: folder_of(output.meta),
-        options=shell_words(profile_options(config, DATA_KEYS)),
+        options=arguments("data"),
         # Every split must hold one window of the longest history of any stage.
         min_bytes=max(config[stage]["history_size"] for stage in STAGES),
         content=lambda wildcards: corpus_content(),  # bytes changed in place, mtime kept: still a new corpus
@@ -34,12 +36,14 @@ rule tokenize:
         meta=f"{DATA}/{TOKENS_META}",
     log:
         f"{LOGS}/tokenize.log",
+    benchmark:
+        f"{BENCHMARKS}/tokenize/study.tsv"
     localrule: True
     conda:
         ENV
     params:
         data=lambda wildcards, input: folder_of(input[0]),
-        options=shell_words(profile_options(config, [VOCAB_KEY])),
+        options=arguments("tokenize"),
         recipe=recipe(),  # a new cut, threshold or library version learns the vocabulary again
     shell:
         "python -m rnnsweep tokenize --data {params.data} {params.options} 2> {log}"

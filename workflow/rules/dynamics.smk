@@ -11,6 +11,8 @@ rule dynamics:
         [dynamics_output(name) for name in DYNAMICS_MEASURED],
     log:
         f"{LOGS}/{{stage}}/dynamics.log",
+    benchmark:
+        f"{BENCHMARKS}/dynamics/{{stage}}.tsv"
     conda:
         ENV
     threads: config["workers"] * config["threads_per_worker"]
@@ -18,7 +20,7 @@ rule dynamics:
         stage=lambda wildcards, input: folder_of(input.summary),
         data=lambda wildcards, input: folder_of(input.corpus),
         eval_bytes=lambda wildcards: config["dynamics"]["eval_bytes"][wildcards.stage],
-        options=DYNAMICS_OPTIONS,
+        options=arguments("dynamics"),
         seed=config["seed"],
     shell:
         "python -m rnnsweep dynamics --stage {params.stage} --data {params.data} --eval-bytes {params.eval_bytes}"
@@ -34,18 +36,19 @@ rule dynamics_ranked:
         [dynamics_output(name) for name in DYNAMICS_RANKED],
     log:
         f"{LOGS}/{{stage}}/dynamics_ranked.log",
+    benchmark:
+        f"{BENCHMARKS}/dynamics_ranked/{{stage}}.tsv"
     localrule: True
     conda:
         ENV
     params:
         stage=lambda wildcards, input: folder_of(input.summary),
         data=lambda wildcards, input: folder_of(input.corpus),
-        options=ATTRACTOR_OPTIONS,
-        rank=RANKING,
+        options=arguments("dynamics-ranked"),
         seed=config["seed"],
     shell:
         "python -m rnnsweep dynamics-ranked --stage {params.stage} --data {params.data} {params.options}"
-        " {params.rank} --seed {params.seed} 2> {log}"
+        " --seed {params.seed} 2> {log}"
 
 
 rule plot_dynamics:
@@ -55,18 +58,23 @@ rule plot_dynamics:
     output:
         in_report(
             figure_file("{stage}", "{dynamics_figure}"),
-            "dynamics_figure",
+            "figure",
             DYNAMICS_CATEGORY,
             "{stage}",
         ),
     log:
         f"{LOGS}/{{stage}}/plot_{{dynamics_figure}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot_dynamics/{{stage}}-{{dynamics_figure}}.tsv"
     localrule: True
     conda:
         ENV
     params:
         stage=lambda wildcards, input: folder_of(input.summary),
-        rank=RANKING,
+        options=arguments("plot-dynamics"),
+        caption=lambda wildcards: DYNAMICS_FIGURE[
+            wildcards.dynamics_figure
+        ].caption_of(wildcards.stage),
     shell:
         "python -m rnnsweep plot-dynamics {wildcards.dynamics_figure} --stage {params.stage} --out {output}"
-        " {params.rank} 2> {log}"
+        " {params.options} 2> {log}"

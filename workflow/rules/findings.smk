@@ -9,6 +9,8 @@ rule findings:
         in_report(f"{RESULTS}/{FINDINGS}", "findings", "findings"),
     log:
         f"{LOGS}/findings.log",
+    benchmark:
+        f"{BENCHMARKS}/findings/study.tsv"
     localrule: True
     conda:
         ENV

@@ -3,13 +3,15 @@
 
 rule grid:
     output:
-        stage_file("stage1", MANIFEST),
+        stage_file(STAGES[0], MANIFEST),
     log:
-        f"{LOGS}/stage1/grid.log",
+        f"{LOGS}/{STAGES[0]}/grid.log",
+    benchmark:
+        f"{BENCHMARKS}/grid/{STAGES[0]}.tsv"
     localrule: True
     conda:
         ENV
     params:
-        options=shell_words(manifest_options(config, "stage1")),
+        options=shell_words(manifest_args(config, STAGES[0])),
     shell:
         "python -m rnnsweep grid --out {output} {params.options} 2> {log}"

@@ -1,4 +1,4 @@
-# Every figure of rnnsweep.layout.STAGE_FIGURES, one job each, so that
+# Every figure of rnnsweep.figures.STAGE_FIGURES, one job each, so that
 # `snakemake -f figures/<study>/<stage>/<name>.png` re-renders just that one.
 
 
@@ -11,12 +11,17 @@ rule plot:
         in_report(figure_file("{stage}", "{figure}"), "figure"),
     log:
         f"{LOGS}/{{stage}}/plot_{{figure}}.log",
+    benchmark:
+        f"{BENCHMARKS}/plot/{{stage}}-{{figure}}.tsv"
     localrule: True
     conda:
         ENV
     params:
-        options=shell_words(profile_options(config["plots"], PLOT_KEYS)),
+        options=shell_words(profile_args(config, PLOTS)),
         baselines=baselines_option,
+        caption=lambda wildcards: STAGE_FIGURE[wildcards.figure].caption_of(
+            wildcards.stage
+        ),
         rank=lambda wildcards: RANKING if wildcards.figure in RANKED_FIGURES else "",
     shell:
         "python -m rnnsweep plot {wildcards.figure} --summary {input.summary} --curves {input.curves}"

@@ -9,19 +9,17 @@ rule samples:
         in_report(stage_file(STAGES[-1], SAMPLES), "samples", STUDY_CATEGORY),
     log:
         f"{LOGS}/{STAGES[-1]}/samples.log",
+    benchmark:
+        f"{BENCHMARKS}/samples/study.tsv"
     localrule: True
     conda:
         ENV
     params:
         data=lambda wildcards, input: folder_of(input.corpus),
-        options=shell_words(
-            profile_options(config["samples"], SAMPLE_KEYS)
-            + profile_options(config, ["seed"])
-        ),
-        rank=RANKING,
+        options=arguments("samples"),
     shell:
         "python -m rnnsweep samples --summary {input.summaries} --data {params.data} --out {output} {params.options}"
-        " {params.rank} 2> {log}"
+        " 2> {log}"
 
 
 # The front page's numbers (workflow/report/workflow.rst): each stage's runs, diverged runs and best design.
@@ -34,10 +32,12 @@ rule headline:
         in_report(f"{RESULTS}/{HEADLINE}", "headline", STUDY_CATEGORY),
     log:
         f"{LOGS}/headline.log",
+    benchmark:
+        f"{BENCHMARKS}/headline/study.tsv"
     localrule: True
     conda:
         ENV
     params:
-        rank=RANKING,
+        options=arguments("headline"),
     shell:
-        "python -m rnnsweep headline --summary {input} --out {output} {params.rank} 2> {log}"
+        "python -m rnnsweep headline --summary {input} --out {output} {params.options} 2> {log}"

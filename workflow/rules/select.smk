@@ -9,12 +9,14 @@ rule select:
         stage_file("{stage}", MANIFEST),
     log:
         f"{LOGS}/{{stage}}/select.log",
+    benchmark:
+        f"{BENCHMARKS}/select/{{stage}}.tsv"
     wildcard_constraints:
         stage="|".join(STAGES[1:]),
     localrule: True
     conda:
         ENV
     params:
-        options=lambda wildcards: shell_words(manifest_options(config, wildcards.stage)),
+        options=lambda wildcards: shell_words(manifest_args(config, wildcards.stage)),
     shell:
         "python -m rnnsweep select --stage {wildcards.stage} --summary {input} --out {output} {params.options} 2> {log}"

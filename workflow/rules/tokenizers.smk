@@ -9,11 +9,13 @@ rule retokenize:
         stage_file(RETRAINED, MANIFEST),
     log:
         f"{LOGS}/{RETRAINED}/retokenize.log",
+    benchmark:
+        f"{BENCHMARKS}/retokenize/{RETRAINED}.tsv"
     localrule: True
     conda:
         ENV
     params:
-        options=shell_words(reading_options(config, OTHER_TOKENIZER)),
+        options=shell_words(reading_args(config, OTHER_TOKENIZER)),
     shell:
         "python -m rnnsweep retokenize --manifest {input} --out {output} {params.options} 2> {log}"
 
@@ -33,6 +35,8 @@ rule tokenizers:
         ),
     log:
         f"{LOGS}/tokenizers.log",
+    benchmark:
+        f"{BENCHMARKS}/tokenizers/study.tsv"
     localrule: True
     conda:
         ENV

@@ -13,6 +13,8 @@ rule train:
         touch(stage_file("{stage}", f"{WORKERS_DIR}/{{worker}}.done")),
     log:
         f"{LOGS}/{{stage}}/worker-{{worker}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{stage}}-{{worker}}.tsv"
     # A worker stopped by the scheduler (time limit, preemption) checkpoints its runs and
     # exits non-zero; the retry resumes them from their checkpoints.
     retries: 2
@@ -22,7 +24,7 @@ rule train:
     params:
         data=lambda wildcards, input: folder_of(input.corpus),
         workers=len(WORKERS),
-        training=TRAINING,
+        training=TRAINING_ARGS,
         history=lambda wildcards: f"{LOGS}/{wildcards.stage}/worker-{wildcards.worker}.history.log",
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     shell:
