@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from designs import all_on, design
-from rnnsweep.grid import SWITCHES, Design, stage1_designs
+from rnnsweep.design import SWITCHES, Design
+from rnnsweep.grid import stage1_designs
 from rnnsweep.model import ByteModel, count_params, plan
 from rnnsweep.optim import Adam
 from rnnsweep.reference import ReferenceModel, engine_state

@@ -11,7 +11,8 @@ from scipy import stats as scipy_stats
 
 from rnnsweep import ranking
 from rnnsweep.aggregate import SummaryError, tail_loss
-from rnnsweep.grid import SWITCHES, make_runs, stage1_designs
+from rnnsweep.design import SWITCHES
+from rnnsweep.grid import make_runs, stage1_designs
 from rnnsweep.report import headline
 from rnnsweep.select import stage2_designs, stage3_designs
 from rnnsweep.stats import group_table

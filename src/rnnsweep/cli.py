@@ -23,9 +23,10 @@ from rnnsweep import config, data
 from rnnsweep.baselines import MAX_ORDER
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import LOCKS, Worker
+from rnnsweep.design import BYTE_VOCAB
 from rnnsweep.fsutil import UnsafePath
 from rnnsweep.grid import (
-    BATCH_DESIGNS, BYTE_VOCAB, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
+    BATCH_DESIGNS, PRECISIONS, SETTINGS, TOKENIZERS, ManifestError, make_runs, read_manifest, stage1_designs,
     vocabulary_problem, write_manifest,
 )
 from rnnsweep.layout import DYNAMICS_FIGURES, MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path

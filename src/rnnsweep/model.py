@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnsweep.grid import BYTE_VOCAB, SWITCHES, Design
+from rnnsweep.design import BYTE_VOCAB, SWITCHES, Design
 
 VOCAB = BYTE_VOCAB  # the byte vocabulary; a model may take another (token ids 0 .. vocab-1)
 

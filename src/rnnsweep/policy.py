@@ -34,7 +34,8 @@ from typing import Callable, Iterable
 import yaml
 
 from rnnsweep.config import ConfigError
-from rnnsweep.grid import BATCH_DESIGNS, Design, Run
+from rnnsweep.design import Design
+from rnnsweep.grid import BATCH_DESIGNS, Run
 from rnnsweep.model import VOCAB, plan, superset_layout
 
 #: `auto` takes the superset path only where it is predicted this many times faster: the fitted model's
