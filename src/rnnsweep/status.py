@@ -103,6 +103,19 @@ def _overlap(start: float, end: float, now: float) -> float:
     return max(0.0, min(end, now) - max(start, now - RATE_WINDOW_S))
 
 
+def _count_result(status: StageStatus, stage_dir: Path, run: Run, result: dict, now: float) -> tuple[float, float] | None:
+    """Count a run's result in `status`; return (design-steps it trained inside the rate window, when its training
+    began), or None if it ended before the window."""
+    status.diverged += result["status"] == "diverged"
+    status.done += result["status"] == "ok"
+    if result["status"] == "ok":
+        status.best.append((result, run))
+    ended = (run_dir(stage_dir, run.id) / RESULT).stat().st_mtime
+    wall = max(float(result["wall_s"]), 1e-9)
+    inside = _overlap(ended - wall, ended, now)
+    return (result["steps"] * inside / wall, ended - wall) if inside else None
+
+
 def stage_status(
     stage_dir: Path, data_dir: Path, now: float | None = None, stale_s: float = STALE_S, loaded: dict | None = None
 ) -> StageStatus:
@@ -127,16 +140,10 @@ def stage_status(
     for run in runs:
         result = read_result(stage_dir, run, prints[run.id]) if prints else None
         if result is not None:
-            status.diverged += result["status"] == "diverged"
-            status.done += result["status"] == "ok"
-            if result["status"] == "ok":
-                status.best.append((result, run))
-            ended = (run_dir(stage_dir, run.id) / RESULT).stat().st_mtime
-            wall = max(float(result["wall_s"]), 1e-9)
-            inside = _overlap(ended - wall, ended, now)
-            if inside:
-                worked += result["steps"] * inside / wall
-                starts.append(ended - wall)
+            recent = _count_result(status, stage_dir, run, result, now)
+            if recent:
+                worked += recent[0]
+                starts.append(recent[1])
         elif run.id in held:
             status.left += run.steps - held[run.id].step
         else:
