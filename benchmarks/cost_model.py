@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from rnnsweep.grid import SWITCHES, Design
+from rnnsweep.design import SWITCHES, Design
 from rnnsweep.model import ByteModel, superset_layout
 from rnnsweep.optim import Adam
 from rnnsweep.policy import step_elements, step_flops

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnsweep.grid import SWITCHES, Design
+from rnnsweep.design import SWITCHES, Design
 from rnnsweep.model import ByteModel
 from rnnsweep.optim import Adam
 from rnnsweep.policy import step_flops

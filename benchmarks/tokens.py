@@ -31,8 +31,8 @@ from batched import step_s  # benchmarks/batched.py, beside this script
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from rnnsweep.design import Design  # noqa: E402
 from rnnsweep.tokens import encode, train_bpe  # noqa: E402
-from rnnsweep.grid import Design  # noqa: E402
 
 
 def finalist(layers: int, width: int) -> Design:

@@ -3,17 +3,17 @@
     design("forget_gate", "new_state", n_layers=2, state_size=4)   # every other switch off
     all_on(n_layers=2, state_size=8)                               # all seven switches on
 
-A switch is named by its short name, rnnsweep.grid.SWITCHES without the `use_` prefix: input_gate,
+A switch is named by its short name, rnnsweep.design.SWITCHES without the `use_` prefix: input_gate,
 forget_gate, output_gate, state_gate, new_state, old_state, residual. A name that is not one of these is
 an error, so a typo cannot quietly switch nothing on.
 
-Imports nothing but rnnsweep.grid, so that tests/grouping.py (and with it the CUDA tests) stays importable
+Imports nothing but rnnsweep.design, so that tests/grouping.py (and with it the CUDA tests) stays importable
 with little more than PyTorch.
 """
 
 from __future__ import annotations
 
-from rnnsweep.grid import SWITCHES, Design
+from rnnsweep.design import SWITCHES, Design
 
 #: Short switch name -> Design field, in the order of SWITCHES.
 SWITCH_FIELDS: dict[str, str] = {name.removeprefix("use_"): name for name in SWITCHES}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 
 from designs import all_on, design
-from rnnsweep.grid import Design, Run, make_runs, stage1_designs
+from rnnsweep.design import Design
+from rnnsweep.grid import Run, make_runs, stage1_designs
 
 # Batch 4 × state 8 and 4 evaluation windows × 8: each run's block of every activation is whole
 # 32-float SIMD steps, where batched kernels compute a run exactly as alone (see test_replicates).

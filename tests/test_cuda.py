@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnsweep.grid import Design
+from rnnsweep.design import Design
 from rnnsweep.train import Interrupted, train_runs
 from test_model import ALL_SWITCHES, SWITCH_IDS, check_against_reference
 from grouping import DESIGNS, stop_at, superset_runs

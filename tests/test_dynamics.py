@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from rnnsweep import cli, dynamics
-from rnnsweep.grid import SWITCHES, Design, make_runs, stage1_designs, write_manifest
+from rnnsweep.design import SWITCHES, Design
+from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import DYNAMICS, DYNAMICS_FIGURES, DYNAMICS_RANKED, DYNAMICS_TABLES, manifest_path
 from rnnsweep.model import ByteModel, initial_weights
 from rnnsweep.reference import ReferenceModel, load_engine_state

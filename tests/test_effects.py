@@ -14,7 +14,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from rnnsweep import effects
-from rnnsweep.grid import SWITCHES, stage1_designs
+from rnnsweep.design import SWITCHES
+from rnnsweep.grid import stage1_designs
 from rnnsweep.stats import best_set, group_table
 
 FORGET, RESIDUAL, FORGET_X_RESIDUAL, WIDE = -0.20, -0.05, 0.08, -0.10

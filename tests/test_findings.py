@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from rnnsweep import cli, findings
-from rnnsweep.grid import SWITCHES, stage1_designs
+from rnnsweep.design import SWITCHES
+from rnnsweep.grid import stage1_designs
 
 #: The published study's picture, planted: each part's on − off effect on the loss (nats), with deep cells worse.
 PLANTED = {"use_forget_gate": -0.2, "use_new_state": -0.3, "use_residual": -0.1, "use_old_state": 0.0,

@@ -1,4 +1,4 @@
-"""Stage-1 grid, design ids, seeds and the manifest file (rnnsweep.grid)."""
+"""Stage-1 grid, design ids, seeds and the manifest file (rnnsweep.design, rnnsweep.grid)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 
 from designs import all_on, design
+from rnnsweep.design import SWITCHES, Design
 from rnnsweep.grid import (
-    SWITCHES,
-    Design,
     ManifestError,
     make_runs,
     read_manifest,

@@ -28,7 +28,8 @@ from filelock import FileLock, SoftFileLease
 
 from conftest import start_lease_holder
 from designs import design
-from rnnsweep.grid import Design, make_runs, write_manifest
+from rnnsweep.design import Design
+from rnnsweep.grid import make_runs, write_manifest
 from rnnsweep.layout import CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 from scheduling import (
     Countdown,

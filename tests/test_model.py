@@ -2,14 +2,16 @@
 
 import itertools
 import math
+from dataclasses import fields
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from designs import all_on, design
-from rnnsweep.grid import SWITCHES, Design, stage1_designs
-from rnnsweep.model import ByteModel, count_params, plan
+from rnnsweep.design import SWITCHES, Design
+from rnnsweep.grid import stage1_designs
+from rnnsweep.model import ByteModel, LayerParams, count_params, plan
 from rnnsweep.optim import Adam
 from rnnsweep.reference import ReferenceModel, engine_state
 
@@ -92,6 +94,13 @@ def check_against_reference(design: Design, superset: bool, device: torch.device
         for name in want:
             torch.testing.assert_close(got[name], want[name], **TOL, msg=f"step {j}: gradient of {name}")
         states_r = next_r
+
+
+def test_the_layer_weights_named_for_transposition_are_the_plans_matrices():
+    """LayerParams.WEIGHTS states which fields forward takes transposed: exactly the layer's matrices in the plan."""
+    layer = {p.name.removeprefix("cells.0."): p for p in plan(all_on(n_layers=1, state_size=4)) if p.name.startswith("cells.0.")}
+    assert set(layer) == {f.name for f in fields(LayerParams)}
+    assert set(LayerParams.WEIGHTS) == {name for name, p in layer.items() if len(p.shape) == 2}
 
 
 def test_replicate_initialisation_depends_only_on_its_seed():

@@ -20,8 +20,9 @@ import torch
 
 import rnnsweep.train as train_mod
 from rnnsweep.claims import Worker
+from rnnsweep.design import Design
 from rnnsweep.results import read_result
-from rnnsweep.grid import Design, make_runs, write_manifest
+from rnnsweep.grid import make_runs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.policy import run_groups

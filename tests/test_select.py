@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from designs import design
-from rnnsweep.grid import SWITCHES, Design, make_runs, stage1_designs
+from rnnsweep.design import SWITCHES, Design
+from rnnsweep.grid import make_runs, stage1_designs
 from rnnsweep.select import stage2_designs, stage2_runs, stage3_designs, stage3_runs
 
 SETTINGS = dict(steps=50, batch_size=8, history_size=16, log_every=5, lr=1e-3, eval_bytes=32)

@@ -20,8 +20,9 @@ import yaml
 import rnnsweep.train as train_mod
 from rnnsweep import config, policy, provenance
 from rnnsweep.claims import Worker
+from rnnsweep.design import SWITCHES, Design
 from rnnsweep.results import read_result
-from rnnsweep.grid import READING, SWITCHES, Design, columns, ManifestError, make_runs, read_manifest, stage1_designs, write_manifest
+from rnnsweep.grid import READING, ManifestError, columns, make_runs, read_manifest, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, manifest_path
 from rnnsweep.model import ByteModel, initial_weights, superset_layout
 from rnnsweep.train import Interrupted, train_runs

@@ -19,7 +19,8 @@ from designs import all_on
 from rnnsweep import cli, provenance
 from rnnsweep.aggregate import SummaryError
 from rnnsweep.data import SPLITS, DataError, load_split, prepare_corpus, split_path
-from rnnsweep.grid import BYTE_VOCAB, ManifestError, make_runs, read_manifest, write_manifest
+from rnnsweep.design import BYTE_VOCAB
+from rnnsweep.grid import ManifestError, make_runs, read_manifest, write_manifest
 from rnnsweep.layout import TOKENIZER, TOKENS_META
 from rnnsweep.stats import tokenizer_table
 from rnnsweep.tokens import BYTES, encode, ids_path, load_text, pieces_of, prepare_tokens, read_tokenizer, train_bpe

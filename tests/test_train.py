@@ -22,7 +22,8 @@ import torch
 import rnnsweep.data as data_mod
 import rnnsweep.train as train_mod
 from designs import all_on, design
-from rnnsweep.grid import Design, make_runs
+from rnnsweep.design import Design
+from rnnsweep.grid import make_runs
 from rnnsweep.model import ByteModel, count_params
 from rnnsweep.optim import Adam
 from rnnsweep.results import FILES_FIELD, RESULT_FIELDS

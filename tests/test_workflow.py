@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from rnnsweep import config
-from rnnsweep.grid import SWITCHES
 from rnnsweep.baselines import COMPRESSORS
+from rnnsweep.design import SWITCHES
 from rnnsweep.layout import (
     BASELINES, BASELINES_FIGURE, BENCHMARKS_DIR, CORPUS_META, COSTS, CURVES, DATA_DIR, DYNAMICS_FIGURES, DYNAMICS_RANKED, DYNAMICS_REPORTED,
     FIGURE_SUFFIX,

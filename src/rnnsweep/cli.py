@@ -21,9 +21,10 @@ from rnnsweep import config, data, figures
 from rnnsweep.aggregate import MissingResults, SummaryError, aggregate, read_summary, write_csv
 from rnnsweep.claims import Worker
 from rnnsweep.costs import BenchmarkError, costs, read_benchmarks
+from rnnsweep.design import BYTE_VOCAB, DesignError
 from rnnsweep.fsutil import UnsafePath
 from rnnsweep.grid import (
-    BYTE_VOCAB, ManifestError, make_runs, read_manifest, stage1_designs, vocabulary_problem, write_manifest,
+    ManifestError, make_runs, read_manifest, stage1_designs, vocabulary_problem, write_manifest,
 )
 from rnnsweep.layout import DYNAMICS_FIGURES, MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
 from rnnsweep.options import COMMANDS, add_command_options, add_options, command_args, keys, manifest_keys, option
@@ -33,7 +34,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: Errors that are the user's (or the machine's: a full disk, a read-only folder) to fix: one line, no traceback.
 USER_ERRORS = (
-    config.ConfigError, ManifestError, data.DataError, MissingResults, SummaryError, BenchmarkError, UnsafePath, OSError,
+    config.ConfigError, ManifestError, DesignError, data.DataError, MissingResults, SummaryError, BenchmarkError, UnsafePath,
+    OSError,
 )
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from rnnsweep import dynamics
+from rnnsweep.design import SWITCHES
 from rnnsweep.dynamics_stage import ORBIT_UNITS
-from rnnsweep.grid import SWITCHES
 from rnnsweep.layout import ATTRACTORS, DYNAMICS, DYNAMICS_CURVES, DYNAMICS_LOSS, ORBITS, TRAJECTORY
 from rnnsweep.plots import DESIGN_KEY, DPI, _save
 from rnnsweep.ranking import ranked_runs

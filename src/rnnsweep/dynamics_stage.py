@@ -31,8 +31,8 @@ from rnnsweep import dynamics
 from rnnsweep.aggregate import SummaryError
 from rnnsweep.baselines import NGramModel
 from rnnsweep.data import DataError
+from rnnsweep.design import BYTE_VOCAB
 from rnnsweep.effects import marginals
-from rnnsweep.grid import BYTE_VOCAB
 from rnnsweep.layout import (
     ATTRACTORS, DYNAMICS, DYNAMICS_CURVES, DYNAMICS_EFFECTS, DYNAMICS_LOSS, ORBITS, TRAJECTORY, run_dir, summary_path,
 )

@@ -40,7 +40,7 @@ import statsmodels.formula.api as smf
 from scipy import stats as scipy_stats
 from statsmodels.stats.anova import anova_lm
 
-from rnnsweep.grid import SWITCHES
+from rnnsweep.design import SWITCHES
 from rnnsweep.stats import holm, usable_runs
 
 #: Responses modelled, with the factor that turns them into bits per byte.

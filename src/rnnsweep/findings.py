@@ -32,8 +32,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from rnnsweep.aggregate import SummaryError
+from rnnsweep.design import SWITCHES
 from rnnsweep.effects import contrast, effects
-from rnnsweep.grid import SWITCHES
 from rnnsweep.stats import usable_runs
 
 #: A difference smaller than this is no help: the seed-to-seed spread of a design's loss in the published

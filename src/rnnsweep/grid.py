@@ -1,9 +1,9 @@
-"""Cell designs, their stable ids, and the per-stage manifest of runs.
+"""The stage-1 grid of designs, runs, and the per-stage manifest of runs.
 
-A *design* is the seven switches plus depth and width. A *run* is a design
-trained once with given settings and a replicate number. Ids are hashes of
-the canonical design, so they survive reordering of the grid, re-generation
-and hand-edits of unrelated rows.
+A *design* (rnnsweep.design) is the seven switches plus depth and width. A
+*run* is a design trained once with given settings and a replicate number.
+Ids are hashes of the canonical design, so they survive reordering of the
+grid, re-generation and hand-edits of unrelated rows.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import itertools
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -20,17 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rnnsweep import config
+from rnnsweep.design import BYTE_VOCAB, SWITCHES, Design
 from rnnsweep.fsutil import atomic_write_text
-
-SWITCHES: tuple[str, ...] = (
-    "use_input_gate",
-    "use_forget_gate",
-    "use_output_gate",
-    "use_state_gate",
-    "use_new_state",
-    "use_old_state",
-    "use_residual",
-)
 
 #: The arithmetic of a training step; `precision` is a manifest column beside the settings.
 PRECISIONS: tuple[str, ...] = config.choices("precision")
@@ -43,7 +33,6 @@ BATCH_DESIGNS: tuple[str, ...] = config.choices("batch_designs")
 #: What a run reads, the manifest's `tokenizer` column: `bytes` (ids are the bytes, 256 of them) or `bpe`
 #: (ids of a byte-pair vocabulary of `vocab_size` learnt from the training split, rnnsweep.tokens).
 TOKENIZERS: tuple[str, ...] = config.choices("tokenizer")
-BYTE_VOCAB = 256
 #: The largest vocabulary: token ids are stored as 16-bit integers.
 MAX_VOCAB = 1 << 16
 #: A run id: the design id, then `-r<replicate>` for replicates after the first. Nothing else is ever a
@@ -53,42 +42,6 @@ RUN_ID = re.compile(r"[0-9a-f]{10}(-r[1-9][0-9]*)?")
 
 class ManifestError(ValueError):
     """A manifest that cannot be trusted; the message names the file and the problem."""
-
-
-@dataclass(frozen=True)
-class Design:
-    """One cell architecture: the unit that gets an id and is ranked."""
-
-    use_input_gate: bool
-    use_forget_gate: bool
-    use_output_gate: bool
-    use_state_gate: bool
-    use_new_state: bool
-    use_old_state: bool
-    use_residual: bool
-    n_layers: int
-    state_size: int
-
-    def __post_init__(self) -> None:
-        if not (self.use_new_state or self.use_old_state):
-            raise ValueError("a cell needs use_new_state or use_old_state")
-        if self.n_layers < 1 or self.state_size < 1:
-            raise ValueError("n_layers and state_size must be positive")
-
-    @property
-    def id(self) -> str:
-        """First 10 hex digits of the SHA-256 of the canonical JSON form."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-    @classmethod
-    def from_mapping(cls, row) -> "Design":
-        """Build from any mapping (a CSV or DataFrame row), coercing to plain Python types so ids stay stable."""
-        switches = {k: _parse_bool(row[k], f"column {k}") if isinstance(row[k], str) else bool(row[k]) for k in SWITCHES}
-        return cls(**switches, n_layers=int(row["n_layers"]), state_size=int(row["state_size"]))
-
-    def replace(self, **changes: int | bool) -> "Design":
-        return Design(**{**asdict(self), **changes})
 
 
 class Settings(Mapping[str, object]):
@@ -246,14 +199,6 @@ def make_runs(
             seed = run_seed(design.id, rep, base_seed)
             runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, picked, precision=precision, engine=path, **reading))
     return runs
-
-
-def _parse_bool(text: str, where: str) -> bool:
-    if text in ("True", "true", "1"):
-        return True
-    if text in ("False", "false", "0"):
-        return False
-    raise ManifestError(f"{where}: expected True or False, got {text!r}")
 
 
 def _parse_row(row: dict[str, str], where: str) -> Run:

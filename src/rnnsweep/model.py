@@ -18,7 +18,8 @@ How it is laid out, for speed:
   forward product and its weight gradient are one matmul each. `Param` names
   every row block (a map) and column block (an input) of a weight: that one
   offset table is what the forward pass slices, what the backward pass
-  writes into, and what initialisation and the superset layout read.
+  writes into (each layer's slices, cut once: `LayerSlices`), and what
+  initialisation and the superset layout read.
 * **Replicates.** Every tensor has a leading replicate axis R: weights are
   (R, out, in), activations (R, batch, features), every product a batched
   matmul. Nothing couples replicates, so R runs train as one model and
@@ -39,14 +40,14 @@ How it is laid out, for speed:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnsweep.grid import BYTE_VOCAB, SWITCHES, Design
+from rnnsweep.design import BYTE_VOCAB, SWITCHES, Design
 
 VOCAB = BYTE_VOCAB  # the byte vocabulary; a model may take another (token ids 0 .. vocab-1)
 
@@ -210,6 +211,9 @@ class LayerParams:
     Weights are (R, out, in), biases (R, 1, out); a map that the layout lacks is None.
     """
 
+    #: The fields that are weights, (R, out, in); the rest are biases. Forward's products take the weights transposed.
+    WEIGHTS: ClassVar[tuple[str, ...]] = ("in_w", "c_w", "g_h", "f_h", "u_w", "p_y")
+
     in_w: Tensor | None  # [A; B]      (R, 2n, 2n)   reads [x, s]
     in_b: Tensor | None
     c_w: Tensor  # [H; G_c; F_c]          (R, k·n, 2n)  reads c = [x_in, s_in]
@@ -226,12 +230,86 @@ class LayerParams:
         return cls(**{f.name: views.get(prefix + f.name) for f in fields(cls)})
 
     def transposed(self) -> "LayerParams":
-        """The same weights as (R, in, out) views, as forward's products take them; biases as they are."""
-        return LayerParams(**{f.name: _t(getattr(self, f.name)) if f.name.endswith(("_w", "_h", "_y")) else getattr(self, f.name) for f in fields(self)})
+        """The same parameters with every weight (`WEIGHTS`) as an (R, in, out) view, as forward's products take it."""
+        return replace(self, **{name: _t(getattr(self, name)) for name in self.WEIGHTS})
 
 
 def _t(weight: Tensor | None) -> Tensor | None:
     return None if weight is None else weight.mT
+
+
+@dataclass(frozen=True)
+class LayerSlices:
+    """Where each map's rows and each input's columns sit in one layer's stacked tensors.
+
+    Cut once from the plan's offset table (`Param.rows`, `Param.cols`), so
+    forward reads and backward writes the same blocks. A row slice is named
+    after its map in lower case (docs/study.md §1) and is a block of the last
+    axis of that map's stacked product (and of its gradient); a column slice
+    is a block of the last axis of a stacked input. A map or input that the
+    layout lacks is None.
+    """
+
+    a: slice | None  # rows of a = σ([A; B]·xs), the input gate: A's, which gate x
+    b: slice | None  # rows of a: B's, which gate s
+    h: slice  # rows of z = [H; G_c; F_c]·c: the candidate's
+    g: slice | None  # rows of z: the state gate's c-part
+    f: slice | None  # rows of z: the forget gate's c-part
+    o: slice  # rows of yz = [O; P_u]·u: the output map's
+    p: slice | None  # rows of yz: the output gate's u-part
+    xs_x: slice | None  # columns of xs = [x, s] (what the input gate reads) that hold x
+    xs_s: slice | None  # columns of xs that hold s
+    c_x: slice  # columns of c = [x_in, s_in] that hold x_in
+    c_s: slice  # columns of c that hold s_in
+    u: dict[str, slice]  # columns of u = [h, s_in, x] by part ("h", "s", "x"), the parts the layout has
+    du: tuple[str, ...]  # the parts of u whose gradient reaches a parameter: h, x (as dL/dx), s_in only through the input gate
+
+    @classmethod
+    def of(cls, params: Sequence[Param]) -> "LayerSlices":
+        """The slices of one layer's parameters in the plan (those named `cells.<i>.*`)."""
+        table = {q.name.rsplit(".", 1)[-1]: q for q in params}
+        in_w, c_w, u_w = table.get("in_w"), table["c_w"], table["u_w"]
+
+        def rows(param: Param | None, map_name: str) -> slice | None:
+            return param.rows(map_name) if param is not None and map_name in param.maps else None
+
+        def cols(param: Param | None, input_name: str) -> slice | None:
+            return None if param is None else param.cols(input_name)
+
+        u = {part: u_w.cols(part) for part, _ in u_w.parts}
+        return cls(
+            a=rows(in_w, "A"), b=rows(in_w, "B"),
+            h=c_w.rows("H"), g=rows(c_w, "G"), f=rows(c_w, "F"),
+            o=u_w.rows("O"), p=rows(u_w, "P"),
+            xs_x=cols(in_w, "x"), xs_s=cols(in_w, "s"),
+            c_x=c_w.cols("x"), c_s=c_w.cols("s"),
+            u=u, du=tuple(part for part in u if part != "s" or in_w is not None),
+        )
+
+
+@dataclass(frozen=True)
+class LayerViews:
+    """What backward's input gradients multiply by: weight column blocks (and, superset path, masks of u).
+
+    Made once (every update is in place, so they stay valid): a small cell's
+    step is a few microseconds a kernel, and making a view costs about as much.
+    """
+
+    c_x: Tensor  # (R, k·n, n)  c_w's columns that read x_in
+    c_s: Tensor  # (R, k·n, n)  c_w's columns that read s_in
+    in_x: Tensor | None  # (R, 2n, n)  in_w's columns that read x
+    u: dict[str, Tensor]  # (R, rows, n) by part of u: u_w's columns that read it
+    u_on: dict[str, Tensor]  # (R, 1, n) by part of u: 1.0 where the replicate's design has it; empty on the design path
+
+    @classmethod
+    def of(cls, w: LayerParams, at: LayerSlices, on: Switches | None) -> "LayerViews":
+        return cls(
+            c_x=w.c_w[..., at.c_x],
+            c_s=w.c_w[..., at.c_s],
+            in_x=None if w.in_w is None else w.in_w[..., at.xs_x],
+            u={part: w.u_w[..., cols] for part, cols in at.u.items()},
+            u_on={part: on.u.on[..., cols] for part, cols in at.u.items()} if on else {},
+        )
 
 
 @dataclass
@@ -239,7 +317,7 @@ class Saved:
     """What one layer's forward keeps for its backward: (R, batch, ·) activations, None where the layout lacks the part."""
 
     xs: Tensor  # [x, s]                                       (R, B, 2n)
-    a: Tensor | None  # input gate [σ(A·c), σ(B·c)], 1 where off (R, B, 2n)
+    a: Tensor | None  # input gate [σ(A·xs), σ(B·xs)], 1 where off (R, B, 2n)
     c: Tensor  # [x_in, s_in]                                  (R, B, 2n)
     s: Tensor  # previous state                                (R, B, n)
     h0: Tensor  # candidate tanh(H·c)                          (R, B, n)
@@ -298,134 +376,178 @@ class Cell:
     """One layer of the cell (docs/study.md §1, d == n) on (R, batch, features) tensors.
 
     `layout` says which maps exist; `on` (superset path only) says which of
-    them each replicate uses. Every row and column slice comes from the
-    layout's offset table (`Param.rows`, `Param.cols`), so forward and
-    backward cut the same blocks.
+    them each replicate uses. On the design path `on` is None and every mask
+    is skipped, so both paths run this one body. `forward` and `backward` run
+    the study's steps; below them each step's forward sits beside its
+    backward, in the study's order. Each backward writes its maps' gradients
+    into `dw` and returns the gradient of its input.
     """
 
     def __init__(self, layout: Design, params: list[Param], w: LayerParams, dw: LayerParams, on: Switches | None) -> None:
-        self.D, self.n, self.w, self.dw, self.on = layout, layout.state_size, w, dw, on
-        table = {q.name.rsplit(".", 1)[-1]: q for q in params}
-        c_w, u_w, in_w = table["c_w"], table["u_w"], table.get("in_w")
-        self.H, self.G, self.F = (c_w.rows(m) if m in c_w.maps else None for m in "HGF")  # rows of z = c_w·c
-        self.O, self.P = (u_w.rows(m) if m in u_w.maps else None for m in "OP")  # rows of yz = u_w·u
-        self.c_x, self.c_s = c_w.cols("x"), c_w.cols("s")  # columns of c = [x_in, s_in]
-        if in_w is not None:  # columns of xs = [x, s], and of a = [a_x, a_s]: the rows of A and B
-            self.xs_x, self.xs_s, self.A, self.B = in_w.cols("x"), in_w.cols("s"), in_w.rows("A"), in_w.rows("B")
-        self.u_cols = {name: u_w.cols(name) for name, _ in u_w.parts}  # columns of u = [h, s_in, x]
-        # Views made once (every update is in place, so they stay valid): a small cell's step is a few
-        # microseconds a kernel, and making a view costs about as much.
-        self.w_t = w.transposed()
-        self.c_w_x, self.c_w_s = w.c_w[..., self.c_x], w.c_w[..., self.c_s]  # (R, k·n, n) column blocks
-        self.in_w_x = w.in_w[..., self.xs_x] if in_w is not None else None  # (R, 2n, n)
-        self.u_w_of = {name: w.u_w[..., cols] for name, cols in self.u_cols.items()}  # (R, rows, n) each
-        self.u_on = {name: on.u.on[..., cols] for name, cols in self.u_cols.items()} if on else {}  # (R, 1, n)
-        # dL/du parts that reach a parameter: h always, x as dL/dx, s_in only through the input gate.
-        self.du_parts = [name for name in self.u_cols if name != "s" or layout.use_input_gate]
+        self.layout, self.w, self.dw, self.on = layout, w, dw, on
+        self.w_t = w.transposed()  # made once, like the views below
+        self.at = LayerSlices.of(params)
+        self.views = LayerViews.of(w, self.at, on)
 
     def forward(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Saved]:
         """(y, next state h, what backward needs) from x, s: (R, B, n)."""
-        D, w_t, on = self.D, self.w_t, self.on
-        xs = c = torch.cat((x, s), 2)  # (R, B, 2n)
-        a = None
-        if D.use_input_gate:
-            a = torch.baddbmm(w_t.in_b, xs, w_t.in_w).sigmoid_()  # (R,B,2n)@(R,2n,2n) → [σ(A·c), σ(B·c)]
-            a = _gate(a, on and on.input_gate)
-            c = xs * a  # [x_in, s_in]
-        z = torch.baddbmm(w_t.c_b, c, w_t.c_w)  # (R,B,2n)@(R,2n,k·n) → [H·c, G_c·c, F_c·c]
-        h0 = torch.tanh(z[..., self.H])
-        h1, g, f = h0, None, None
-        if D.use_state_gate:
-            g = torch.baddbmm(z[..., self.G], h0, w_t.g_h).sigmoid_()  # (R,B,n)@(R,n,n)
-            g = _gate(g, on and on.state_gate)
-            h1 = torch.lerp(s, h0, g)  # g·h0 + (1 − g)·s; exactly h0 where g is 1
-        h = h1
-        if D.use_forget_gate:
-            f = torch.baddbmm(z[..., self.F], h1, w_t.f_h).sigmoid_()  # (R,B,n)@(R,n,n)
-            f = _gate(f, on and on.forget_gate)
-            h = f * h1
-        parts = {"h": h, "s": c[..., self.c_s], "x": x}
-        u = torch.cat([parts[name] for name in self.u_cols], 2) if len(self.u_cols) > 1 else parts[next(iter(self.u_cols))]
-        if on is not None:
-            u = u * on.u.on  # a part a design lacks is 0
-        yz = torch.baddbmm(w_t.u_b, u, w_t.u_w)  # (R,B,dim u)@(R,dim u,n or 2n) → [O·u, P_u·u]
-        o, q = yz[..., self.O], None
-        if D.use_output_gate:
-            t = torch.baddbmm(yz[..., self.P], o, w_t.p_y)  # (R,B,n)@(R,n,n) → P·[o, u]
-            if on is not None:
-                t = torch.lerp(o, t, on.output_gate.on)  # exactly o where the gate is off: σ(o)·o is swish
-            q = t.sigmoid_()
-            y = o * q
-        else:
-            y = F.silu(o)
+        xs = torch.cat((x, s), 2)  # (R, B, 2n)
+        a, c = self._input_gate(xs)
+        z, h0 = self._candidate(c)
+        g, h1 = self._state_gate(z, h0, s)
+        f, h = self._forget_gate(z, h1)
+        u = self._output_input(h, c, x)
+        y, o, q = self._output_gate(self._output_map(u))
         return y, h, Saved(xs, a, c, s, h0, g, h1, f, u, o, q)
 
     def backward(self, sv: Saved, dy: Tensor) -> Tensor | None:
         """Write this layer's parameter gradients; return dL/dx, or None where y does not depend on x."""
-        D, w, dw, on = self.D, self.w, self.dw, self.on
-        if D.use_output_gate:
-            dt = _sigmoid_backward(dy * sv.o, sv.q)  # (R, B, n)
-            dt_p = dt if on is None else dt * on.output_gate.on  # the share that went through P
-            torch.bmm(dt_p.mT, sv.o, out=dw.p_y)  # (R,n,B)@(R,B,n)
-            do = torch.bmm(dt_p, w.p_y).addcmul_(dy, sv.q)  # (R,B,n)@(R,n,n)
-            if on is not None:
-                do.addcmul_(dt, on.output_gate.off)  # where off, t was o itself
-            dyz = torch.cat((do, dt_p), 2)  # (R, B, 2n): rows O, then P, as plan() stacks them
-        else:
-            dyz = _silu_backward(dy, sv.o)
-        torch.sum(dyz, 1, keepdim=True, out=dw.u_b)
-        torch.bmm(dyz.mT, sv.u, out=dw.u_w)  # (R,rows,B)@(R,B,dim u)
-        du = {name: self._du(dyz, name) for name in self.du_parts}
+        du = self._output_map_backward(self._output_gate_backward(dy, sv), sv)
         ds_in, dx_in = du.get("s"), None
         if "h" in du:
-            dx_in, ds_c = self._backward_gates(du["h"], sv)
+            dh = du["h"]
+            dz = dh.new_empty(*dh.shape[:2], self.w.c_w.shape[1])  # (R, B, k·n): [dH, dG_c, dF_c], rows as in z
+            # Back through steps 5, 4, 3: each gate writes its block of dz, the candidate its own and then z's map.
+            dh1 = self._forget_gate_backward(dh, dz, sv)
+            dh0 = self._state_gate_backward(dh1, dz, sv)
+            dx_in, ds_c = self._candidate_backward(dh0, dz, sv)
             if ds_c is not None:
                 ds_in = ds_c if ds_in is None else ds_in.add_(ds_c)
-        if D.use_input_gate:
-            dx_in = self._backward_input_gate(dx_in, ds_in, sv)
+        if self.layout.use_input_gate:
+            dx_in = self._input_gate_backward(dx_in, ds_in, sv)
         dx = du.get("x")
         if dx is None or dx_in is None:
             return dx_in if dx is None else dx
         return dx.add_(dx_in)
 
-    def _du(self, dyz: Tensor, name: str) -> Tensor:
-        """dL/d(part `name` of u): (R,B,rows)@(R,rows,n); 0 for a replicate whose design lacks that part."""
-        du = torch.bmm(dyz, self.u_w_of[name])
-        return du if self.on is None else du.mul_(self.u_on[name])
+    # Step 2: the input gate. xs = [x, s] is the study's c of step 1.
 
-    def _backward_gates(self, dh: Tensor, sv: Saved) -> tuple[Tensor, Tensor | None]:
-        """Through the forget gate, state gate and candidate: (dL/dx_in, dL/ds_in or None if unused)."""
-        D, w, dw, on = self.D, self.w, self.dw, self.on
-        dz = dh.new_empty(*dh.shape[:2], w.c_w.shape[1])  # (R, B, k·n): [dH, dG_c, dF_c], rows as in forward
-        if D.use_forget_gate:
-            df = _masked(dh * sv.h1, on and on.forget_gate)
-            df = _sigmoid_backward_into(df, sv.f, dz[..., self.F])
-            torch.bmm(df.mT, sv.h1, out=dw.f_h)  # (R,n,B)@(R,B,n)
-            dh = torch.bmm(df, w.f_h).addcmul_(dh, sv.f)  # (R,B,n)@(R,n,n)
-        if D.use_state_gate:
-            dg = _masked(dh * (sv.h0 - sv.s), on and on.state_gate)
-            dg = _sigmoid_backward_into(dg, sv.g, dz[..., self.G])
-            torch.bmm(dg.mT, sv.h0, out=dw.g_h)  # (R,n,B)@(R,B,n)
-            dh = torch.bmm(dg, w.g_h).addcmul_(dh, sv.g)  # (R,B,n)@(R,n,n)
-        _tanh_backward_into(dh, sv.h0, dz[..., self.H])
-        torch.sum(dz, 1, keepdim=True, out=dw.c_b)
-        torch.bmm(dz.mT, sv.c, out=dw.c_w)  # (R,k·n,B)@(R,B,2n)
-        ds_in = torch.bmm(dz, self.c_w_s) if D.use_input_gate else None  # (R,B,k·n)@(R,k·n,n)
-        return torch.bmm(dz, self.c_w_x), ds_in  # (R,B,k·n)@(R,k·n,n)
+    def _input_gate(self, xs: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(a, c): a = [σ(A·xs), σ(B·xs)] and c = a⊙xs = [x_in, s_in]; (None, xs) without the gate."""
+        if not self.layout.use_input_gate:
+            return None, xs
+        a = torch.baddbmm(self.w_t.in_b, xs, self.w_t.in_w).sigmoid_()  # (R,B,2n)@(R,2n,2n) → [A·xs, B·xs]
+        a = _gate(a, self.on and self.on.input_gate)
+        return a, xs * a
 
-    def _backward_input_gate(self, dx_in: Tensor | None, ds_in: Tensor | None, sv: Saved) -> Tensor:
-        """x_in = a_x⊙x, s_in = a_s⊙s with [a_x, a_s] = σ([A; B]·[x, s]): gradients of A and B; return dL/dx."""
-        dw, on = self.dw, self.on
+    def _input_gate_backward(self, dx_in: Tensor | None, ds_in: Tensor | None, sv: Saved) -> Tensor:
+        """Gradients of [A; B] from dL/dx_in and dL/ds_in (None where unused); return dL/dx."""
+        at, mask = self.at, self.on and self.on.input_gate
         some = dx_in if dx_in is not None else ds_in
-        da = some.new_zeros(*some.shape[:2], 2 * self.n)  # (R, B, 2n): [dA, dB], rows as in forward
-        for d_in, inp, gate in ((dx_in, self.xs_x, self.A), (ds_in, self.xs_s, self.B)):
+        da = some.new_zeros(*some.shape[:2], self.w.in_w.shape[1])  # (R, B, 2n): [dA, dB], rows as in a
+        for d_in, cols, rows in ((dx_in, at.xs_x, at.a), (ds_in, at.xs_s, at.b)):
             if d_in is not None:
-                d_gate = _masked(d_in * sv.xs[..., inp], on and on.input_gate)
-                _sigmoid_backward_into(d_gate, sv.a[..., gate], da[..., gate])
-        torch.sum(da, 1, keepdim=True, out=dw.in_b)
-        torch.bmm(da.mT, sv.xs, out=dw.in_w)  # (R,2n,B)@(R,B,2n)
-        dx = torch.bmm(da, self.in_w_x)  # (R,B,2n)@(R,2n,n)
-        return dx if dx_in is None else dx.addcmul_(dx_in, sv.a[..., self.A])
+                d_gate = _masked(d_in * sv.xs[..., cols], mask)
+                _sigmoid_backward_into(d_gate, sv.a[..., rows], da[..., rows])
+        torch.sum(da, 1, keepdim=True, out=self.dw.in_b)
+        torch.bmm(da.mT, sv.xs, out=self.dw.in_w)  # (R,2n,B)@(R,B,2n)
+        dx = torch.bmm(da, self.views.in_x)  # (R,B,2n)@(R,2n,n)
+        return dx if dx_in is None else dx.addcmul_(dx_in, sv.a[..., at.a])
+
+    # Step 3: the candidate, in one product with the c-parts of the state and forget gates.
+
+    def _candidate(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """(z, h0): z = [H·c, G_c·c, F_c·c] and the candidate h0 = tanh(H·c)."""
+        z = torch.baddbmm(self.w_t.c_b, c, self.w_t.c_w)  # (R,B,2n)@(R,2n,k·n)
+        return z, torch.tanh(z[..., self.at.h])
+
+    def _candidate_backward(self, dh0: Tensor, dz: Tensor, sv: Saved) -> tuple[Tensor, Tensor | None]:
+        """H's block of dz from dL/dh0, then [H; G_c; F_c]'s gradients (the gates have written their blocks of dz).
+
+        Returns (dL/dx_in, dL/ds_in), the latter None where nothing reads it (no input gate).
+        """
+        _tanh_backward_into(dh0, sv.h0, dz[..., self.at.h])
+        torch.sum(dz, 1, keepdim=True, out=self.dw.c_b)
+        torch.bmm(dz.mT, sv.c, out=self.dw.c_w)  # (R,k·n,B)@(R,B,2n)
+        ds_in = torch.bmm(dz, self.views.c_s) if self.layout.use_input_gate else None  # (R,B,k·n)@(R,k·n,n)
+        return torch.bmm(dz, self.views.c_x), ds_in  # (R,B,k·n)@(R,k·n,n)
+
+    # Step 4: the state gate.
+
+    def _state_gate(self, z: Tensor, h0: Tensor, s: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(g, h1): g = σ(G·[c, h0]) and h1 = g⊙h0 + (1 − g)⊙s; (None, h0) without the gate."""
+        if not self.layout.use_state_gate:
+            return None, h0
+        g = torch.baddbmm(z[..., self.at.g], h0, self.w_t.g_h).sigmoid_()  # G_c·c + (R,B,n)@(R,n,n)
+        g = _gate(g, self.on and self.on.state_gate)
+        return g, torch.lerp(s, h0, g)  # exactly h0 where g is 1
+
+    def _state_gate_backward(self, dh1: Tensor, dz: Tensor, sv: Saved) -> Tensor:
+        """G's gradients (its block of dz and its h-part) from dL/dh1; return dL/dh0."""
+        if not self.layout.use_state_gate:
+            return dh1
+        dg = _masked(dh1 * (sv.h0 - sv.s), self.on and self.on.state_gate)
+        dg = _sigmoid_backward_into(dg, sv.g, dz[..., self.at.g])
+        torch.bmm(dg.mT, sv.h0, out=self.dw.g_h)  # (R,n,B)@(R,B,n)
+        return torch.bmm(dg, self.w.g_h).addcmul_(dh1, sv.g)  # (R,B,n)@(R,n,n)
+
+    # Step 5: the forget gate, from the h of step 4.
+
+    def _forget_gate(self, z: Tensor, h1: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(f, h): f = σ(F·[c, h1]) and h = f⊙h1; (None, h1) without the gate."""
+        if not self.layout.use_forget_gate:
+            return None, h1
+        f = torch.baddbmm(z[..., self.at.f], h1, self.w_t.f_h).sigmoid_()  # F_c·c + (R,B,n)@(R,n,n)
+        f = _gate(f, self.on and self.on.forget_gate)
+        return f, f * h1
+
+    def _forget_gate_backward(self, dh: Tensor, dz: Tensor, sv: Saved) -> Tensor:
+        """F's gradients (its block of dz and its h-part) from dL/dh; return dL/dh1."""
+        if not self.layout.use_forget_gate:
+            return dh
+        df = _masked(dh * sv.h1, self.on and self.on.forget_gate)
+        df = _sigmoid_backward_into(df, sv.f, dz[..., self.at.f])
+        torch.bmm(df.mT, sv.h1, out=self.dw.f_h)  # (R,n,B)@(R,B,n)
+        return torch.bmm(df, self.w.f_h).addcmul_(dh, sv.f)  # (R,B,n)@(R,n,n)
+
+    # Steps 6 and 7: the output input u and the output map, in one product with the output gate's u-part.
+
+    def _output_input(self, h: Tensor, c: Tensor, x: Tensor) -> Tensor:
+        """u = [h, s_in, x], the parts the layout has; on the superset path a part a design lacks is 0."""
+        parts, cols = {"h": h, "s": c[..., self.at.c_s], "x": x}, self.at.u
+        u = torch.cat([parts[part] for part in cols], 2) if len(cols) > 1 else parts[next(iter(cols))]
+        return u if self.on is None else u * self.on.u.on
+
+    def _output_map(self, u: Tensor) -> Tensor:
+        """yz = [O·u, P_u·u]."""
+        return torch.baddbmm(self.w_t.u_b, u, self.w_t.u_w)  # (R,B,dim u)@(R,dim u,n or 2n)
+
+    def _output_map_backward(self, dyz: Tensor, sv: Saved) -> dict[str, Tensor]:
+        """[O; P_u]'s gradients from dL/dyz; return dL/du by part, for the parts in `LayerSlices.du`."""
+        torch.sum(dyz, 1, keepdim=True, out=self.dw.u_b)
+        torch.bmm(dyz.mT, sv.u, out=self.dw.u_w)  # (R,rows,B)@(R,B,dim u)
+        return {part: self._du(dyz, part) for part in self.at.du}
+
+    def _du(self, dyz: Tensor, part: str) -> Tensor:
+        """dL/d(part of u): 0 for a replicate whose design lacks that part."""
+        du = torch.bmm(dyz, self.views.u[part])  # (R,B,rows)@(R,rows,n)
+        return du if self.on is None else du.mul_(self.views.u_on[part])
+
+    # Step 8: the output gate, or swish.
+
+    def _output_gate(self, yz: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(y, o, q): o = O·u, y = o⊙q with q = σ(t), t = P·[o, u]; without the gate y = o⊙σ(o) (swish) and q None."""
+        o = yz[..., self.at.o]
+        if not self.layout.use_output_gate:
+            return F.silu(o), o, None
+        t = torch.baddbmm(yz[..., self.at.p], o, self.w_t.p_y)  # P_u·u + (R,B,n)@(R,n,n)
+        if self.on is not None:
+            t = torch.lerp(o, t, self.on.output_gate.on)  # exactly o where the gate is off: σ(o)·o is swish
+        q = t.sigmoid_()
+        return o * q, o, q
+
+    def _output_gate_backward(self, dy: Tensor, sv: Saved) -> Tensor:
+        """P's y-part gradient from dL/dy; return dL/dyz (R, B, rows of yz): [dL/do, dL/dt]."""
+        if not self.layout.use_output_gate:
+            return _silu_backward(dy, sv.o)
+        on = self.on
+        dt = _sigmoid_backward(dy * sv.o, sv.q)  # (R, B, n)
+        dt_p = dt if on is None else dt * on.output_gate.on  # the share that went through P
+        torch.bmm(dt_p.mT, sv.o, out=self.dw.p_y)  # (R,n,B)@(R,B,n)
+        do = torch.bmm(dt_p, self.w.p_y).addcmul_(dy, sv.q)  # (R,B,n)@(R,n,n)
+        if on is not None:
+            do.addcmul_(dt, on.output_gate.off)  # where off, t was o itself
+        return torch.cat((do, dt_p), 2)  # (R, B, 2n): rows O, then P, as plan() stacks them
 
 
 # --------------------------------------------------------------------------- the model

@@ -35,7 +35,8 @@ import yaml
 
 from rnnsweep import config
 from rnnsweep.config import ConfigError
-from rnnsweep.grid import BATCH_DESIGNS, Design, Run
+from rnnsweep.design import Design
+from rnnsweep.grid import BATCH_DESIGNS, Run
 from rnnsweep.model import VOCAB, plan, superset_layout
 
 #: `auto` takes the superset path only where it is predicted this many times faster: the fitted model's

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnsweep.grid import Design
+from rnnsweep.design import Design
 from rnnsweep.model import VOCAB
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from rnnsweep.data import DataError, load_split
-from rnnsweep.grid import BYTE_VOCAB, Design
+from rnnsweep.design import BYTE_VOCAB, Design
 from rnnsweep.layout import RUN_CONFIG, WEIGHTS, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.results import finished_record

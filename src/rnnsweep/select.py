@@ -8,7 +8,8 @@ from typing import Callable
 
 import pandas as pd
 
-from rnnsweep.grid import Design, Run, make_runs
+from rnnsweep.design import Design
+from rnnsweep.grid import Run, make_runs
 from rnnsweep.ranking import DEFAULT, ranked_runs
 
 

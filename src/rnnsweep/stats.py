@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from rnnsweep.aggregate import SummaryError
-from rnnsweep.grid import SWITCHES
+from rnnsweep.design import SWITCHES
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,9 @@ import numpy as np
 
 from rnnsweep import provenance
 from rnnsweep.data import SPLITS, DataError, check_splits, file_sha256, load_split
+from rnnsweep.design import BYTE_VOCAB
 from rnnsweep.fsutil import atomic_open, atomic_write_json, atomic_write_text
-from rnnsweep.grid import BYTE_VOCAB, Run, vocabulary_problem
+from rnnsweep.grid import Run, vocabulary_problem
 from rnnsweep.layout import IDS_SUFFIX, TOKENIZER, TOKENS_META
 
 #: How bytes are cut before merges are counted (see the module's docstring).
