@@ -35,9 +35,8 @@ import pandas as pd
 import zstandard
 
 from rnnsweep import config
-from rnnsweep.data import SPLITS, DataError, load_split
+from rnnsweep.data import SPLITS, DataError, held_out_windows, load_split
 from rnnsweep.provenance import data_id
-from rnnsweep.data import held_out_windows
 
 #: The highest order, the schema's bound: a context and its next byte, order + 1 bytes, are one int64 key.
 MAX_ORDER: int = config.node(("baselines", "max_order"))["maximum"]

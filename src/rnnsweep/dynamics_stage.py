@@ -30,7 +30,7 @@ from scipy import stats as scipy_stats
 from rnnsweep import dynamics
 from rnnsweep.aggregate import SummaryError
 from rnnsweep.baselines import NGramModel
-from rnnsweep.data import DataError
+from rnnsweep.data import DataError, held_out_windows
 from rnnsweep.design import BYTE_VOCAB
 from rnnsweep.effects import marginals
 from rnnsweep.layout import (
@@ -41,7 +41,6 @@ from rnnsweep.ranking import ranked_runs, rho_interval
 from rnnsweep.sample import load_runs
 from rnnsweep.stats import usable_runs
 from rnnsweep.tokens import load_text
-from rnnsweep.data import held_out_windows
 
 #: The per-run measures the switches' effects and the loss correlation are computed for (none is a loss).
 RESPONSES: dict[str, float] = {"memory_gain_bits": math.nan, "memory_horizon": math.nan, "tau_bytes": math.nan,
