@@ -30,7 +30,8 @@ import torch
 import yaml
 
 from rnnsweep.design import SWITCHES, Design
-from rnnsweep.model import ByteModel, superset_layout
+from rnnsweep.model import ByteModel
+from rnnsweep.plan import superset_layout
 from rnnsweep.optim import Adam
 from rnnsweep.policy import step_elements, step_flops
 from rnnsweep.memory import keep_freed_memory

@@ -17,7 +17,7 @@ from rnnsweep.aggregate import MissingResults, aggregate
 from rnnsweep.layout import run_dir
 from rnnsweep.results import settle_result
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
-from rnnsweep.model import count_params
+from rnnsweep.plan import count_params
 from rnnsweep.train import train_run
 
 TINY = dict(steps=10, batch_size=4, history_size=6, log_every=5, lr=1e-3, eval_bytes=16)

@@ -23,7 +23,7 @@ from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.train import train_run
 from rnnsweep.layout import lock_path, run_dir
-from rnnsweep.model import count_params
+from rnnsweep.plan import count_params
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 OK_LINE = re.compile(r"worker (\d+): (\S+) ok\b")
@@ -204,7 +204,7 @@ def test_finished_run_never_claimed_damaged_one_retrained(tmp_path, data_dir, on
     done, damaged, fresh = runs
     done_path = run_dir(stage_dir, done.id) / "result.json"
     fingerprint = provenance.fingerprint(done, provenance.data_id(*(load_split(data_dir, split) for split in SPLITS)))
-    fake_result(done_path.parent, done.id, done.steps, done.log_every, fingerprint=fingerprint, sentinel=True,
+    fake_result(done_path.parent, done.id, done.settings.steps, done.settings.log_every, fingerprint=fingerprint, sentinel=True,
                 seed=done.seed, params=count_params(done.design))
     before = done_path.read_bytes()
     damaged_path = run_dir(stage_dir, damaged.id) / "result.json"

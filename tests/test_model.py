@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from designs import all_on, design
 from rnnsweep.design import SWITCHES, Design
 from rnnsweep.grid import stage1_designs
-from rnnsweep.model import ByteModel, LayerParams, count_params, plan
+from rnnsweep.model import ByteModel, LayerParams
+from rnnsweep.plan import count_params, plan
 from rnnsweep.optim import Adam
 from rnnsweep.reference import ReferenceModel, engine_state
 

@@ -24,7 +24,8 @@ from rnnsweep.design import SWITCHES, Design
 from rnnsweep.results import read_result
 from rnnsweep.grid import READING, ManifestError, columns, make_runs, read_manifest, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, manifest_path
-from rnnsweep.model import ByteModel, initial_weights, superset_layout
+from rnnsweep.model import ByteModel, initial_weights
+from rnnsweep.plan import superset_layout
 from rnnsweep.train import Interrupted, train_runs
 from grouping import DESIGNS, SHAPE, TINY, stop_at, superset_runs as _superset
 from test_replicates import _start_steps, assert_same_run

@@ -24,7 +24,8 @@ import rnnsweep.train as train_mod
 from designs import all_on, design
 from rnnsweep.design import Design
 from rnnsweep.grid import make_runs
-from rnnsweep.model import ByteModel, count_params
+from rnnsweep.model import ByteModel
+from rnnsweep.plan import count_params
 from rnnsweep.optim import Adam
 from rnnsweep.results import FILES_FIELD, RESULT_FIELDS
 from rnnsweep.train import Sampler, train_run

@@ -20,7 +20,7 @@ import torch
 from rnnsweep.fsutil import atomic_open
 from rnnsweep.grid import Run
 from rnnsweep.layout import CHECKPOINT
-from rnnsweep.model import plan
+from rnnsweep.plan import plan
 
 log = logging.getLogger(__name__)
 

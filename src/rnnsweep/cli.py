@@ -145,7 +145,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from rnnsweep import select  # pandas-heavy; only this command needs it
+    from rnnsweep import select
 
     stage = config.check_stage(args.stage)
     if stage == config.STAGES[0]:

@@ -47,9 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnsweep.design import BYTE_VOCAB, SWITCHES, Design
-
-VOCAB = BYTE_VOCAB  # the byte vocabulary; a model may take another (token ids 0 .. vocab-1)
+from rnnsweep.design import Design
+from rnnsweep.plan import U_PARTS, VOCAB, Param, plan, superset_layout, u_parts
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward  # (grad, σ(z)) → grad·σ(z)·(1−σ(z))
 _silu_backward = torch.ops.aten.silu_backward  # (grad, z) → grad·d silu(z)/dz
@@ -63,86 +62,7 @@ def _tanh_backward_into(grad: Tensor, out: Tensor, into: Tensor) -> Tensor:
     return torch.ops.aten.tanh_backward.grad_input(grad, out, grad_input=into)
 
 
-# --------------------------------------------------------------------------- parameters and their offsets
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter tensor: its row blocks (one per map stacked in it) and column blocks (one per input).
-
-    `blocks` are (map, rows, fan_in) from the top; `parts` are (input, columns)
-    from the left, empty for a bias and the lookup table. `rows(map)` and
-    `cols(input)` are the offset table both passes and the superset layout use.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    blocks: tuple[tuple[str, int, int], ...]
-    parts: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def maps(self) -> tuple[str, ...]:
-        return tuple(name for name, _, _ in self.blocks)
-
-    def rows(self, map_name: str) -> slice:
-        return _offset([(name, rows) for name, rows, _ in self.blocks], map_name)
-
-    def cols(self, input_name: str) -> slice:
-        return _offset(self.parts, input_name)
-
-
-def _offset(sizes: Sequence[tuple[str, int]], wanted: str) -> slice:
-    """The slice of block `wanted` among named blocks of the given sizes, side by side."""
-    start = 0
-    for name, size in sizes:
-        if name == wanted:
-            return slice(start, start + size)
-        start += size
-    raise KeyError(wanted)
-
-
-def _map(name: str, inputs: list[tuple[str, int]], blocks: list[tuple[str, int, int]]) -> list[Param]:
-    """Maps (map, rows, fan_in) stacked over the inputs they read side by side: one weight, then one bias."""
-    rows, cols = sum(r for _, r, _ in blocks), sum(c for _, c in inputs)
-    return [Param(f"{name}_w", (rows, cols), tuple(blocks), tuple(inputs)), Param(f"{name}_b", (rows,), tuple(blocks))]
-
-
-#: The inputs of the output map in docs/study.md's order (§1), each with the switch that puts it in u.
-U_PARTS = {"h": "use_new_state", "s": "use_old_state", "x": "use_residual"}
-
-
-def _u_parts(design: Design) -> list[tuple[str, int]]:
-    """The inputs of the output map that a design has: h (new state), s_in (old state), x (residual)."""
-    return [(part, design.state_size) for part, switch in U_PARTS.items() if getattr(design, switch)]
-
-
-def plan(design: Design, vocab: int = VOCAB) -> list[Param]:
-    """Every parameter of the model over `vocab` symbols, in initialisation order, with each map's rows and fan_in (d == n)."""
-    D, n = design, design.state_size
-    u = _u_parts(design)
-    dim_u = sum(cols for _, cols in u)
-    # The one-hot affine map's weight, stored transposed as a lookup table (fan_in vocab).
-    params = [Param("embed_w", (vocab, n), (("embed", vocab, vocab),)), Param("embed_b", (n,), (("embed", n, vocab),))]
-    for i in range(D.n_layers):
-        p = f"cells.{i}."
-        if D.use_input_gate:  # A, B: c = [x, s] → d, n
-            params += _map(p + "in", [("x", n), ("s", n)], [("A", n, 2 * n), ("B", n, 2 * n)])
-        # H reads c; G and F read [c, h] (fan_in d + 2n): their c-parts stack under H, their h-parts stand alone.
-        gates = [("H", n, 2 * n)] + [("G", n, 3 * n)] * D.use_state_gate + [("F", n, 3 * n)] * D.use_forget_gate
-        params += _map(p + "c", [("x", n), ("s", n)], gates)
-        if D.use_state_gate:
-            params.append(Param(p + "g_h", (n, n), (("G", n, 3 * n),), (("h", n),)))
-        if D.use_forget_gate:
-            params.append(Param(p + "f_h", (n, n), (("F", n, 3 * n),), (("h", n),)))
-        # O reads u; P reads [y, u] (fan_in d + dim u): its u-part stacks under O, its y-part stands alone.
-        params += _map(p + "u", u, [("O", n, dim_u)] + [("P", n, n + dim_u)] * D.use_output_gate)
-        if D.use_output_gate:
-            params.append(Param(p + "p_y", (n, n), (("P", n, n + dim_u),), (("y", n),)))
-    return params + _map("head", [("y", n)], [("head", vocab, n)])
+# --------------------------------------------------------------------------- initial weights
 
 
 def _bound(fan_in: int) -> float:
@@ -165,15 +85,6 @@ def initial_weights(design: Design, seed: int, vocab: int = VOCAB) -> dict[str, 
         part_cols = [(cols,) for _, cols in param.parts] or [param.shape[1:]]
         weights[param.name] = torch.cat([blocks(param, cols) for cols in part_cols], dim=-1)
     return weights
-
-
-def count_params(design: Design, vocab: int = VOCAB) -> int:
-    return sum(p.numel for p in plan(design, vocab))
-
-
-def superset_layout(design: Design) -> Design:
-    """The layout of the superset path for a design's shape: every part switched on."""
-    return design.replace(**dict.fromkeys(SWITCHES, True))
 
 
 def _placement(design: Design, layout: Design, device: torch.device, vocab: int) -> dict[str, tuple]:
@@ -357,7 +268,7 @@ class Switches:
             return torch.tensor([float(getattr(d, switch)) for d in designs], device=device, dtype=dtype).view(-1, 1, 1)
 
         layout = superset_layout(designs[0])
-        u = torch.cat([on(U_PARTS[part]).expand(-1, 1, cols) for part, cols in _u_parts(layout)], 2)
+        u = torch.cat([on(U_PARTS[part]).expand(-1, 1, cols) for part, cols in u_parts(layout)], 2)
         gates = (on(s) for s in ("use_input_gate", "use_state_gate", "use_forget_gate", "use_output_gate"))
         return cls(*map(Mask.of, gates), Mask.of(u))
 

@@ -37,7 +37,7 @@ from rnnsweep import config
 from rnnsweep.config import ConfigError
 from rnnsweep.design import Design
 from rnnsweep.grid import BATCH_DESIGNS, Run
-from rnnsweep.model import VOCAB, plan, superset_layout
+from rnnsweep.plan import VOCAB, plan, superset_layout
 
 #: `auto` takes the superset path only where it is predicted this many times faster: the fitted model's
 #: median error is 15–20 % (benchmarks/cost_model.py), and near a tie the design path wastes nothing.

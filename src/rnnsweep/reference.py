@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnsweep.design import Design
-from rnnsweep.model import VOCAB
+from rnnsweep.plan import VOCAB
 
 
 class ReferenceCell(nn.Module):

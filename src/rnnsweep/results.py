@@ -21,15 +21,17 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rnnsweep import provenance
 from rnnsweep.data import file_sha256
 from rnnsweep.grid import Run
-from rnnsweep.model import count_params
+from rnnsweep.plan import count_params
 from rnnsweep.fsutil import atomic_open, atomic_write_json, real_dirs
 from rnnsweep.layout import CURVE, CURVE_COLUMNS, FINISHED_FILES, RESULT, SUPERSEDED, WEIGHTS, run_dir
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,7 @@ def settle_result(stage_dir: Path, run: Run | str, fingerprint: str, thorough: b
 
 def write_finished(folder: Path, record: dict, curve: Curve, weights: dict[str, torch.Tensor]) -> None:
     """Write a run's curve, weights and, last and atomically, its result record, which names their sizes and hashes."""
+    import torch  # only the training process writes weights; readers of results start without it
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CURVE_COLUMNS)

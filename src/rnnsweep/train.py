@@ -40,7 +40,8 @@ from rnnsweep.data import SPLITS, DataError, held_out_windows
 from rnnsweep.fsutil import append_line, atomic_write_json, real_dirs
 from rnnsweep.grid import Run
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RUN_CONFIG
-from rnnsweep.model import ByteModel, count_params
+from rnnsweep.model import ByteModel
+from rnnsweep.plan import count_params
 from rnnsweep.optim import Adam
 from rnnsweep.results import Result, write_finished
 from rnnsweep.tokens import BYTES, Text, Vocabulary
