@@ -28,6 +28,7 @@ from filelock import FileLock, SoftFileLease
 
 from conftest import start_lease_holder
 from designs import design
+from rnnsweep import config
 from rnnsweep.design import Design
 from rnnsweep.grid import make_runs, write_manifest
 from rnnsweep.layout import CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
@@ -53,7 +54,8 @@ LONG = dict(steps=1000, batch_size=8, history_size=16, log_every=10, lr=1e-3, ev
 #: The lease scenario only needs runs that finish; keep them short.
 SHORT = dict(LONG, steps=200)
 CHECKPOINT_EVERY = 100
-LEASE_S = 2.0
+#: The shortest lease a worker takes (the schema's least lock_lease_s), so the lease tests wait as little as they can.
+LEASE_S = float(config.node(("lock_lease_s",))["minimum"])
 KILL_SEEDS = (2, 5)  # kills soon after step 200 and a quarter of the way from step 600 to 700
 SCENARIO_TIMEOUT_S = 240
 

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -151,23 +151,25 @@ def _remove_stale_temps(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class _Group:
-    """Runs at the same step trained as one batched model; replicate r is runs[r]."""
+@dataclass
+class Member:
+    """One run of a group with what is its own: its folder, its progress (resumed or fresh), its batches and fingerprint."""
 
-    def __init__(
-        self,
-        runs: list[Run],
-        run_dirs: list[Path],
-        progress: list[Progress],
-        samplers: list[Sampler],
-        device: torch.device,
-        text: Text,
-        fingerprints: list[str],
-    ) -> None:
-        self.runs, self.run_dirs, self.progress, self.samplers, self.device = runs, run_dirs, progress, samplers, device
+    run: Run
+    folder: Path
+    progress: Progress
+    sampler: Sampler
+    fingerprint: str
+
+
+class _Group:
+    """Runs at the same step trained as one batched model; replicate r is members[r]."""
+
+    def __init__(self, members: list[Member], device: torch.device, text: Text) -> None:
+        self.members, self.device, self.text = members, device, text
+        runs, progress = [m.run for m in members], [m.progress for m in members]
         self.head = runs[0]  # every run of a group has the same settings, path and tokens
         self.settings = self.head.settings
-        self.text, self.fingerprints = text, fingerprints
         self.model = ByteModel(
             [run.design for run in runs], [run.seed for run in runs], device,
             compute_dtype=COMPUTE_DTYPES[self.head.precision], superset=self.head.engine == "superset",
@@ -190,7 +192,7 @@ class _Group:
         self.started = time.perf_counter()
 
     def _train_s(self, r: int, now: float) -> float:
-        return self.progress[r].train_s + now - self.started
+        return self.members[r].progress.train_s + now - self.started
 
     def train(self, checkpoint_every: int, report: Reporter | None, stop: threading.Event | None) -> list[dict]:
         """Train to `steps` (or until every run diverged); return the runs' result records in order."""
@@ -199,9 +201,9 @@ class _Group:
         while self.step < s.steps and self.live:
             if stop is not None and stop.is_set():
                 self._checkpoint()
-                raise Interrupted([self.runs[r].id for r in self.live], self.step)
+                raise Interrupted([self.members[r].run.id for r in self.live], self.step)
             if self.position == 0:
-                self.windows = _positions_first([sampler.next() for sampler in self.samplers]).to(self.device, torch.long)
+                self.windows = _positions_first([m.sampler.next() for m in self.members]).to(self.device, torch.long)
                 self.states = model.initial_state(s.batch_size)
             loss, self.states = model.train_step(self.windows[self.position], self.windows[self.position + 1], self.states)
             opt.step()
@@ -217,13 +219,13 @@ class _Group:
         scores = {split: evaluate_bpb(model, held_out[split], s.eval_bytes, s.history_size, widths) for split in HELD_OUT}
         for r in self.live:
             results[r] = self._finish(r, "ok", {split: (score.bpb[r], score.tokens, score.bytes) for split, score in scores.items()}, ended)
-        return [results[r] for r in range(len(self.runs))]
+        return [results[r] for r in range(len(self.members))]
 
     def _log(self, results: dict[int, dict], report: Reporter | None) -> None:
         """Record the curve point of every live run; a run whose EMA is no longer finite ends as diverged."""
         now, emas = time.perf_counter(), self.ema.tolist()
         for r in list(self.live):
-            p = self.progress[r]
+            p = self.members[r].progress
             p.ema = emas[r]
             if not math.isfinite(p.ema):
                 self.live.remove(r)
@@ -242,14 +244,15 @@ class _Group:
         emas, now = self.ema.tolist(), time.perf_counter()
         for r in self.live:
             progress = Progress(
-                emas[r], self.step, self.progress[r].curve, self.position,
+                emas[r], self.step, self.members[r].progress.curve, self.position,
                 # The window as bytes (8x smaller) or ids, and the states: copies, not views of the whole group.
                 self.windows[:, r].T.to("cpu", self._window_dtype) if self.position else None,
                 [s[r].to("cpu", copy=True) for s in self.states] if self.position else None,
                 self._train_s(r, now),
                 {key: self._replicate(flat, r) for key, flat in self.buffers.items()},
             )
-            checkpoint.save(self.run_dirs[r] / CHECKPOINT, self.fingerprints[r], progress, self.samplers[r].generator.get_state())
+            m = self.members[r]
+            checkpoint.save(m.folder / CHECKPOINT, m.fingerprint, progress, m.sampler.generator.get_state())
 
     @property
     def _window_dtype(self) -> torch.dtype:
@@ -257,7 +260,8 @@ class _Group:
 
     def _finish(self, r: int, status: str, held_out: dict[str, tuple[float, int, int]], ended: float) -> dict:
         """Write the run's curve, weights and, last and atomically, its result record."""
-        run, run_dir, p = self.runs[r], self.run_dirs[r], self.progress[r]
+        m = self.members[r]
+        run, run_dir, p = m.run, m.folder, m.progress
         train_s = self._train_s(r, ended)
         ok = status == "ok"
         result = Result(
@@ -279,7 +283,7 @@ class _Group:
             precision=run.precision,
             seed=run.seed,
             engine=run.engine,
-            fingerprint=self.fingerprints[r],
+            fingerprint=m.fingerprint,
             data=self.text.data_id,
         )
         record = asdict(result)
@@ -321,36 +325,29 @@ def train_runs(
     if data_id is None and vocab is not BYTES:
         raise ValueError("runs that read BPE ids need the data id of the splits' bytes (rnnsweep.tokens.load_text)")
     text = Text((train_data, valid_data, test_data), data_id or provenance.data_id(train_data, valid_data, test_data), vocab)
-    fingerprints = [text.fingerprint(run) for run in runs]
-    samplers = [Sampler(train_data, run.settings.batch_size, run.settings.history_size, seed=run.seed + 1) for run in runs]  # before any write
-    progress = []
-    for run, run_dir, fingerprint, sampler in zip(runs, run_dirs, fingerprints, samplers):
-        real_dirs(run_dir.parent.parent, run_dir)  # the stage folder's runs/<id>, through no symbolic link
-        _remove_stale_temps(run_dir)
-        atomic_write_json(run_dir / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": text.data_id, "tokens": vocab.id})
-        progress.append(checkpoint.resume(run, fingerprint, run_dir, sampler.generator, Progress(EMA_START * vocab.bytes_per_token)))
-        _record_attempt(run_dir, progress[-1].step)
+    fingerprints = [text.fingerprint(run) for run in runs]  # before any write, as the samplers
+    samplers = [Sampler(train_data, run.settings.batch_size, run.settings.history_size, seed=run.seed + 1) for run in runs]
+    members = [_member(*each, text) for each in zip(runs, run_dirs, samplers, fingerprints)]
     results: dict[int, dict] = {}
-    for step in sorted({p.step for p in progress}, reverse=True):  # the runs closest to done first
-        part = [i for i, p in enumerate(progress) if p.step == step]
-        pick = lambda seq: [seq[i] for i in part]  # noqa: E731
-        group = _Group(pick(runs), pick(run_dirs), pick(progress), pick(samplers), device, text, pick(fingerprints))
+    for step in sorted({m.progress.step for m in members}, reverse=True):  # the runs closest to done first
+        part = [i for i, m in enumerate(members) if m.progress.step == step]
+        group = _Group([members[i] for i in part], device, text)
         results.update(zip(part, group.train(checkpoint_every, report, stop)))
     return [results[i] for i in range(len(runs))]
 
 
-def train_run(
-    run: Run,
-    train_data: np.ndarray,
-    valid_data: np.ndarray,
-    test_data: np.ndarray,
-    run_dir: Path,
-    device: torch.device,
-    checkpoint_every: int = 0,
-    report: Reporter | None = None,
-    stop: threading.Event | None = None,
-    data_id: str | None = None,
-    vocab: Vocabulary = BYTES,
-) -> dict:
-    """Train one run alone: `train_runs` with a group of one."""
-    return train_runs([run], train_data, valid_data, test_data, [run_dir], device, checkpoint_every, report, stop, data_id, vocab)[0]
+def _member(run: Run, folder: Path, sampler: Sampler, fingerprint: str, text: Text) -> Member:
+    """A run ready to train: its folder made safe and its settings recorded, its checkpoint resumed if it fits."""
+    real_dirs(folder.parent.parent, folder)  # the stage folder's runs/<id>, through no symbolic link
+    _remove_stale_temps(folder)
+    atomic_write_json(folder / RUN_CONFIG, {**run.row(), "fingerprint": fingerprint, "data": text.data_id, "tokens": text.vocab.id})
+    fresh = Progress(EMA_START * text.vocab.bytes_per_token)
+    progress = checkpoint.resume(run, fingerprint, folder, sampler.generator, fresh)
+    _record_attempt(folder, progress.step)
+    return Member(run, folder, progress, sampler, fingerprint)
+
+
+def train_run(run: Run, train_data: np.ndarray, valid_data: np.ndarray, test_data: np.ndarray, run_dir: Path,
+              device: torch.device, **options: Any) -> dict:
+    """Train one run alone: `train_runs` with a group of one, and its options."""
+    return train_runs([run], train_data, valid_data, test_data, [run_dir], device, **options)[0]
