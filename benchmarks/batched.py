@@ -178,7 +178,8 @@ def train_stage(args: argparse.Namespace, mode: str, folder: Path) -> tuple[floa
     import pandas as pd
 
     from rnnsweep import config
-    from rnnsweep.cli import manifest_options, worker_command, worker_options
+    from rnnsweep.cli import worker_command
+    from rnnsweep.options import command_args, manifest_args
     from rnnsweep.layout import manifest_path, summary_path
 
     overrides = {"batch_designs": mode, "device": "cpu", "threads_per_worker": 1, "checkpoint_every": 0}
@@ -187,7 +188,7 @@ def train_stage(args: argparse.Namespace, mode: str, folder: Path) -> tuple[floa
     data, manifest = folder / "data", manifest_path(folder / "stage1")
     subprocess.run([*py, "data", "--corpus", str(args.corpus), "--cache-dir", str(folder / "cache"), "--out", str(data)],
                    check=True, capture_output=True)
-    grid = [*py, "grid", "--out", str(manifest), *manifest_options(cfg, "stage1")]
+    grid = [*py, "grid", "--out", str(manifest), *manifest_args(cfg, "stage1")]
     subprocess.run(grid, check=True, capture_output=True)
     start = time.perf_counter()
     workers = [
@@ -197,7 +198,7 @@ def train_stage(args: argparse.Namespace, mode: str, folder: Path) -> tuple[floa
     if any(w.wait() for w in workers):
         raise SystemExit(f"a worker failed in {folder}")
     wall = time.perf_counter() - start
-    aggregate = [*py, "aggregate", "--manifest", str(manifest), "--data", str(data), *worker_options(cfg)]
+    aggregate = [*py, "aggregate", "--manifest", str(manifest), "--data", str(data), *command_args(cfg, "aggregate")]
     subprocess.run(aggregate, check=True, capture_output=True)
     summary = pd.read_csv(summary_path(manifest.parent))
     return wall, dict(zip(summary["id"], summary["min_loss"])), dict(zip(summary["id"], summary["engine"]))

@@ -29,15 +29,15 @@ def dynamics_s(args: argparse.Namespace, folder: Path) -> float:
     """Wall seconds of the stage's two dynamics jobs (`rnnsweep dynamics --stage`, `dynamics-ranked`) on the trained
     stage 1 in `folder`, with the profile's settings, as the workflow runs them."""
     from rnnsweep import config
-    from rnnsweep.cli import ATTRACTOR_KEYS, BASELINE_KEYS, DYNAMICS_KEYS, RANK_KEY, profile_options
+    from rnnsweep.options import command_args
 
     cfg = config.load(ROOT / "configs" / "default.yaml", args.profile)
     common = ["--stage", str(folder / "stage1"), "--data", str(folder / "data")]
     measured = [
         "dynamics", *common, "--eval-bytes", str(cfg["dynamics"]["eval_bytes"]["stage1"]), "--threads", str(args.workers),
-        *profile_options(cfg["dynamics"], DYNAMICS_KEYS), *profile_options(cfg["baselines"], BASELINE_KEYS),
+        *command_args(cfg, "dynamics"),
     ]
-    ranked = ["dynamics-ranked", *common, *profile_options(cfg["dynamics"], ATTRACTOR_KEYS), *profile_options(cfg, [RANK_KEY])]
+    ranked = ["dynamics-ranked", *common, *command_args(cfg, "dynamics-ranked")]
     start = time.perf_counter()
     for command in (measured, ranked):
         subprocess.run([sys.executable, "-m", "rnnsweep", *command], check=True, capture_output=True)
