@@ -232,7 +232,7 @@ def _stage3(tmp_path: Path) -> tuple[Path, list]:
 
 def test_groups_are_one_config_with_one_set_of_settings():
     runs = make_runs([DESIGN, OTHER], TINY, replicates=2)
-    odd = dataclasses.replace(runs[1], id="odd", steps=40)  # same config, other settings
+    odd = dataclasses.replace(runs[1], id="odd", settings=runs[1].settings.replace(steps=40))  # same config, other settings
     groups = run_groups([runs[0], runs[2], odd, runs[1], runs[3]], workers=1, kind="cpu")
     # The longest first (40 steps), then the two configs in manifest order.
     assert [[r.id for r in g] for g in groups] == [["odd"], [runs[0].id, runs[1].id], [runs[2].id, runs[3].id]]

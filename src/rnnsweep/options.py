@@ -50,7 +50,7 @@ def keys(*names: str, block: tuple[str, ...] = (), required: bool = True) -> tup
 RANK = keys("rank_by")
 #: How runs are trained, by `worker` and by `aggregate` (for runs it finds without a valid result); and their
 #: threads, which a rule passes as the `threads` Snakemake grants (fewer than the profile's under a small --cores).
-TRAINING = keys("device", "lock", "lock_lease_s", "checkpoint_every")
+TRAINING = keys("device", "lock") + keys("lock_lease_s", required=False) + keys("checkpoint_every")  # a lease: soft locks only
 THREADS = keys("threads_per_worker")
 #: What every figure takes; the figures that rank runs take RANK too.
 PLOTS = keys("threshold", "best_curves", "smooth", block=("plots",))
