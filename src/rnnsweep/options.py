@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from rnnsweep import config
 from rnnsweep.config import STAGES
@@ -149,8 +149,3 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, wante
 def add_command_options(parser: argparse.ArgumentParser, command: str) -> None:
     """Everything `command` takes from a profile, as options."""
     add_options(parser, COMMANDS[command])
-
-
-def optional(wanted: Iterable[Key]) -> tuple[Key, ...]:
-    """The same keys, none required."""
-    return tuple(replace(key, required=False) for key in wanted)
