@@ -18,6 +18,7 @@ from rnnsweep.layout import run_dir
 from rnnsweep.results import settle_result
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.plan import count_params
+from rnnsweep.tokens import Text
 from rnnsweep.train import train_run
 
 TINY = dict(steps=10, batch_size=4, history_size=6, log_every=5, lr=1e-3, eval_bytes=16)
@@ -54,7 +55,7 @@ def test_summary_and_curves_of_trained_runs(tmp_path, data_dir, splits, one_thre
     stage_dir, runs = _stage(tmp_path, 2, replicates=2)
     assert [r.id for r in runs] != sorted(r.id for r in runs)
     for run in runs:
-        train_run(run, train, valid, test, run_dir(stage_dir, run.id), torch.device("cpu"))
+        train_run(run, Text.of_bytes(train, valid, test), run_dir(stage_dir, run.id), torch.device("cpu"))
 
     aggregate(stage_dir, data_dir)
 

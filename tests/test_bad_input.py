@@ -31,6 +31,7 @@ from conftest import worker_args
 from rnnsweep import cli
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import CHECKPOINT, CURVE, RESULT, run_dir
+from rnnsweep.tokens import Text
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -372,7 +373,7 @@ def _interrupted_run(results: Path, splits) -> tuple:
             stop.set()
 
     with pytest.raises(Interrupted):
-        train_run(run, *splits, target, torch.device("cpu"), checkpoint_every=10, report=report, stop=stop)
+        train_run(run, Text.of_bytes(*splits), target, torch.device("cpu"), checkpoint_every=10, report=report, stop=stop)
     assert (target / CHECKPOINT).exists()
     return run, target
 
@@ -387,7 +388,7 @@ def test_damaged_checkpoint_is_set_aside_and_run_restarts(tmp_path, splits, data
     good = checkpoint.read_bytes()
     broken = {"truncated": good[: len(good) // 2], "empty": b"", "garbage": random.Random(2).randbytes(len(good))}[damage]
     checkpoint.write_bytes(broken)
-    reference = train_run(run, *splits, tmp_path / "reference", torch.device("cpu"))  # from step 0, no checkpoint
+    reference = train_run(run, Text.of_bytes(*splits), tmp_path / "reference", torch.device("cpu"))  # from step 0, no checkpoint
 
     with caplog.at_level(logging.INFO):
         code, err = call(*_stage_args("worker", results, data_dir, checkpoint_every=10))

@@ -24,6 +24,7 @@ from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.train import train_run
 from rnnsweep.layout import lock_path, run_dir
 from rnnsweep.plan import count_params
+from rnnsweep.tokens import Text
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
 OK_LINE = re.compile(r"worker (\d+): (\S+) ok\b")
@@ -129,7 +130,7 @@ def test_a_holder_whose_lock_file_is_deleted_checkpoints_and_claims_again(tmp_pa
     starts = [a["start_step"] for a in _attempts(stage_dir, run.id)]
     assert len(starts) == 2 and starts[0] == 0 < starts[1] < run.settings.steps  # resumed, not started again
     alone = tmp_path / "alone"
-    train_run(run, *(load_split(data_dir, split) for split in SPLITS), alone, torch.device("cpu"))
+    train_run(run, Text.of_bytes(*(load_split(data_dir, split) for split in SPLITS)), alone, torch.device("cpu"))
     assert (run_dir(stage_dir, run.id) / "curve.csv").read_bytes() == (alone / "curve.csv").read_bytes()
 
 

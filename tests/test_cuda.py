@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rnnsweep.design import Design
+from rnnsweep.tokens import Text
 from rnnsweep.train import Interrupted, train_runs
 from test_model import ALL_SWITCHES, SWITCH_IDS, check_against_reference
 from grouping import DESIGNS, stop_at, superset_runs
@@ -40,9 +41,9 @@ def _assert_close_runs(got, want) -> None:
 
 def test_superset_group_on_cuda_matches_the_cpu_and_each_run_alone(tmp_path, splits):
     runs = superset_runs(DESIGNS)
-    on_gpu = train_runs(runs, *splits, [tmp_path / "gpu" / r.id for r in runs], CUDA)
-    on_cpu = train_runs(runs, *splits, [tmp_path / "cpu" / r.id for r in runs], torch.device("cpu"))
-    alone = [train_runs([r], *splits, [tmp_path / "alone" / r.id], CUDA)[0] for r in runs]
+    on_gpu = train_runs(runs, Text.of_bytes(*splits), [tmp_path / "gpu" / r.id for r in runs], CUDA)
+    on_cpu = train_runs(runs, Text.of_bytes(*splits), [tmp_path / "cpu" / r.id for r in runs], torch.device("cpu"))
+    alone = [train_runs([r], Text.of_bytes(*splits), [tmp_path / "alone" / r.id], CUDA)[0] for r in runs]
     for run, g, c, a in zip(runs, on_gpu, on_cpu, alone):
         assert g["device"].startswith("cuda") and g["engine"] == "superset"
         for key in ("min_loss", "final_loss", "valid_bpb"):
@@ -53,12 +54,12 @@ def test_superset_group_on_cuda_matches_the_cpu_and_each_run_alone(tmp_path, spl
 
 def test_superset_group_resumes_on_cuda(tmp_path, splits):
     runs = superset_runs(DESIGNS, steps=30)
-    train_runs(runs, *splits, [tmp_path / "calm" / r.id for r in runs], CUDA)
+    train_runs(runs, Text.of_bytes(*splits), [tmp_path / "calm" / r.id for r in runs], CUDA)
     dirs = [tmp_path / "stopped" / r.id for r in runs]
     stop, report = stop_at(10)
     with pytest.raises(Interrupted):
-        train_runs(runs, *splits, dirs, CUDA, report=report, stop=stop)
-    train_runs(runs[:2], *splits, dirs[:2], CUDA)
-    train_runs(runs[2:], *splits, dirs[2:], CUDA)
+        train_runs(runs, Text.of_bytes(*splits), dirs, CUDA, report=report, stop=stop)
+    train_runs(runs[:2], Text.of_bytes(*splits), dirs[:2], CUDA)
+    train_runs(runs[2:], Text.of_bytes(*splits), dirs[2:], CUDA)
     for run, folder in zip(runs, dirs):
         _assert_close_runs(folder, tmp_path / "calm" / run.id)

@@ -20,6 +20,7 @@ from rnnsweep.model import ByteModel, initial_weights
 from rnnsweep.reference import ReferenceModel, load_engine_state
 from rnnsweep.sample import load_run
 from rnnsweep.data import held_out_windows
+from rnnsweep.tokens import Text
 from rnnsweep.train import train_run
 from tests.conftest import worker_args
 
@@ -41,7 +42,7 @@ def test_the_designs_checked_are_every_switch_combination_at_every_depth():
 
 def test_memory_at_full_context_is_the_runs_recorded_valid_bpb(tmp_path, splits, one_thread):
     run = make_runs(stage1_designs([2], [4])[37:38], TINY)[0]
-    record = train_run(run, *splits, tmp_path / run.id, torch.device("cpu"))
+    record = train_run(run, Text.of_bytes(*splits), tmp_path / run.id, torch.device("cpu"))
     windows = held_out_windows(splits[1], run.settings.eval_bytes, run.settings.history_size)
     ks = dynamics.context_lengths(run.settings.history_size)
     memory = dynamics.memory_curves(load_run(tmp_path / run.id), windows, ks, np.random.default_rng(0))
@@ -297,7 +298,7 @@ def test_the_command_prints_one_runs_measures_and_refuses_a_folder_without_weigh
     run = make_runs(stage1_designs([1], [4])[5:6], TINY)[0]
     folder = tmp_path / "results" / "stage1" / "runs" / run.id
     folder.parent.mkdir(parents=True)
-    train_run(run, *splits, folder, torch.device("cpu"))
+    train_run(run, Text.of_bytes(*splits), folder, torch.device("cpu"))
     assert cli.main(["dynamics", "--run", str(folder), "--lyapunov-bytes", "50"]) == 0
     out = capsys.readouterr().out
     assert "memory_gain_bits" in out and "lyapunov_4" in out and "lyapunov_5" not in out  # 1 layer of 4: 4 exponents

@@ -153,11 +153,11 @@ def test_superset_starts_each_design_where_its_own_model_starts():
     """A design's initial weights are the same on both paths, so the two paths differ only by rounding."""
     designs = [Design(**switches, n_layers=2, state_size=4) for switches in ALL_SWITCHES[::7]]
     group = ByteModel(designs, seeds=list(range(len(designs))), superset=True)
-    for r, design in enumerate(designs):
-        alone = ByteModel(design, seeds=[r])
+    for r, one in enumerate(designs):
+        alone = ByteModel(one, seeds=[r])
         got, want = group.replicate(group.theta, r), alone.replicate(alone.theta, 0)
-        assert got.keys() == want.keys() == {p.name for p in plan(design)}
-        assert all(torch.equal(got[k], want[k]) for k in want), design
+        assert got.keys() == want.keys() == {p.name for p in plan(one)}
+        assert all(torch.equal(got[k], want[k]) for k in want), one
 
 
 def test_switched_off_parameters_never_move_and_are_not_the_designs():
@@ -177,9 +177,9 @@ def test_switched_off_parameters_never_move_and_are_not_the_designs():
         assert not model.grad[~owned].any(), f"step {j}: a switched-off part got a gradient"
         opt.step()
     assert torch.equal(model.theta.ne(0), owned) and not opt.exp_avg[~owned].any()
-    for r, design in enumerate(designs):
+    for r, one in enumerate(designs):
         weights = model.replicate(model.theta, r)
-        assert sum(t.numel() for t in weights.values()) == count_params(design)
+        assert sum(t.numel() for t in weights.values()) == count_params(one)
 
 
 def _replicate_slices(model: ByteModel, flat: torch.Tensor) -> list[torch.Tensor]:

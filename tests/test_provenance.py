@@ -28,6 +28,7 @@ from rnnsweep.claims import Worker
 from rnnsweep.data import SPLITS, generate_corpus, load_split, prepare_corpus
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, SUPERSEDED, manifest_path, run_dir
+from rnnsweep.tokens import Text
 from rnnsweep.train import Interrupted, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,11 +143,11 @@ def test_a_checkpoint_of_another_run_is_moved_aside_not_resumed(tmp_path, splits
     _, r1, r2 = make_runs(stage1_designs([1], [4])[:1], {**TINY, "steps": 40}, replicates=3)
     stop, report = stop_at(20)
     with pytest.raises(Interrupted):
-        train_run(r1, *splits, tmp_path / r1.id, CPU, report=report, stop=stop)
+        train_run(r1, Text.of_bytes(*splits), tmp_path / r1.id, CPU, report=report, stop=stop)
     (tmp_path / r2.id).mkdir()
     shutil.copy(tmp_path / r1.id / CHECKPOINT, tmp_path / r2.id / CHECKPOINT)
-    got = train_run(r2, *splits, tmp_path / r2.id, CPU)
-    alone = train_run(r2, *splits, tmp_path / "alone", CPU)
+    got = train_run(r2, Text.of_bytes(*splits), tmp_path / r2.id, CPU)
+    alone = train_run(r2, Text.of_bytes(*splits), tmp_path / "alone", CPU)
     assert got["min_loss"] == alone["min_loss"] and got["seed"] == r2.seed
     assert (tmp_path / r2.id / "curve.csv").read_bytes() == (tmp_path / "alone" / "curve.csv").read_bytes()
     assert list((tmp_path / r2.id).glob(f"{CHECKPOINT}.corrupt-*"))

@@ -26,6 +26,7 @@ from rnnsweep.grid import make_runs, write_manifest
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, lock_path, manifest_path, run_dir
 from rnnsweep.model import ByteModel
 from rnnsweep.policy import run_groups
+from rnnsweep.tokens import Text
 from rnnsweep.train import Interrupted, train_run, train_runs
 from conftest import CountedWaits, run_worker_processes, wait_for, worker_in_thread
 from designs import all_on, design
@@ -49,7 +50,7 @@ def _dirs(root: Path, runs: list) -> list[Path]:
 
 
 def _solo(root: Path, runs: list, splits) -> list[dict]:
-    return [train_run(run, *splits, root / run.id, CPU) for run in runs]
+    return [train_run(run, Text.of_bytes(*splits), root / run.id, CPU) for run in runs]
 
 
 def assert_same_run(got: Path, want: Path) -> None:
@@ -90,7 +91,7 @@ def test_group_gives_each_run_its_solo_files_bit_for_bit(tmp_path, splits, one_t
     state 8 is whole on AVX2 but not on AVX-512. See the next test.)
     """
     runs = _runs(3)
-    grouped = train_runs(runs, *splits, _dirs(tmp_path / "group", runs), CPU)
+    grouped = train_runs(runs, Text.of_bytes(*splits), _dirs(tmp_path / "group", runs), CPU)
     alone = _solo(tmp_path / "solo", runs, splits)
     assert group_sizes == [3, 1, 1, 1]
     assert [r["id"] for r in grouped] == [run.id for run in runs]
@@ -115,7 +116,7 @@ def test_group_at_unaligned_sizes_matches_solo_to_rounding(tmp_path, splits, one
     Measured: weights within ~4e-7, curves within ~3e-8 relative.
     """
     runs = _runs(3, UNALIGNED, batch_size=3)
-    grouped = train_runs(runs, *splits, _dirs(tmp_path / "group", runs), CPU)
+    grouped = train_runs(runs, Text.of_bytes(*splits), _dirs(tmp_path / "group", runs), CPU)
     alone = _solo(tmp_path / "solo", runs, splits)
     for run, got, want in zip(runs, grouped, alone):
         g, w = tmp_path / "group" / run.id, tmp_path / "solo" / run.id
@@ -132,17 +133,17 @@ def test_group_at_unaligned_sizes_matches_solo_to_rounding(tmp_path, splits, one
 def test_group_needs_one_design_and_one_set_of_settings(tmp_path, splits):
     mixed = _runs(1) + _runs(1, OTHER)
     with pytest.raises(ValueError, match="one design"):
-        train_runs(mixed, *splits, _dirs(tmp_path, mixed), CPU)
+        train_runs(mixed, Text.of_bytes(*splits), _dirs(tmp_path, mixed), CPU)
     other_lr = _runs(1) + _runs(1, lr=1e-3)
     with pytest.raises(ValueError, match="same settings"):
-        train_runs(other_lr, *splits, _dirs(tmp_path, other_lr), CPU)
+        train_runs(other_lr, Text.of_bytes(*splits), _dirs(tmp_path, other_lr), CPU)
 
 
 def test_diverging_replicate_ends_alone_and_leaves_the_others_untouched(tmp_path, splits, monkeypatch, one_thread):
     runs = _runs(3, steps=30)
     alone = _solo(tmp_path / "solo", runs, splits)
     sabotage(monkeypatch, 11, "nan", seeds={runs[1].seed})  # replicate 1's loss is NaN from step 12 on
-    grouped = train_runs(runs, *splits, _dirs(tmp_path / "group", runs), CPU, checkpoint_every=7)
+    grouped = train_runs(runs, Text.of_bytes(*splits), _dirs(tmp_path / "group", runs), CPU, checkpoint_every=7)
     bad = grouped[1]
     assert bad["status"] == "diverged" and bad["steps"] == 15  # found at the first logged step after
     assert math.isnan(bad["final_loss"]) and math.isnan(bad["valid_bpb"])
@@ -159,12 +160,12 @@ def test_diverging_replicate_ends_alone_and_leaves_the_others_untouched(tmp_path
 
 def test_interrupted_group_resumes_to_the_uninterrupted_files(tmp_path, splits, one_thread):
     runs = _runs(3, steps=30)
-    train_runs(runs, *splits, _dirs(tmp_path / "calm", runs), CPU)
+    train_runs(runs, Text.of_bytes(*splits), _dirs(tmp_path / "calm", runs), CPU)
 
     dirs = _dirs(tmp_path / "stopped", runs)
     stop, report = stop_at(10)  # checked before step 11: position 3 of a 7-step window
     with pytest.raises(Interrupted, match="interrupted; checkpoint at step 10") as caught:
-        train_runs(runs, *splits, dirs, CPU, checkpoint_every=0, report=report, stop=stop)
+        train_runs(runs, Text.of_bytes(*splits), dirs, CPU, checkpoint_every=0, report=report, stop=stop)
     assert caught.value.step == 10
     for folder in dirs:
         assert not (folder / RESULT).exists()
@@ -173,7 +174,7 @@ def test_interrupted_group_resumes_to_the_uninterrupted_files(tmp_path, splits, 
         assert saved["batch"].shape == (TINY["batch_size"], TINY["history_size"]) and saved["batch"].dtype == torch.uint8
         assert saved["params"].keys() == weights(tmp_path / "calm" / folder.name).keys()
 
-    resumed = train_runs(runs, *splits, dirs, CPU)
+    resumed = train_runs(runs, Text.of_bytes(*splits), dirs, CPU)
     assert all(r["status"] == "ok" and r["steps"] == 30 for r in resumed)
     for run, folder in zip(runs, dirs):
         assert_same_run(folder, tmp_path / "calm" / run.id)
@@ -185,17 +186,17 @@ def test_runs_checkpointed_at_different_steps_train_in_batches_of_equal_step(tmp
     """a and b stopped together at step 10, c alone at step 15, d never started: three batches, all exact."""
     runs = _runs(4, steps=30)
     a, b, c, d = runs
-    train_runs(runs, *splits, _dirs(tmp_path / "calm", runs), CPU)
+    train_runs(runs, Text.of_bytes(*splits), _dirs(tmp_path / "calm", runs), CPU)
     dirs = _dirs(tmp_path / "mixed", runs)
     stop, report = stop_at(10)
     with pytest.raises(Interrupted):
-        train_runs([a, b], *splits, dirs[:2], CPU, report=report, stop=stop)
+        train_runs([a, b], Text.of_bytes(*splits), dirs[:2], CPU, report=report, stop=stop)
     stop, report = stop_at(15)
     with pytest.raises(Interrupted):
-        train_run(c, *splits, dirs[2], CPU, report=report, stop=stop)
+        train_run(c, Text.of_bytes(*splits), dirs[2], CPU, report=report, stop=stop)
     del group_sizes[:]
 
-    results = train_runs(runs, *splits, dirs, CPU)
+    results = train_runs(runs, Text.of_bytes(*splits), dirs, CPU)
     assert group_sizes == [1, 2, 1]  # step 15, then step 10, then step 0
     assert [r["id"] for r in results] == [run.id for run in runs]
     assert all(r["status"] == "ok" and r["steps"] == 30 for r in results)
@@ -208,14 +209,14 @@ def test_checkpoint_of_another_design_is_set_aside(tmp_path, splits, one_thread)
     (mine,), (foreign,) = _runs(1), _runs(1, OTHER)
     stop, report = stop_at(10)
     with pytest.raises(Interrupted):
-        train_run(foreign, *splits, tmp_path / "foreign", CPU, report=report, stop=stop)
+        train_run(foreign, Text.of_bytes(*splits), tmp_path / "foreign", CPU, report=report, stop=stop)
     target = tmp_path / "mine"
     target.mkdir()
     (tmp_path / "foreign" / CHECKPOINT).rename(target / CHECKPOINT)
-    result = train_run(mine, *splits, target, CPU)
+    result = train_run(mine, Text.of_bytes(*splits), target, CPU)
     assert result["status"] == "ok" and _start_steps(target) == [0]
     assert len(list(target.glob(f"{CHECKPOINT}.corrupt-*"))) == 1
-    train_run(mine, *splits, tmp_path / "fresh", CPU)
+    train_run(mine, Text.of_bytes(*splits), tmp_path / "fresh", CPU)
     assert_same_run(target, tmp_path / "fresh")
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from rnnsweep import config, provenance
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import CORPUS_META, DATA_DIR, HEADLINE, manifest_path, summary_path
-from rnnsweep.report import front_page
+from rnnsweep.report import FrontPage, front_page
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = config.load(ROOT / "configs/default.yaml", ROOT / "configs/smoke.yaml")
@@ -52,3 +52,12 @@ def test_every_difference_from_the_configuration_and_every_stale_table_is_a_line
     assert any(line.startswith("stage1: its summary holds runs of other corpus bytes") for line in stale)
     assert "corpus: the results are of generated, the configuration asks for enwik8" in stale
     assert f"{HEADLINE} is older than stage1/summary.csv: run the study again to bring it up to date" in stale
+
+
+def test_the_front_page_reads_the_study_only_when_the_report_looks_a_fact_up(tmp_path):
+    study, hashed = _study(tmp_path), []
+    page = FrontPage(study, PROFILE, lambda: hashed.append(1))
+    assert json.dumps(page) == "{}" and hashed == []  # what Snakemake does with its config while it runs
+    (study / HEADLINE).unlink()  # read at lookup, so a change made before then is what the page shows
+    assert page["settings"] == front_page(study, PROFILE, None)["settings"] and page["stages"] == []
+    assert hashed == [1] and set(page) == {"stages", "corpus", "settings", "stale"}

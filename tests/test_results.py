@@ -15,6 +15,7 @@ from rnnsweep import provenance
 from rnnsweep.grid import make_runs, stage1_designs
 from rnnsweep.layout import CURVE, RESULT, WEIGHTS, run_dir
 from rnnsweep.results import finished_record, read_result, settle_result
+from rnnsweep.tokens import Text
 from rnnsweep.train import train_run
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=64)
@@ -27,7 +28,7 @@ def trained(tmp_path_factory, splits):
     run = make_runs(stage1_designs([2], [4])[40:41], TINY)[0]
     stage_dir = tmp_path_factory.mktemp("results") / "stage1"
     stage_dir.mkdir()
-    train_run(run, *splits, run_dir(stage_dir, run.id), torch.device("cpu"))
+    train_run(run, Text.of_bytes(*splits), run_dir(stage_dir, run.id), torch.device("cpu"))
     return stage_dir, run, provenance.fingerprint(run, provenance.data_id(*splits))
 
 

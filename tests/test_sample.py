@@ -12,6 +12,7 @@ from rnnsweep.data import load_split
 from rnnsweep.grid import make_runs
 from rnnsweep.layout import WEIGHTS
 from rnnsweep.sample import SampleSettings, generate, load_run, samples_markdown
+from rnnsweep.tokens import Text
 from rnnsweep.train import train_run
 
 CPU = torch.device("cpu")
@@ -25,7 +26,7 @@ def trained(tmp_path_factory, splits):
     runs = make_runs([design("forget_gate", "new_state"), design("old_state", "residual", n_layers=2)], SETTINGS)
     rows = []
     for run in runs:
-        result = train_run(run, *splits, stage / "runs" / run.id, CPU)
+        result = train_run(run, Text.of_bytes(*splits), stage / "runs" / run.id, CPU)
         rows.append({**run.row(), **{k: result[k] for k in ("status", "min_loss", "valid_bpb", "test_bpb")}})
     pd.DataFrame(rows).to_csv(stage / "summary.csv", index=False)
     return stage, runs

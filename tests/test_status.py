@@ -17,6 +17,7 @@ from rnnsweep.grid import make_runs, stage1_designs, write_manifest
 from rnnsweep.layout import DATA_DIR, PROGRESS_DIR, run_dir
 from rnnsweep.progress import Heartbeat, read_heartbeats
 from rnnsweep.status import render, stage_status
+from rnnsweep.tokens import Text
 from rnnsweep.train import train_run
 
 TINY = dict(steps=20, batch_size=4, history_size=8, log_every=5, lr=1e-3, eval_bytes=16)
@@ -53,7 +54,7 @@ def test_a_stage_with_runs_done_held_failed_and_waiting(tmp_path, one_thread):
     splits = [load_split(study / DATA_DIR, split) for split in SPLITS]
     losses = {}
     for run in runs[:2]:
-        losses[run.id] = train_run(run, *splits, run_dir(stage_dir, run.id), torch.device("cpu"))["min_loss"]
+        losses[run.id] = train_run(run, Text.of_bytes(*splits), run_dir(stage_dir, run.id), torch.device("cpu"))["min_loss"]
     dead = subprocess.run([sys.executable, "-c", DEAD_WORKER, str(stage_dir), runs[3].id], capture_output=True, text=True)
     assert dead.returncode == -9, dead.stderr
     held = Heartbeat(stage_dir, 0, 2, every_s=0.05).start()

@@ -26,6 +26,7 @@ from rnnsweep.grid import READING, ManifestError, columns, make_runs, read_manif
 from rnnsweep.layout import CHECKPOINT, manifest_path
 from rnnsweep.model import ByteModel, initial_weights
 from rnnsweep.plan import superset_layout
+from rnnsweep.tokens import Text
 from rnnsweep.train import Interrupted, train_runs
 from grouping import DESIGNS, SHAPE, TINY, stop_at, superset_runs as _superset
 from test_replicates import _start_steps, assert_same_run
@@ -34,7 +35,7 @@ from test_train import read_curve, weights
 CPU = torch.device("cpu")
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 def _train(root, runs, splits, **kwargs) -> list[dict]:
-    return train_runs(runs, *splits, [root / run.id for run in runs], CPU, **kwargs)
+    return train_runs(runs, Text.of_bytes(*splits), [root / run.id for run in runs], CPU, **kwargs)
 
 
 @pytest.fixture

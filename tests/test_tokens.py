@@ -242,7 +242,7 @@ def test_retokenize_keeps_every_run_but_what_it_reads(tmp_path, capsys):
 def test_a_bpe_run_trains_scores_in_bits_per_byte_and_resumes_exactly(bpe_dir, tmp_path, one_thread):
     text = load_text(bpe_dir, "bpe", VOCAB)
     run = make_runs([all_on(n_layers=2, state_size=4)], {**SETTINGS, "tokenizer": "bpe", "vocab_size": VOCAB})[0]
-    whole = train_run(run, *text.splits, tmp_path / "whole", CPU, data_id=text.data_id, vocab=text.vocab)
+    whole = train_run(run, text, tmp_path / "whole", CPU)
     assert whole["status"] == "ok" and whole["params"] > 0
     assert whole["test_bytes"] > whole["test_tokens"] > 0  # a token covers more than a byte on average
     assert whole["test_bytes"] <= SETTINGS["eval_bytes"] and math.isfinite(whole["test_bpb"])
@@ -256,9 +256,9 @@ def test_a_bpe_run_trains_scores_in_bits_per_byte_and_resumes_exactly(bpe_dir, t
             stop.set()
 
     with pytest.raises(Interrupted):
-        train_run(run, *text.splits, tmp_path / "resumed", CPU, report=report, stop=stop, data_id=text.data_id, vocab=text.vocab)
+        train_run(run, text, tmp_path / "resumed", CPU, report=report, stop=stop)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["batch"].max() > 255
-    resumed = train_run(run, *text.splits, tmp_path / "resumed", CPU, data_id=text.data_id, vocab=text.vocab)
+    resumed = train_run(run, text, tmp_path / "resumed", CPU)
     for key in ("min_loss", "final_loss", "valid_bpb", "test_bpb", "test_bytes", "test_tokens", "fingerprint"):
         assert resumed[key] == whole[key], key
 
@@ -267,7 +267,7 @@ def test_runs_cannot_read_ids_of_another_vocabulary(bpe_dir, tmp_path):
     text = load_text(bpe_dir, "bpe", VOCAB)
     byte_run = make_runs([all_on(n_layers=1, state_size=4)], SETTINGS)[0]
     with pytest.raises(ValueError, match="cannot read ids of a vocabulary of 300"):
-        train_run(byte_run, *text.splits, tmp_path / "run", CPU, vocab=text.vocab)
+        train_run(byte_run, text, tmp_path / "run", CPU)
     assert load_text(bpe_dir).vocab is BYTES
 
 
@@ -323,7 +323,7 @@ def test_a_bpe_runs_ema_starts_at_the_byte_start_per_byte(bpe_dir, tmp_path, one
     assert text.vocab.bytes_per_token == meta["bytes"] / meta["tokens"] > 1.2
     run = make_runs([all_on(n_layers=1, state_size=4)], {**SETTINGS, "steps": 1, "log_every": 1,
                                                           "tokenizer": "bpe", "vocab_size": VOCAB})[0]
-    train_run(run, *text.splits, tmp_path / "run", CPU, data_id=text.data_id, vocab=text.vocab)
+    train_run(run, text, tmp_path / "run", CPU)
     first = float((tmp_path / "run" / "curve.csv").read_text().splitlines()[1].split(",")[1])
     loss = (first - EMA_DECAY * EMA_START * text.vocab.bytes_per_token) / (1 - EMA_DECAY)
     assert loss == pytest.approx(math.log(VOCAB), abs=0.5)  # an untrained model's first loss: about uniform

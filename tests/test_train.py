@@ -28,6 +28,7 @@ from rnnsweep.model import ByteModel
 from rnnsweep.plan import count_params
 from rnnsweep.optim import Adam
 from rnnsweep.results import FILES_FIELD, RESULT_FIELDS
+from rnnsweep.tokens import Text
 from rnnsweep.train import Sampler, train_run
 
 CPU = torch.device("cpu")
@@ -114,7 +115,7 @@ def sabotage(monkeypatch, after: int, action: str, seeds: set[int] | None = None
 def test_curve_and_weights_match_independent_loop(tmp_path, splits, one_thread, design, steps, history, log_every):
     train, valid, test = splits
     run = _run(design, steps=steps, history_size=history, log_every=log_every)
-    result = train_run(run, train, valid, test, tmp_path / "run", CPU)
+    result = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "run", CPU)
     curve, final_ema, model = reference(run, train)
 
     assert result["steps"] == steps
@@ -132,7 +133,7 @@ def test_curve_and_weights_match_independent_loop(tmp_path, splits, one_thread, 
 def test_result_record(tmp_path, splits, one_thread):
     train, valid, test = splits
     run = _run(steps=23)
-    result = train_run(run, train, valid, test, tmp_path / "run", CPU)
+    result = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "run", CPU)
     assert set(result) == {*RESULT_FIELDS, FILES_FIELD}
     assert result["id"] == run.id
     assert result["status"] == "ok"
@@ -154,8 +155,8 @@ def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one
     """precision bf16: the same run, its arithmetic in bfloat16; weights and Adam stay float32."""
     train, valid, test = splits
     run = _run(design=all_on(n_layers=2, state_size=16), steps=40, lr=3e-3)
-    fp32 = train_run(run, train, valid, test, tmp_path / "fp32", CPU)
-    bf16 = train_run(dataclasses.replace(run, precision="bf16"), train, valid, test, tmp_path / "bf16", CPU)
+    fp32 = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "fp32", CPU)
+    bf16 = train_run(dataclasses.replace(run, precision="bf16"), Text.of_bytes(train, valid, test), tmp_path / "bf16", CPU)
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values())
     a, b = read_curve(tmp_path / "fp32"), read_curve(tmp_path / "bf16")
@@ -168,8 +169,8 @@ def test_bf16_trains_in_bfloat16_and_keeps_float32_weights(tmp_path, splits, one
 def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
     train, valid, test = splits
     run = _run(steps=25)
-    first = train_run(run, train, valid, test, tmp_path / "a", CPU)
-    second = train_run(run, train, valid, test, tmp_path / "b", CPU)
+    first = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "a", CPU)
+    second = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "b", CPU)
     assert (tmp_path / "a" / "curve.csv").read_bytes() == (tmp_path / "b" / "curve.csv").read_bytes()
     assert read_curve(tmp_path / "a") == read_curve(tmp_path / "b")
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
@@ -180,8 +181,8 @@ def test_same_run_twice_is_identical(tmp_path, splits, one_thread):
 def test_other_seed_gives_other_curve(tmp_path, splits, one_thread):
     train, valid, test = splits
     a, b = make_runs([DESIGN], SETTINGS | {"steps": 10}, replicates=2)
-    train_run(a, train, valid, test, tmp_path / "a", CPU)
-    train_run(b, train, valid, test, tmp_path / "b", CPU)
+    train_run(a, Text.of_bytes(train, valid, test), tmp_path / "a", CPU)
+    train_run(b, Text.of_bytes(train, valid, test), tmp_path / "b", CPU)
     assert read_curve(tmp_path / "a") != read_curve(tmp_path / "b")
 
 
@@ -197,7 +198,7 @@ def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thr
     train, valid, test = splits
     run = _run(steps=steps)
     sabotage(monkeypatch, after, value)
-    result = train_run(run, train, valid, test, tmp_path / "run", CPU)
+    result = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "run", CPU)
     assert result["status"] == "diverged"
     assert result["steps"] <= steps
     assert set(result) == {*RESULT_FIELDS, FILES_FIELD}
@@ -217,17 +218,17 @@ def test_non_finite_loss_ends_as_diverged(tmp_path, splits, monkeypatch, one_thr
 def test_resume_after_crash_is_bit_identical(tmp_path, splits, monkeypatch, one_thread):
     train, valid, test = splits
     run = _run(steps=30, history_size=6, log_every=5)  # checkpoints at 7, 14 (mid-window), 21, 28
-    full = train_run(run, train, valid, test, tmp_path / "a", CPU, checkpoint_every=7)
+    full = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "a", CPU, checkpoint_every=7)
 
     sabotage(monkeypatch, 17, "raise")  # dies inside step 18, after the checkpoint of step 14
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(run, train, valid, test, tmp_path / "b", CPU, checkpoint_every=7)
+        train_run(run, Text.of_bytes(train, valid, test), tmp_path / "b", CPU, checkpoint_every=7)
     assert (tmp_path / "b" / "checkpoint.pt").exists()
     assert not (tmp_path / "b" / "result.json").exists()
     monkeypatch.undo()
 
     reported = []
-    resumed = train_run(run, train, valid, test, tmp_path / "b", CPU, checkpoint_every=7,
+    resumed = train_run(run, Text.of_bytes(train, valid, test), tmp_path / "b", CPU, checkpoint_every=7,
                         report=lambda step, ema, rate: reported.append(step))
     assert reported and min(reported) == 15, "did not resume from the step-14 checkpoint"
     assert reported[-1] == 30
@@ -242,8 +243,8 @@ def test_resume_after_crash_is_bit_identical(tmp_path, splits, monkeypatch, one_
 def test_checkpointing_does_not_change_the_run(tmp_path, splits, one_thread):
     train, valid, test = splits
     run = _run(steps=30, history_size=6, log_every=5)
-    train_run(run, train, valid, test, tmp_path / "plain", CPU)
-    train_run(run, train, valid, test, tmp_path / "ckpt", CPU, checkpoint_every=7)
+    train_run(run, Text.of_bytes(train, valid, test), tmp_path / "plain", CPU)
+    train_run(run, Text.of_bytes(train, valid, test), tmp_path / "ckpt", CPU, checkpoint_every=7)
     assert read_curve(tmp_path / "plain") == read_curve(tmp_path / "ckpt")
     assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "ckpt"))
 
@@ -251,14 +252,14 @@ def test_checkpointing_does_not_change_the_run(tmp_path, splits, one_thread):
 def test_corrupt_checkpoint_restarts_from_zero(tmp_path, splits, one_thread, caplog):
     train, valid, test = splits
     run = _run(steps=20)
-    train_run(run, train, valid, test, tmp_path / "fresh", CPU)
+    train_run(run, Text.of_bytes(train, valid, test), tmp_path / "fresh", CPU)
     target = tmp_path / "run"
     target.mkdir()
     garbage = bytes(range(256)) * 8
     (target / "checkpoint.pt").write_bytes(garbage)
     reported = []
     with caplog.at_level(logging.WARNING, logger="rnnsweep"):
-        result = train_run(run, train, valid, test, target, CPU, checkpoint_every=7,
+        result = train_run(run, Text.of_bytes(train, valid, test), target, CPU, checkpoint_every=7,
                            report=lambda step, ema, rate: reported.append(step))
     assert result["status"] == "ok" and result["steps"] == 20
     assert reported[0] == 5  # from step 0
@@ -306,11 +307,11 @@ def test_loading_a_checkpoint_never_executes_code(tmp_path, splits, one_thread, 
     target.mkdir()
     marker = tmp_path / "marker"
     writer(target / "checkpoint.pt", marker)
-    result = train_run(run, train, valid, test, target, CPU, checkpoint_every=7)
+    result = train_run(run, Text.of_bytes(train, valid, test), target, CPU, checkpoint_every=7)
     assert not marker.exists(), "loading the checkpoint executed code"
     assert result["status"] == "ok" and result["steps"] == 10
     assert len(list(target.glob("checkpoint.pt.corrupt-*"))) == 1
-    train_run(run, train, valid, test, tmp_path / "fresh", CPU)
+    train_run(run, Text.of_bytes(train, valid, test), tmp_path / "fresh", CPU)
     assert read_curve(target) == read_curve(tmp_path / "fresh")
 
 

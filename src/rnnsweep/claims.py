@@ -274,7 +274,7 @@ class Worker:
         text = text_of(self.texts, first)
         dirs = [run_dir(self.stage_dir, run.id) for run in claimed]
         try:
-            results = train_runs(claimed, *text.splits, dirs, device, self.checkpoint_every, report, halt, text.data_id, text.vocab)
+            results = train_runs(claimed, text, dirs, device, self.checkpoint_every, report, halt)
         except Interrupted:
             if self.stop.is_set():
                 raise

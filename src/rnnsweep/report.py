@@ -3,9 +3,10 @@
 The headline table is a tracked result (`rnnsweep headline`), so it is rebuilt
 whenever a summary changes. Snakemake renders the front page
 (workflow/report/workflow.rst) with Jinja and hands it nothing but the config,
-so the workflow reads the study's own record into the config when it starts
-(`front_page`): this table, the corpus record and each stage's manifest. The
-page states those, not the command line's values, and says at its top, line by
+so the workflow puts a `FrontPage` into the config, which reads the study's own
+record (`front_page`) the first time the page asks for a fact: this table, the
+corpus record and each stage's manifest. Nothing is read while the workflow is
+parsed or run, only when the report is rendered. The page states those, not the command line's values, and says at its top, line by
 line, where the current configuration or corpus differs from them or a table
 is older than what it is made from.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -66,19 +67,52 @@ def front_page(study: Path, profile: Mapping, corpus_sha256: str | None) -> dict
     study = Path(study)
     corpus, stages = _read_json(study / DATA_DIR / CORPUS_META), {}
     stale: list[str] = []
+    carried: set[str] = set()  # the axes of the stage before, which a later stage's runs keep
     for stage in STAGES:
         try:
             runs = read_manifest(manifest_path(study / stage))
         except ManifestError:
             continue
         stages[stage] = recorded_settings(runs)
-        stale += _stage_staleness(study, stage, stages[stage], profile[stage], corpus)
-        if any(run.seed != run_seed(run.config_id, run.replicate, profile["seed"]) for run in runs):
+        stale += _stage_staleness(study, stage, stages[stage], profile[stage], corpus, carried)
+        carried = {key for key in config.training_keys() if isinstance(stages[stage][key], list)}
+        if any(run.seed != run_seed(run.design.id, run.replicate, profile["seed"]) for run in runs):
             stale.append(f"{stage}: its runs' seeds derive from another base seed than the configuration's ({profile['seed']})")
     if corpus is not None:
         stale += _corpus_staleness(corpus, profile["corpus"], corpus_sha256)
     stale += _older_than_inputs(study, list(stages))
     return {"stages": _headline_rows(study / HEADLINE), "corpus": corpus, "settings": stages, "stale": stale}
+
+
+class FrontPage(dict):
+    """The front page's facts (`front_page`), read the first time the page looks one up.
+
+    Snakemake renders workflow/report/workflow.rst with the config alone, so the workflow puts one of
+    these there. It stays empty while the workflow is parsed and its jobs run (Snakemake's own copy of
+    the config sees an empty mapping), and reads the results only when `snakemake --report` renders
+    the page; `corpus_sha256` is called then too.
+    """
+
+    def __init__(self, study: Path, profile: Mapping, corpus_sha256: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._sources = (Path(study), profile, corpus_sha256)
+        self._read = False
+
+    def __missing__(self, key: str) -> object:
+        if self._read:
+            raise KeyError(key)
+        study, profile, corpus_sha256 = self._sources
+        self.update(front_page(study, profile, corpus_sha256()))
+        self._read = True
+        return self[key]
+
+
+def _recorded_form(value: object) -> object:
+    """A profile's value as recorded_settings states it: one value, or an axis's values in order."""
+    if not isinstance(value, list):
+        return value
+    values = sorted(set(value))
+    return values[0] if len(values) == 1 else values
 
 
 def recorded_settings(runs: list[Run]) -> dict[str, object]:
@@ -93,11 +127,12 @@ def recorded_settings(runs: list[Run]) -> dict[str, object]:
     }
 
 
-def _stage_staleness(study: Path, stage: str, recorded: dict, block: Mapping, corpus: dict | None) -> list[str]:
-    """How a stage's recorded runs differ from the profile's settings and the corpus record."""
+def _stage_staleness(study: Path, stage: str, recorded: dict, block: Mapping, corpus: dict | None, carried: set[str]) -> list[str]:
+    """How a stage's recorded runs differ from the profile's settings (but for those it `carried` from the stage
+    before) and from the corpus record."""
     lines = [
         f"{stage}.{key}: the results have {recorded[key]}, the configuration asks for {block[key]}"
-        for key in config.training_keys() if key in block and recorded[key] != block[key]
+        for key in config.training_keys() if key in block and key not in carried and recorded[key] != _recorded_form(block[key])
     ]
     for key in ("n_layers", "state_sizes") if stage == STAGES[0] else ():
         if recorded[key] != sorted(set(block[key])):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnsweep import checkpoint, provenance
+from rnnsweep import checkpoint
 from rnnsweep.checkpoint import BUFFERS, Progress
 from rnnsweep.data import SPLITS, DataError, held_out_windows
 from rnnsweep.fsutil import append_line, atomic_write_json, real_dirs
@@ -44,7 +44,7 @@ from rnnsweep.model import ByteModel
 from rnnsweep.plan import count_params
 from rnnsweep.optim import Adam
 from rnnsweep.results import Result, write_finished
-from rnnsweep.tokens import BYTES, Text, Vocabulary
+from rnnsweep.tokens import BYTES, Text
 
 log = logging.getLogger(__name__)
 
@@ -294,16 +294,12 @@ class _Group:
 
 def train_runs(
     runs: list[Run],
-    train_data: np.ndarray,
-    valid_data: np.ndarray,
-    test_data: np.ndarray,
+    text: Text,
     run_dirs: list[Path],
     device: torch.device,
     checkpoint_every: int = 0,
     report: Reporter | None = None,
     stop: threading.Event | None = None,
-    data_id: str | None = None,
-    vocab: Vocabulary = BYTES,
 ) -> list[dict]:
     """Train runs of one batch key (grid.Run.batch_key) to exactly `steps` steps; return their result records.
 
@@ -313,18 +309,15 @@ def train_runs(
     last, atomically: its presence is what marks the run as finished, so a
     crash at any earlier point leaves the run to be claimed again. When `stop`
     is set every run of the batch in training checkpoints and Interrupted is raised.
-    `data_id` is provenance.data_id of the three splits' bytes, when the caller has it already; the splits
-    are token ids of `vocab` (rnnsweep.tokens.load_text) where the runs read BPE tokens.
+    `text` is what the runs read (rnnsweep.tokens.load_text, or Text.of_bytes for byte splits in hand).
     """
     if len(runs) != len(run_dirs) or len({run.batch_key for run in runs}) != 1:
         raise ValueError(
             "train_runs needs one folder per run, and runs of one design (on the superset path: one shape) with the same settings"
         )
-    if (runs[0].tokenizer == "bytes") != (vocab is BYTES) or runs[0].vocab_size != vocab.size:
-        raise ValueError(f"runs of {runs[0].tokenizer} with vocab_size {runs[0].vocab_size} cannot read ids of a vocabulary of {vocab.size}")
-    if data_id is None and vocab is not BYTES:
-        raise ValueError("runs that read BPE ids need the data id of the splits' bytes (rnnsweep.tokens.load_text)")
-    text = Text((train_data, valid_data, test_data), data_id or provenance.data_id(train_data, valid_data, test_data), vocab)
+    if (runs[0].tokenizer == "bytes") != (text.vocab is BYTES) or runs[0].vocab_size != text.vocab.size:
+        raise ValueError(f"runs of {runs[0].tokenizer} with vocab_size {runs[0].vocab_size} cannot read ids of a vocabulary of {text.vocab.size}")
+    train_data = text.splits[0]
     fingerprints = [text.fingerprint(run) for run in runs]  # before any write, as the samplers
     samplers = [Sampler(train_data, run.settings.batch_size, run.settings.history_size, seed=run.seed + 1) for run in runs]
     members = [_member(*each, text) for each in zip(runs, run_dirs, samplers, fingerprints)]
@@ -347,7 +340,6 @@ def _member(run: Run, folder: Path, sampler: Sampler, fingerprint: str, text: Te
     return Member(run, folder, progress, sampler, fingerprint)
 
 
-def train_run(run: Run, train_data: np.ndarray, valid_data: np.ndarray, test_data: np.ndarray, run_dir: Path,
-              device: torch.device, **options: Any) -> dict:
+def train_run(run: Run, text: Text, run_dir: Path, device: torch.device, **options: Any) -> dict:
     """Train one run alone: `train_runs` with a group of one, and its options."""
-    return train_runs([run], train_data, valid_data, test_data, [run_dir], device, **options)[0]
+    return train_runs([run], text, [run_dir], device, **options)[0]

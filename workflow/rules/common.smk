@@ -3,8 +3,11 @@
 
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from rnnsweep import config as study_config
 from rnnsweep import figures
@@ -54,7 +57,7 @@ from rnnsweep.layout import (
     retrained_stage,
 )
 from rnnsweep.provenance import ENGINE
-from rnnsweep.report import front_page
+from rnnsweep.report import FrontPage
 from rnnsweep.tokens import ids_path, recipe
 
 try:
@@ -69,18 +72,19 @@ if config["corpus"] not in NAMED_CORPORA and not os.path.isfile(
         f"corpus: {config['corpus']} is not a file; give {' or '.join(map(repr, NAMED_CORPORA))} or the path of a byte file"
     )
 
-# Jobs run `python -m rnnsweep` from this checkout's src/, with the Python that runs Snakemake
-# even if its virtual environment was not activated. Jobs inherit this environment (on SLURM
-# through sbatch); a conda deployment puts its own environment first when a job starts.
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(
-        filter(
-            None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")]
-        )
-    ),
-    PATH=os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
-    ),
+# How a job starts rnnsweep: this checkout's src/ on PYTHONPATH, with the Python that runs Snakemake
+# (even if its virtual environment was not activated), or under a conda deployment the Python of
+# the rule's environment. The command carries its own environment; Snakemake's stays as it was.
+RNNSWEEP = " ".join(
+    [
+        f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}",
+        (
+            "python"
+            if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+            else shlex.quote(sys.executable)
+        ),
+        "-m rnnsweep",
+    ]
 )
 ENV = "../../envs/rnnsweep.yaml"
 
@@ -232,7 +236,7 @@ def all_targets():
     return targets
 
 
-# The report's front page (workflow/report/workflow.rst) is rendered with nothing but the config, so the
-# study's own record (headline table, corpus record, manifests), and where the current configuration or
-# corpus differs from it, are read into it here.
-config["front_page"] = front_page(Path(RESULTS), config, corpus_content())
+# The report's front page (workflow/report/workflow.rst) is rendered with nothing but the config. This
+# entry reads the study's own record (headline table, corpus record, manifests), and where the current
+# configuration or corpus differs from it, only when the report asks: parsing the workflow reads no result.
+config["front_page"] = FrontPage(Path(RESULTS), config, corpus_content)

@@ -16,4 +16,4 @@ rule costs:
     params:
         benchmarks=BENCHMARKS,
     shell:
-        "python -m rnnsweep costs --benchmarks {params.benchmarks} --out {output} 2> {log}"
+        "{RNNSWEEP} costs --benchmarks {params.benchmarks} --out {output} 2> {log}"

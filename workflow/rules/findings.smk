@@ -17,5 +17,5 @@ rule findings:
     params:
         threshold=config["plots"]["threshold"],
     shell:
-        "python -m rnnsweep findings --summary {input.summary} --baselines {input.baselines}"
+        "{RNNSWEEP} findings --summary {input.summary} --baselines {input.baselines}"
         " --threshold {params.threshold} --out {output} 2> {log}"
