@@ -161,11 +161,11 @@ def project(args: argparse.Namespace) -> None:
     designs1 = stage1_designs(one["n_layers"], one["state_sizes"])
     kept = random.Random(0).sample(designs1, 43)
     frame = pd.DataFrame([{**d.__dict__, "status": "ok", "min_loss": i, "id": str(i)} for i, d in enumerate(kept)])
-    designs2 = select.stage2_designs(frame, 1.0, two["wide_state_size"], two["deep_layers"], two["deep_state_sizes"])
+    designs2 = [d for d, _ in select.stage2_units(frame, 1.0, two["wide_state_size"], two["deep_layers"], two["deep_state_sizes"])]
     for stage, designs, settings in (("stage1", designs1, one), ("stage2", designs2, two)):
         for mode in ("off", "auto"):
             paths = policy.choose_paths(designs, settings["batch_size"], 1, mode, kind)
-            runs = make_runs(designs, settings, engine=paths.__getitem__)
+            runs = make_runs(designs, settings, engine=lambda design, settings: paths[design])
             groups = policy.run_groups(runs, 1, kind)
             seconds = sum(policy.group_seconds(group, kind) for group in groups)
             on = sum(r.engine == "superset" for r in runs)

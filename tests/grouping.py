@@ -27,7 +27,7 @@ DESIGNS = [
 
 def superset_runs(designs: list[Design], **changes) -> list[Run]:
     """Runs of `designs` with TINY settings (and `changes`) on the superset path."""
-    return make_runs(designs, TINY | changes, engine=lambda d: "superset")
+    return make_runs(designs, TINY | changes, engine=lambda d, s: "superset")
 
 
 def stop_at(step: int) -> tuple[threading.Event, object]:

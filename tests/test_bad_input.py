@@ -467,11 +467,14 @@ BAD_PROFILES = {
     "wrong-type": ({"stage1": {"batch_size": "eight"}}, "stage1.batch_size"),
     "out-of-range": ({"stage2": {"keep_fraction": 1.5}}, "stage2.keep_fraction"),
     "unknown-key": ({"stage3": {"replicate": 3}}, "replicate"),
+    "empty-axis": ({"stage1": {"lr": []}}, "stage1.lr"),
+    "not-an-axis": ({"stage1": {"log_every": [5, 10]}}, "stage1.log_every"),
+    "axes-over-the-cap": ({"stage1": {"lr": [0.001, 0.002, 0.003]}, "max_stage_runs": 1000}, "stage1.lr"),
 }
 
 
 def test_bad_profiles_stop_snakemake(checkout):
-    """The three kinds of mistake, each in its own profile; the Snakemake runs overlap to save time."""
+    """Each kind of mistake in its own profile, refused before any job with exit status 1; the runs overlap to save time."""
     procs = {}
     for name, (profile, _) in BAD_PROFILES.items():
         bad = checkout / f"bad-{name}.yaml"
@@ -481,7 +484,7 @@ def test_bad_profiles_stop_snakemake(checkout):
     outputs = {name: (proc.communicate(timeout=300)[0], proc.returncode) for name, proc in procs.items()}
     for name, (output, code) in outputs.items():
         key = BAD_PROFILES[name][1]
-        assert code != 0, f"{name}: snakemake accepted the profile\n{output[-2000:]}"
+        assert code == 1, f"{name}: snakemake accepted the profile\n{output[-2000:]}"
         assert key in output, f"{name}: the output does not name {key}\n{output[-2000:]}"
     assert not (checkout / "results").exists()
     assert not (checkout / "logs").exists()

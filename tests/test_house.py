@@ -6,6 +6,7 @@ commands' options are made from it (rnnsweep.options), and a key added to it rea
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import yaml
 
 from rnnsweep import cli, config, figures, options, provenance, select, tables
 from rnnsweep.grid import PRECISIONS, read_manifest
-from rnnsweep.layout import STAGE_TABLES
+from rnnsweep.layout import STAGE_TABLES, SWEEP_TABLES
 from rnnsweep.train import COMPUTE_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,22 +35,24 @@ FILES = {
 def test_every_choice_the_schema_offers_has_its_implementation():
     assert set(COMPUTE_DTYPES) == set(PRECISIONS)
     assert set(select.SELECTIONS) == set(config.STAGES[1:])
-    assert {name for names in STAGE_TABLES.values() for name in names} == set(tables.TABLES)
-    for figure in (*figures.STAGE_FIGURES, *figures.DYNAMICS_FIGURES):
+    assert {name for names in STAGE_TABLES.values() for name in names} | set(SWEEP_TABLES) == set(tables.TABLES)
+    for figure in (*figures.STAGE_FIGURES, *figures.SWEEP_FIGURES, *figures.DYNAMICS_FIGURES):
         assert callable(figure.drawer()) and figure.caption and set(figure.stages) <= set(config.STAGES), figure.name
 
 
 def test_design_keys_are_the_stage_blocks_own_keys():
     assert config.design_keys("stage1") == ("n_layers", "state_sizes")
-    assert config.design_keys("stage2") == ("keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes")
-    assert config.design_keys("stage3") == ("top_k", "replicates")
+    assert config.design_keys("stage2") == ("axes", "keep_fraction", "wide_state_size", "deep_layers", "deep_state_sizes")
+    assert config.design_keys("stage3") == ("axes", "top_k", "replicates")
     for stage in config.STAGES:
         assert not set(config.design_keys(stage)) & set(config.training_keys())
 
 
 def _parsed(argv: list[str], wanted) -> dict:
+    """The options as parsed; a stage's setting, which may be an axis, arrives as a list, of one value if it is none."""
     args = cli.build_parser().parse_args(argv)
-    return {key.path: getattr(args, key.name) for key in wanted}
+    values = {key.path: getattr(args, key.name) for key in wanted}
+    return {path: value[0] if key.sweep and isinstance(value, list) and len(value) == 1 else value for (path, value), key in zip(values.items(), wanted)}
 
 
 def _profile(wanted) -> dict:
@@ -70,6 +73,13 @@ def test_a_profile_reaches_the_manifest_commands_unchanged(stage, tmp_path):
     argv = ["grid", *out] if stage == "stage1" else ["select", "--stage", stage, "--summary", "s.csv", *out]
     wanted = options.manifest_keys(stage)
     assert _parsed([*argv, *options.manifest_args(PROFILE, stage)], wanted) == _profile(wanted)
+
+
+def test_an_axis_reaches_grid_whole_and_a_command_of_one_value_gets_its_first():
+    swept = config.merge(copy.deepcopy(PROFILE), {"stage1": {"lr": [0.003, 0.001], "history_size": [100, 50]}})
+    args = cli.build_parser().parse_args(["grid", "--out", "m.csv", *options.manifest_args(swept, "stage1")])
+    assert args.lr == [0.003, 0.001] and args.history_size == [100, 50]
+    assert options.command_args(swept, "baselines")[-4:] == ["--eval-bytes", "1000000", "--history-size", "100"]
 
 
 def _schema_with(line: str) -> dict:

@@ -13,7 +13,7 @@ from rnnsweep import ranking
 from rnnsweep.aggregate import SummaryError, tail_loss
 from rnnsweep.grid import make_runs, stage1_designs
 from rnnsweep.report import headline
-from rnnsweep.select import stage2_designs, stage3_designs
+from rnnsweep.select import stage2_units, stage3_units
 from rnnsweep.stats import group_table
 
 SETTINGS = dict(steps=50, batch_size=8, history_size=16, log_every=5, lr=1e-3, eval_bytes=32)
@@ -43,16 +43,16 @@ def test_selection_follows_rank_by(rank_by):
     summary = _summary()
     by_hand = summary.sort_values([rank_by, "id"])
     keep = math.floor(0.1 * len(summary))
-    chosen = [d.id for d in stage2_designs(summary, 0.1, 64, 3, [64], rank_by)]
+    chosen = [d.id for d, _ in stage2_units(summary, 0.1, 64, 3, [64], rank_by)]
     assert chosen[0] == by_hand["config_id"].iloc[0]
     assert set(by_hand["config_id"].head(keep)) <= set(chosen)
     assert not set(by_hand["config_id"].iloc[keep:]) & set(chosen)  # no design of width 8 ranked below the cut
-    assert [d.id for d in stage3_designs(summary, 5, rank_by)] == by_hand["config_id"].head(5).tolist()
+    assert [d.id for d, _ in stage3_units(summary, 5, rank_by)] == by_hand["config_id"].head(5).tolist()
 
 
 def test_the_metrics_choose_different_designs_here():
     summary = _summary()
-    chosen = {rank_by: tuple(d.id for d in stage3_designs(summary, 5, rank_by)) for rank_by in ranking.METRICS}
+    chosen = {rank_by: tuple(d.id for d, _ in stage3_units(summary, 5, rank_by)) for rank_by in ranking.METRICS}
     assert len(set(chosen.values())) == 3
 
 

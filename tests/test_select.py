@@ -17,10 +17,19 @@ import pytest
 from designs import design
 from rnnsweep.design import SWITCHES, Design
 from rnnsweep.grid import make_runs, stage1_designs
-from rnnsweep.select import stage2_designs, stage2_runs, stage3_designs, stage3_runs
+from rnnsweep.select import stage2_runs, stage2_units, stage3_runs, stage3_units
 
 SETTINGS = dict(steps=50, batch_size=8, history_size=16, log_every=5, lr=1e-3, eval_bytes=32)
 STAGE2 = dict(keep_fraction=0.1, wide_state_size=512, deep_layers=3, deep_state_sizes=[256, 512], **SETTINGS)
+
+
+def stage2_designs(*args, **kwargs) -> list:
+    """The designs stage 2 trains (a stage 1 without axes carries no settings)."""
+    return [design for design, _ in stage2_units(*args, **kwargs)]
+
+
+def stage3_designs(*args, **kwargs) -> list:
+    return [design for design, _ in stage3_units(*args, **kwargs)]
 
 
 def _summary(designs: list[Design], seed: int, n_diverged: int = 30) -> pd.DataFrame:

@@ -236,7 +236,7 @@ def test_the_measured_cpu_model_batches_narrow_cells_and_not_wide_ones():
 
 
 def test_groups_fit_memory_and_spread_over_the_workers(monkeypatch):
-    runs = make_runs(SHAPE, TINY, engine=lambda d: "superset")  # 96 designs of one shape
+    runs = make_runs(SHAPE, TINY, engine=lambda d, s: "superset")  # 96 designs of one shape
     one = policy.run_groups(runs, workers=1, kind="cpu")
     assert [len(g) for g in one] == [96]
     assert [len(g) for g in policy.run_groups(runs, workers=4, kind="cpu")] == [24] * 4
@@ -248,7 +248,7 @@ def test_groups_fit_memory_and_spread_over_the_workers(monkeypatch):
 
 
 def test_groups_come_longest_first():
-    small = make_runs(SHAPE[:4], TINY, engine=lambda d: "superset")
+    small = make_runs(SHAPE[:4], TINY, engine=lambda d, s: "superset")
     wide = make_runs([d.replace(state_size=64) for d in SHAPE[:2]], TINY)
     groups = policy.run_groups(small + wide, workers=1, kind="cpu")
     seconds = [policy.group_seconds(g, "cpu") for g in groups]

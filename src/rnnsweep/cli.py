@@ -26,7 +26,7 @@ from rnnsweep.fsutil import UnsafePath
 from rnnsweep.grid import (
     ManifestError, make_runs, read_manifest, stage1_designs, vocabulary_problem, write_manifest,
 )
-from rnnsweep.layout import DYNAMICS_FIGURES, MANIFEST, RANKED_TABLES, STAGE_TABLES, curves_path, data_dir_of, stage_of, summary_path
+from rnnsweep.layout import DYNAMICS_FIGURES, MANIFEST, RANKED_TABLES, STAGE_TABLES, SWEEP_TABLES, curves_path, data_dir_of, stage_of, summary_path
 from rnnsweep.options import COMMANDS, add_command_options, add_options, command_args, keys, manifest_keys, option
 
 log = logging.getLogger("rnnsweep")
@@ -140,8 +140,14 @@ def cmd_grid(args: argparse.Namespace) -> None:
     designs = stage1_designs(args.n_layers, args.state_sizes)
     settings = {**vars(args), **_reading(args)}
     runs = make_runs(designs, settings, base_seed=args.seed, engine=engine_paths(designs, settings))
+    _check_size(config.STAGES[0], runs, args)
     written = write_manifest(Path(args.out), runs)
     log.info("stage1 manifest: %d runs", len(written))
+
+
+def _check_size(stage: str, runs: list, args: argparse.Namespace) -> None:
+    if len(runs) > args.max_stage_runs:
+        raise config.ConfigError(f"{stage}: {len(runs)} runs, more than --max-stage-runs ({args.max_stage_runs}); raise it to run them")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -156,6 +162,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     runs = select.SELECTIONS[stage](read_summary(Path(args.summary)), {**vars(args), **_reading(args)})
     if not runs:
         raise config.ConfigError(f"no run of {args.summary} qualifies for {stage} (none finished ok, or the share kept rounds to 0)")
+    _check_size(stage, runs, args)
     written = write_manifest(Path(args.out), runs)
     log.info("%s manifest: %d runs from %s", stage, len(written), args.summary)
 
@@ -268,7 +275,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from rnnsweep.baselines import check_same_bytes, read_baselines
 
-    named = figures.by_name(figures.STAGE_FIGURES)
+    named = figures.by_name(figures.STAGE_FIGURES + figures.SWEEP_FIGURES)
     if args.figure not in named:
         raise config.ConfigError(f"unknown figure {args.figure!r}; the figures are {', '.join(named)}")
     summary, curves = read_summary(Path(args.summary)), read_summary(Path(args.curves), curves=True)
@@ -503,7 +510,7 @@ def _summaries(parser: argparse.ArgumentParser) -> None:
 
 def _analysis_commands(sub: Commands) -> None:
     p = _command(sub, "table", cmd_table, "write an analysis table")
-    p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names}))
+    p.add_argument("table", choices=sorted({name for names in STAGE_TABLES.values() for name in names} | set(SWEEP_TABLES)))
     p.add_argument("--summary", required=True)
     p.add_argument("--out", required=True)
     p = _command(sub, "headline", cmd_headline, "write each stage's run count, diverged runs and best design: the report's front page")

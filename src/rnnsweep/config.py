@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -54,15 +55,15 @@ def _coerce_value(value: object, node: dict) -> object:
         words = [w for w in _BOOLEAN_WORDS[value] if w in _resolved(node).get("enum", ())]
         return words[0] if words else value
     if isinstance(value, list):
-        return [_coerce_value(v, _items(node)) for v in value]
+        return [_coerce_value(v, _items(node) if "array" in kinds else node) for v in value]
     if isinstance(value, str) and "null" in kinds and value in ("null", "~"):
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and kinds == {"string"}:
         return str(value)  # `--config study=2024`: Snakemake made it a number
     if not isinstance(value, str) or "string" in kinds:
         return value
-    parsed = _parse_scalar(value, kinds)
-    if "array" in kinds and isinstance(parsed, list):
+    parsed = _parse_scalar(value, kinds | ({"array"} if node.get("axis") else set()))
+    if isinstance(parsed, list):
         return _coerce_value(parsed, node)
     return value if parsed is None else parsed  # text that reads as nothing wanted stays text: the schema names it
 
@@ -112,13 +113,81 @@ def _key(error: jsonschema.ValidationError) -> str:
 
 
 def validate(config: dict, source: str = "config") -> dict:
-    """Raise ConfigError naming every offending key; return the config unchanged otherwise."""
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    lines = [f"{_key(e)}: {e.message}" for e in errors] + [f"{key}: NaN is not a number" for key in _nan_keys(config)]
+    """Raise ConfigError naming every offending key; return the config unchanged otherwise.
+
+    A stage's axes (a training setting listed with several values) are checked
+    as lists first, then each of their values against the setting's schema.
+    """
+    lines = _axis_problems(config)
+    if not lines:
+        validator = jsonschema.Draft202012Validator(schema())
+        errors = [e for view in _scalar_views(config) for e in validator.iter_errors(view)]
+        errors.sort(key=lambda e: list(map(str, e.absolute_path)))
+        lines = list(dict.fromkeys(f"{_key(e)}: {e.message}" for e in errors))
+        lines += [f"{key}: NaN is not a number" for key in _nan_keys(config)]
     if lines:
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
     return config
+
+
+def axis_keys() -> tuple[str, ...]:
+    """The training settings a stage may sweep, listing several values (the schema marks them `axis: true`)."""
+    return tuple(key for key, node in schema()["$defs"]["training"].items() if node.get("axis"))
+
+
+def _stage_lists(config: dict) -> Iterator[tuple[str, str, list]]:
+    """(stage, key, values) for each training setting that a stage block gives as a list."""
+    for stage in STAGES:
+        block = config.get(stage)
+        if isinstance(block, dict):
+            for key in training_keys():
+                if isinstance(block.get(key), list):
+                    yield stage, key, block[key]
+
+
+def _axis_problems(config: dict) -> list[str]:
+    """One line for each list a stage block may not have: of a setting that is no axis, empty, or repeating a value."""
+    lines = []
+    for stage, key, values in _stage_lists(config):
+        if key not in axis_keys():
+            lines.append(f"{stage}.{key}: one value, not a list; only {', '.join(axis_keys())} can be axes")
+        elif not values:
+            lines.append(f"{stage}.{key}: an empty list; give one value, or several to sweep them")
+        elif len({repr(v) for v in values}) < len(values):
+            lines.append(f"{stage}.{key}: {values} repeats a value; each value is listed once")
+    return lines
+
+
+def _scalar_views(config: dict) -> list[dict]:
+    """The profile once per position of its longest axis, each axis at that value (or its last): every value is
+    checked by the schema, which knows each setting as one value."""
+    lists = list(_stage_lists(config))
+    views = []
+    for i in range(max((len(values) for _, _, values in lists), default=1)):
+        view = {**config, **{stage: dict(config[stage]) for stage, _, _ in lists}}
+        for stage, key, values in lists:
+            view[stage][key] = values[min(i, len(values) - 1)]
+        views.append(view)
+    return views
+
+
+def axes(block: Mapping) -> dict[str, list]:
+    """A stage block's axes: the settings it lists several values of, in schema order (a list of one is one value)."""
+    return {key: list(block[key]) for key in training_keys() if isinstance(block.get(key), list) and len(block[key]) > 1}
+
+
+def points(block: Mapping) -> list[dict[str, object]]:
+    """The training settings of each combination of a block's axis values, the first values first.
+
+    Each is the block's settings with one value per key; a block without axes has one point.
+    """
+    swept = axes(block)
+    base = {key: _first(block[key]) for key in training_keys() if key in block}
+    return [{**base, **dict(zip(swept, values))} for values in itertools.product(*swept.values())]
+
+
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, list) else value
 
 
 def _nan_keys(value: object, where: str = "") -> list[str]:
@@ -200,6 +269,11 @@ def node(path: tuple[str, ...]) -> dict:
     for key in path:
         found = found["properties"][key]
     return found
+
+
+def types(path: tuple[str, ...]) -> set[str]:
+    """The JSON types the profile key at `path` allows ("array" for a list key such as n_layers)."""
+    return _types(node(path))
 
 
 def nullable(path: tuple[str, ...]) -> bool:

@@ -12,7 +12,9 @@ switch is "its effect":
   as the grid holds them.
 * `effects`: a linear model with every switch's main effect, every two-way
   interaction of switches the stage's designs can tell apart, and depth and
-  width as categories. Switches are coded -1/2 (off) and +1/2 (on), so a
+  width as categories; where the stage sweeps a training setting (an axis,
+  rnnsweep.sweeps), that setting as a category too, with its interaction with
+  every switch: does a part help more at one learning rate than at another? Switches are coded -1/2 (off) and +1/2 (on), so a
   switch's coefficient is its on − off change where every other switch sits
   at its coded midpoint and depth and width at their first level: a
   contrast *conditional* on the model, which in this incomplete grid
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from itertools import combinations
+from itertools import combinations, product
 
 import numpy as np
 import pandas as pd
@@ -42,6 +44,7 @@ from statsmodels.stats.anova import anova_lm
 
 from rnnsweep.design import SWITCHES
 from rnnsweep.stats import holm, usable_runs
+from rnnsweep.sweeps import swept_keys
 
 #: Responses modelled, with the factor that turns them into bits per byte.
 RESPONSES: dict[str, float] = {"min_loss": 1 / math.log(2), "valid_bpb": 1.0}
@@ -61,6 +64,8 @@ def _frame(summary: pd.DataFrame, response: str) -> pd.DataFrame:
     frame = pd.DataFrame({_short(s): runs[s].astype(float).to_numpy() - 0.5 for s in SWITCHES})
     frame["n_layers"] = runs["n_layers"].astype(int).to_numpy()
     frame["state_size"] = runs["state_size"].astype(int).to_numpy()
+    for key in swept_keys(summary):
+        frame[key] = runs[key].to_numpy()
     frame["y"] = runs[response].astype(float).to_numpy()
     return frame
 
@@ -70,7 +75,10 @@ def _terms(frame: pd.DataFrame) -> list[str]:
     candidates = [_short(s) for s in SWITCHES if frame[_short(s)].nunique() > 1]
     candidates += [f"C({f})" for f in ("n_layers", "state_size") if frame[f].nunique() > 1]
     switches = [c for c in candidates if not c.startswith("C(")]
+    swept = [f"C({key})" for key in frame.columns.intersection(swept_keys(frame))]
+    candidates += swept
     candidates += [f"{a}:{b}" for a, b in combinations(switches, 2)]
+    candidates += [f"{axis}:{switch}" for axis in swept for switch in switches]
     kept: list[str] = []
     columns = [np.ones(len(frame))]  # independent by construction: a term joins only if all its columns add rank
     for term in candidates:
@@ -82,11 +90,16 @@ def _terms(frame: pd.DataFrame) -> list[str]:
 
 
 def _columns(frame: pd.DataFrame, term: str) -> list[np.ndarray]:
-    """The design-matrix columns of one term (treatment coding for a category)."""
-    if term.startswith("C("):
-        values = frame[term[2:-1]]
+    """The design-matrix columns of one term: a category's levels but its first, a product's every combination."""
+    parts = [_part_columns(frame, part) for part in term.split(":")]
+    return [np.prod(combination, axis=0) for combination in product(*parts)]
+
+
+def _part_columns(frame: pd.DataFrame, part: str) -> list[np.ndarray]:
+    if part.startswith("C("):
+        values = frame[part[2:-1]]
         return [(values == level).to_numpy(float) for level in sorted(values.unique())[1:]]
-    return [np.prod([frame[name].to_numpy() for name in term.split(":")], axis=0)]
+    return [frame[part].to_numpy(float)]
 
 
 def _fit(summary: pd.DataFrame, response: str):

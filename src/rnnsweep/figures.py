@@ -174,6 +174,24 @@ STAGE_FIGURES: tuple[Figure, ...] = (
 
 #: A stage's dynamics figures, drawn from its dynamics tables by `rnnsweep plot-dynamics <name>`
 #: (rnnsweep.dynamics_plots), for the stages the profile's dynamics block lists.
+#: The figures of a stage whose runs differ in a training setting (an axis), drawn like STAGE_FIGURES.
+SWEEP_FIGURES: tuple[Figure, ...] = (
+    Figure(
+        "bump",
+        STAGES,
+        "plots:bump",
+        (
+            "Does the ranking of the {stage} designs survive another value of a swept setting? One panel per "
+            "setting the stage's runs differ in (an axis of the profile, or one carried from the stage before), the "
+            "other settings held at one value: each line is a design, its rank (1 = best, by ``rank_by``, means over "
+            "seeds) at each value; the designs in the top five at any value are coloured and named. Each title gives "
+            "Spearman's rho between the rankings at neighbouring values with its 95 % interval, and how many of the "
+            "top 10 % at one value stay in the top 10 % at the next (``sweep.csv`` has every pair)."
+        ),
+        ranked=True,
+    ),
+)
+
 DYNAMICS_FIGURES: tuple[Figure, ...] = (
     Figure(
         "memory",

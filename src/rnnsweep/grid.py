@@ -3,7 +3,11 @@
 A *design* (rnnsweep.design) is the seven switches plus depth and width. A
 *run* is a design trained once with given settings and a replicate number.
 Ids are hashes of the canonical design, so they survive reordering of the
-grid, re-generation and hand-edits of unrelated rows.
+grid, re-generation and hand-edits of unrelated rows. Where a stage sweeps a
+setting (an axis: several values in its block), a run's id adds each setting
+where it differs from the block's own (first) value, as `@lr=0.003`: a stage
+without axes has the ids it always had, and adding a value to an axis keeps
+every existing run's id.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ BATCH_DESIGNS: tuple[str, ...] = config.choices("batch_designs")
 TOKENIZERS: tuple[str, ...] = config.choices("tokenizer")
 #: The largest vocabulary: token ids are stored as 16-bit integers.
 MAX_VOCAB = 1 << 16
-#: A run id: the design id, then `-r<replicate>` for replicates after the first. Nothing else is ever a
-#: path component under a stage folder.
-RUN_ID = re.compile(r"[0-9a-f]{10}(-r[1-9][0-9]*)?")
+#: A run id: the design id, `@key=value` for each setting that differs from its stage block's, then
+#: `-r<replicate>` for replicates after the first. Nothing else is ever a path component under a stage folder.
+RUN_ID = re.compile(r"[0-9a-f]{10}(@[a-z_]+=[A-Za-z0-9.+]+(-[0-9]+)?)*(-r[1-9][0-9]*)?")
+#: One `@key=value` of a run id.
+TAG = re.compile(r"@([a-z_]+)=([A-Za-z0-9.+]+(?:-[0-9]+)?)")
 
 
 class ManifestError(ValueError):
@@ -178,27 +184,50 @@ def run_seed(config_id: str, replicate: int, base_seed: int) -> int:
 
 
 def run_id(config_id: str, replicate: int) -> str:
-    """Replicate 0 keeps the bare design id."""
+    """Replicate 0 keeps the bare configuration id (its design id, and its settings where a stage sweeps them)."""
     return config_id if replicate == 0 else f"{config_id}-r{replicate}"
 
 
+def settings_tag(settings: Mapping[str, object], reference: Mapping[str, object]) -> str:
+    """`@key=value` for each training setting where `settings` differ from the stage block's own values."""
+    differ = [key for key in config.training_keys() if settings[key] != reference[key]]
+    return "".join(f"@{key}={config.setting_value(key, str(settings[key]))}" for key in differ)  # as a manifest reads it
+
+
+#: A design with the settings it keeps from the stage it was selected in (stages 2 and 3 carry axes forward).
+Unit = tuple[Design, Mapping[str, object]]
+#: How a design is trained at given settings: its engine path (rnnsweep.policy.engine_paths).
+EnginePick = Callable[[Design, Settings], str]
+
+
 def make_runs(
-    designs: Iterable[Design], settings: dict, replicates: int = 1, base_seed: int = 0, engine: Callable[[Design], str] | None = None
+    designs: Iterable[Design | Unit], settings: Mapping, replicates: int = 1, base_seed: int = 0, engine: EnginePick | None = None
 ) -> list[Run]:
-    """Runs for each design × replicate, with `settings` (the training settings, and `precision`, fp32 unless
-    given, and `tokenizer` with its `vocab_size`, bytes unless given); `engine` picks each design's path
-    (rnnsweep.policy), `design` unless given."""
-    picked = Settings.of(settings)
+    """Runs for each design × combination of the stage's axes × replicate, the first combination first.
+
+    `settings` is a stage block (a list of several values is an axis, rnnsweep.config.points) with
+    `precision` (fp32 unless given) and `tokenizer` with its `vocab_size` (bytes unless given). A unit's
+    own settings replace the block's, except those the block sweeps itself. `engine` picks each run's
+    path, `design` unless given. A design's seed does not depend on its settings, so the runs of one
+    design at each value of an axis start from the same weights and read the same batches.
+    """
     precision = settings.get("precision") or "fp32"
     tokenizer = settings.get("tokenizer") or "bytes"
     reading = {"tokenizer": tokenizer, "vocab_size": BYTE_VOCAB if tokenizer == "bytes" else settings["vocab_size"]}
-    runs = []
-    for design in designs:
-        path = engine(design) if engine else "design"
-        for rep in range(replicates):
-            seed = run_seed(design.id, rep, base_seed)
-            runs.append(Run(run_id(design.id, rep), design.id, design, rep, seed, picked, precision=precision, engine=path, **reading))
-    return runs
+    points, swept = config.points(settings), config.axes(settings)
+    reference = Settings.of(points[0])
+    runs: dict[str, Run] = {}
+    for point in points:
+        for unit in designs:
+            design, kept = unit if isinstance(unit, tuple) else (unit, {})
+            picked = Settings.of({**point, **{k: v for k, v in kept.items() if k not in swept}})
+            config_id = design.id + settings_tag(picked, reference)
+            path = engine(design, picked) if engine else "design"
+            for rep in range(replicates):
+                run = Run(run_id(config_id, rep), config_id, design, rep, run_seed(design.id, rep, base_seed), picked,
+                          precision=precision, engine=path, **reading)
+                runs.setdefault(run.id, run)
+    return list(runs.values())
 
 
 def _parse_row(row: dict[str, str], where: str) -> Run:
@@ -213,8 +242,9 @@ def _parse_row(row: dict[str, str], where: str) -> Run:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ManifestError(f"{where}: {err}") from None
-    if run.config_id != design.id:
-        raise ManifestError(f"{where}: config_id {run.config_id} does not match its design (expected {design.id})")
+    problem = _config_id_problem(run)
+    if problem:
+        raise ManifestError(f"{where}: {problem}")
     if not RUN_ID.fullmatch(run.id) or run.id != run_id(run.config_id, run.replicate):
         raise ManifestError(f"{where}: id {run.id!r} is not {run_id(run.config_id, run.replicate)}, the id of its design and replicate")
     if run.precision not in PRECISIONS:
@@ -225,6 +255,20 @@ def _parse_row(row: dict[str, str], where: str) -> Run:
     if problem:
         raise ManifestError(f"{where}: {problem}")
     return run
+
+
+def _config_id_problem(run: Run) -> str | None:
+    """What is wrong with a row's config_id, or None: it is its design's id, then settings the row has."""
+    design_id, _, tags = run.config_id.partition("@")
+    if design_id != run.design.id:
+        return f"config_id {run.config_id} does not match its design (expected {run.design.id})"
+    named = TAG.findall("@" + tags) if tags else []
+    if "".join(f"@{key}={value}" for key, value in named) != ("@" + tags if tags else ""):
+        return f"config_id {run.config_id} is not a design id followed by @setting=value parts"
+    for key, value in named:
+        if key not in run.settings or str(run.settings[key]) != value:
+            return f"config_id {run.config_id} names {key}={value}, but the row has {key} {run.settings.get(key)}"
+    return None
 
 
 def vocabulary_problem(tokenizer: str, vocab_size: int) -> str | None:

@@ -40,9 +40,13 @@ TABLE_SUFFIX = ".csv"
 #: figures/<study>/<stage>/<name>.png.
 STAGE_FIGURES: dict[str, tuple[str, ...]] = {stage: figures.of_stage(figures.STAGE_FIGURES, stage) for stage in STAGES}
 FIGURE_SUFFIX = ".png"
+#: What a stage whose runs differ in a training setting (an axis) also has: how the ranking of its designs
+#: agrees between the setting's values (rnnsweep.sweeps), as a table and figures.
+SWEEP_TABLES = ("sweep",)
+SWEEP_FIGURES = tuple(figure.name for figure in figures.SWEEP_FIGURES)
 #: The tables and figures that rank runs or designs, and so take the profile's `rank_by` (rnnsweep.ranking).
-RANKED_TABLES = ("groups",)
-RANKED_FIGURES = tuple(figure.name for figure in figures.STAGE_FIGURES if figure.ranked)
+RANKED_TABLES = ("groups", "sweep")
+RANKED_FIGURES = tuple(figure.name for figure in figures.STAGE_FIGURES + figures.SWEEP_FIGURES if figure.ranked)
 #: A stage's dynamics (rnnsweep.dynamics_stage): per run,
 #: curves by context and lag (with the n-gram baselines on the same bytes), the switches' effects on them and their
 #: correlation with the loss, and the best runs' attractors, orbit diagram and state trajectory.

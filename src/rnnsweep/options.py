@@ -26,6 +26,7 @@ class Key:
 
     path: tuple[str, ...]  # ("plots", "threshold"): the profile's plots block, its threshold
     required: bool = True  # a key the profile may leave null, or the schema gives a default, is never required
+    sweep: bool = False  # a stage's axis (several values) reaches the command whole; elsewhere its first value
 
     @property
     def name(self) -> str:
@@ -41,9 +42,9 @@ def option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def keys(*names: str, block: tuple[str, ...] = (), required: bool = True) -> tuple[Key, ...]:
+def keys(*names: str, block: tuple[str, ...] = (), required: bool = True, sweep: bool = False) -> tuple[Key, ...]:
     """Keys of one block of a profile (the top level unless `block` names one)."""
-    return tuple(Key((*block, name), required) for name in names)
+    return tuple(Key((*block, name), required, sweep) for name in names)
 
 
 #: What ranks runs: selection, the headline, the group table, figures and samples take it.
@@ -84,8 +85,8 @@ def manifest_keys(stage: str) -> tuple[Key, ...]:
     """
     first = stage == STAGES[0]
     design = keys(*config.design_keys(stage), block=(stage,), required=first)
-    settings = keys(*config.training_keys(), block=(stage,))
-    return design + settings + keys("precision", "batch_designs", "device", "seed") + (() if first else RANK)
+    settings = keys(*config.training_keys(), block=(stage,), sweep=True)
+    return design + settings + keys("max_stage_runs") + keys("precision", "batch_designs", "device", "seed") + (() if first else RANK)
 
 
 def _value(profile: Mapping, path: tuple[str, ...]) -> object:
@@ -95,10 +96,13 @@ def _value(profile: Mapping, path: tuple[str, ...]) -> object:
 
 
 def profile_args(profile: Mapping, wanted: Iterable[Key]) -> list[str]:
-    """The arguments that pass `wanted` keys of a profile to a command (a list gives several values, null none)."""
+    """The arguments that pass `wanted` keys of a profile to a command (a list gives several values, null none;
+    of an axis, a command that takes one value is given the first, the stage block's own)."""
     argv: list[str] = []
     for key in wanted:
         value = _value(profile, key.path)
+        if isinstance(value, list) and not key.sweep and "array" not in config.types(key.path):
+            value = value[0]
         if value is not None:
             argv += [key.option, *map(str, value if isinstance(value, list) else [value])]
     return argv
@@ -138,9 +142,10 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, wante
         added.add(key.name)
         node = config.node(key.path)
         item = config.item_type(*key.path)
+        several = item or (key.sweep and node.get("axis"))
         default = node.get("default")
         parser.add_argument(
-            key.option, type=item or config.option_type(*key.path), nargs="+" if item else None,
+            key.option, type=item or config.option_type(*key.path), nargs="+" if several else None,
             choices=node.get("enum"), default=default, help=config.description(*key.path),
             required=key.required and default is None and not config.nullable(key.path),
         )

@@ -30,7 +30,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-from rnnsweep import effects, ranking, stats  # noqa: E402
+from rnnsweep import effects, ranking, stats, sweeps  # noqa: E402
 from rnnsweep.stats import FACTORS, design_label, usable_runs  # noqa: E402
 
 DPI = 120
@@ -770,3 +770,54 @@ def rank_agreement(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: 
         ax.grid(lw=0.4, alpha=0.5)
     fig.suptitle(f"How the ranking of {len(designs)} designs depends on what ranks them (means over seeds)")
     _save(fig, out)
+
+
+def bump(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, rank_by: str = ranking.DEFAULT, **_: object) -> None:
+    """Each design's rank at each value of each swept setting, the others at their first values (a bump chart)."""
+    means, table = sweeps.design_means(summary, rank_by), sweeps.sweep(summary, rank_by)
+    keys = sweeps.swept_keys(summary)
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(7 * max(len(keys), 1), 7), dpi=DPI, layout="constrained",
+                             squeeze=False)
+    labels = {row.config_id.partition("@")[0]: design_label(row._asdict()) for row in summary.itertuples()}
+    for ax, key in zip(axes[0], keys):
+        held = means
+        for other in (k for k in keys if k != key):
+            held = held[held[other] == held[other].iloc[0]] if len(held) else held
+        ranks = held.pivot(index="design", columns=key, values="value").dropna().rank(method="first")
+        _bump_panel(ax, ranks, labels, key, rank_by)
+        ax.set_title(_bump_title(table[table["axis"] == key], ranks.columns), fontsize=9)
+    if not keys:
+        axes[0][0].text(0.5, 0.5, "this stage sweeps no setting", ha="center", va="center", transform=axes[0][0].transAxes)
+    fig.suptitle(f"Does the ranking of designs by {rank_by} survive another value? (rank 1 = best, means over seeds)")
+    _save(fig, out)
+
+
+#: Designs drawn in colour and named in a bump chart: the best this many at any value.
+BUMP_NAMED = 5
+
+
+def _bump_panel(ax: Axes, ranks: pd.DataFrame, labels: dict[str, str], key: str, rank_by: str) -> None:
+    x = np.arange(len(ranks.columns))
+    named = ranks.index[(ranks <= BUMP_NAMED).any(axis=1)]
+    for design, row in ranks.drop(named).iterrows():
+        ax.plot(x, row.to_numpy(), color="0.6", lw=0.5, alpha=0.25)
+    for colour, (design, row) in zip(sns.color_palette("tab10", len(named)), ranks.loc[named].iterrows()):
+        ax.plot(x, row.to_numpy(), color=colour, lw=2, marker="o")
+        ax.annotate(labels.get(design, design), (x[-1], row.iloc[-1]), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=7, color=colour)
+    ax.set_xticks(x, [str(v) for v in ranks.columns])
+    ax.set_xlim(-0.2, len(x) - 0.2 + 0.6)
+    ax.invert_yaxis()
+    ax.set(xlabel=key, ylabel=f"rank by {rank_by} among {len(ranks)} designs")
+    ax.grid(lw=0.4, alpha=0.5)
+
+
+def _bump_title(rows: pd.DataFrame, values: Iterable[object]) -> str:
+    """Spearman's rho with its interval between each value and the next, and how much of the top 10 % stays."""
+    values, lines = list(values), []
+    for a, b in zip(values, values[1:]):
+        row = rows[(rows["value_a"] == a) & (rows["value_b"] == b)].head(1)
+        for r in row.itertuples():
+            lines.append(f"{a} → {b}: Spearman {_number(r.spearman, 2)} {_ci_text(r.ci_low, r.ci_high)}, "
+                         f"top {r.top}: {r.top_shared} stay")
+    return "\n".join(lines)

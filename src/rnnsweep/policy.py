@@ -24,19 +24,20 @@ and a manifest written again with another path for a run trains it anew.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Callable, Iterable
+from typing import Iterable
 
 import yaml
 
 from rnnsweep import config
 from rnnsweep.config import ConfigError
 from rnnsweep.design import Design
-from rnnsweep.grid import BATCH_DESIGNS, Run
+from rnnsweep.grid import BATCH_DESIGNS, EnginePick, Run
 from rnnsweep.plan import VOCAB, plan, superset_layout
 
 #: `auto` takes the superset path only where it is predicted this many times faster: the fitted model's
@@ -174,12 +175,17 @@ def choose_paths(
     return paths
 
 
-def engine_paths(designs: list[Design], settings: dict, copies: int = 1) -> Callable[[Design], str]:
-    """The path of each design as a manifest asks: `settings` holds batch_size, batch_designs and device, and
-    the vocabulary's size where the runs read BPE tokens."""
+def engine_paths(designs: list[Design], settings: dict, copies: int = 1) -> EnginePick:
+    """The path of each run as a manifest asks: `settings` holds batch_designs and device, and the vocabulary's
+    size where the runs read BPE tokens; a run's own batch size (an axis may list several) weighs its cost."""
     kind = device_kind(settings["device"])
     vocab = settings.get("vocab_size") if settings.get("tokenizer") == "bpe" else VOCAB
-    return choose_paths(designs, settings["batch_size"], copies, settings["batch_designs"], kind, vocab).__getitem__
+
+    @functools.cache
+    def paths(batch_size: int) -> dict[Design, str]:
+        return choose_paths(designs, batch_size, copies, settings["batch_designs"], kind, vocab)
+
+    return lambda design, picked: paths(picked.batch_size)[design]
 
 
 def run_groups(runs: list[Run], workers: int, kind: str) -> list[list[Run]]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from rnnsweep import effects, ranking, stats
+from rnnsweep import effects, ranking, stats, sweeps
 
 TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "regression": stats.regression,
@@ -15,4 +15,5 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "anova": effects.anova,
     "groups": stats.group_table,
     "ranks": ranking.agreement,
+    "sweep": sweeps.sweep,
 }

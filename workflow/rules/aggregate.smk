@@ -25,7 +25,7 @@ rule aggregate:
         training=TRAINING_ARGS,
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     shell:
-        "{RNNSWEEP} aggregate --manifest {input.manifest} --data {params.data} --summary {output.summary}"
+        "rnnsweep aggregate --manifest {input.manifest} --data {params.data} --summary {output.summary}"
         " --curves {output.curves} {params.training} --threads-per-worker {threads} 2> {log}"
 
 
@@ -44,4 +44,4 @@ rule table:
     params:
         rank=lambda wildcards: RANKING if wildcards.table in RANKED_TABLES else "",
     shell:
-        "{RNNSWEEP} table {wildcards.table} --summary {input} --out {output} {params.rank} 2> {log}"
+        "rnnsweep table {wildcards.table} --summary {input} --out {output} {params.rank} 2> {log}"

@@ -18,7 +18,7 @@ rule baselines:
         data=lambda wildcards, input: folder_of(input.corpus),
         options=arguments("baselines"),
     shell:
-        "{RNNSWEEP} baselines --data {params.data} --out {output} {params.options} 2> {log}"
+        "rnnsweep baselines --data {params.data} --out {output} {params.options} 2> {log}"
 
 
 rule compare:
@@ -39,4 +39,4 @@ rule compare:
     conda:
         ENV
     shell:
-        "{RNNSWEEP} compare --baselines {input.baselines} --summary {input.summaries} --out {output} 2> {log}"
+        "rnnsweep compare --baselines {input.baselines} --summary {input.summaries} --out {output} 2> {log}"

@@ -47,6 +47,8 @@ from rnnsweep.layout import (
     STAGE_FIGURES,
     STAGE_TABLES,
     SUMMARY,
+    SWEEP_FIGURES,
+    SWEEP_TABLES,
     TABLE_SUFFIX,
     TOKENIZER,
     TOKENIZERS as TOKENIZERS_TABLE,
@@ -58,12 +60,15 @@ from rnnsweep.layout import (
 )
 from rnnsweep.provenance import ENGINE
 from rnnsweep.report import FrontPage
+from rnnsweep.select import size_problems
 from rnnsweep.tokens import ids_path, recipe
 
 try:
     study_config.validate(study_config.coerce(config))
 except study_config.ConfigError as err:
     raise ValueError(str(err)) from None
+if size_problems(config):
+    raise ValueError("\n".join(size_problems(config)))
 
 if config["corpus"] not in NAMED_CORPORA and not os.path.isfile(
     os.path.expanduser(config["corpus"])
@@ -72,19 +77,19 @@ if config["corpus"] not in NAMED_CORPORA and not os.path.isfile(
         f"corpus: {config['corpus']} is not a file; give {' or '.join(map(repr, NAMED_CORPORA))} or the path of a byte file"
     )
 
-# How a job starts rnnsweep: this checkout's src/ on PYTHONPATH, with the Python that runs Snakemake
-# (even if its virtual environment was not activated), or under a conda deployment the Python of
-# the rule's environment. The command carries its own environment; Snakemake's stays as it was.
-RNNSWEEP = " ".join(
-    [
-        f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'src'))}",
-        (
-            "python"
-            if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-            else shlex.quote(sys.executable)
-        ),
-        "-m rnnsweep",
-    ]
+# A job's `rnnsweep` is a shell function: this checkout's src/ on PYTHONPATH, with the Python that runs
+# Snakemake (even if its virtual environment was not activated), or under a conda deployment the Python of
+# the rule's environment. The commands carry their own environment; Snakemake's stays as it was.
+_PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else shlex.quote(sys.executable)
+)
+_SRC = shlex.quote(str(Path(workflow.basedir) / "src"))
+
+
+shell.prefix(
+    f'set -euo pipefail; rnnsweep() {{{{ PYTHONPATH={_SRC} {_PYTHON} -m rnnsweep "$@"; }}}}; '
 )
 ENV = "../../envs/rnnsweep.yaml"
 
@@ -107,7 +112,7 @@ TRAINING_ARGS = shell_words(profile_args(config, TRAINING))
 # What ranks runs, for the tables and figures that rank (other commands take it with their arguments).
 RANKING = shell_words(profile_args(config, RANK))
 # Figures by name, for their captions in the report (workflow/report/figure.rst shows a job's).
-STAGE_FIGURE = figures.by_name(figures.STAGE_FIGURES)
+STAGE_FIGURE = figures.by_name(figures.STAGE_FIGURES + figures.SWEEP_FIGURES)
 DYNAMICS_FIGURE = figures.by_name(figures.DYNAMICS_FIGURES)
 STUDY_CATEGORY = "study"  # the report's category for what belongs to no one stage
 DYNAMICS_CATEGORY = "dynamics"  # the report's category for the dynamics of every stage
@@ -118,8 +123,12 @@ wildcard_constraints:
     worker=r"\d+",
     figure="|".join(
         sorted({name for names in STAGE_FIGURES.values() for name in names})
+        + list(SWEEP_FIGURES)
     ),
-    table="|".join(sorted({name for names in STAGE_TABLES.values() for name in names})),
+    table="|".join(
+        sorted({name for names in STAGE_TABLES.values() for name in names})
+        + list(SWEEP_TABLES)
+    ),
     dynamics_figure="|".join(DYNAMICS_FIGURES),
 
 
@@ -206,6 +215,14 @@ def baselines_option(wildcards, input):
     return shell_words(["--baselines", *input.baselines]) if input.baselines else ""
 
 
+def swept(stage):
+    """Whether a stage's runs differ in a training setting: its own axes, or the previous stage's carried."""
+    if study_config.axes(config[stage]):
+        return True
+    index = STAGES.index(stage)
+    return index > 0 and config[stage]["axes"] == "carry" and swept(STAGES[index - 1])
+
+
 def all_targets():
     targets = [stage_file(stage, SUMMARY) for stage in STAGES]
     targets += [
@@ -225,6 +242,9 @@ def all_targets():
         for stage, names in STAGE_FIGURES.items()
         for name in names
     ]
+    for stage in filter(swept, STAGES):
+        targets += [stage_file(stage, f"{name}{TABLE_SUFFIX}") for name in SWEEP_TABLES]
+        targets += [figure_file(stage, name) for name in SWEEP_FIGURES]
     for stage in config["dynamics"]["stages"]:
         targets += [stage_file(stage, name) for name in DYNAMICS_TABLES]
         targets += [figure_file(stage, name) for name in DYNAMICS_FIGURES]

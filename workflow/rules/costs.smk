@@ -16,4 +16,4 @@ rule costs:
     params:
         benchmarks=BENCHMARKS,
     shell:
-        "{RNNSWEEP} costs --benchmarks {params.benchmarks} --out {output} 2> {log}"
+        "rnnsweep costs --benchmarks {params.benchmarks} --out {output} 2> {log}"

@@ -21,7 +21,7 @@ rule corpus:
         min_bytes=max(config[stage]["history_size"] for stage in STAGES),
         content=lambda wildcards: corpus_content(),  # bytes changed in place, mtime kept: still a new corpus
     shell:
-        "{RNNSWEEP} data --out {params.out} {params.options} --min-bytes {params.min_bytes} 2> {log}"
+        "rnnsweep data --out {params.out} {params.options} --min-bytes {params.min_bytes} 2> {log}"
 
 
 # A byte-pair vocabulary learnt from the training split, and each split as its token ids; only
@@ -46,4 +46,4 @@ rule tokenize:
         options=arguments("tokenize"),
         recipe=recipe(),  # a new cut, threshold or library version learns the vocabulary again
     shell:
-        "{RNNSWEEP} tokenize --data {params.data} {params.options} 2> {log}"
+        "rnnsweep tokenize --data {params.data} {params.options} 2> {log}"

@@ -23,7 +23,7 @@ rule dynamics:
         options=arguments("dynamics"),
         seed=config["seed"],
     shell:
-        "{RNNSWEEP} dynamics --stage {params.stage} --data {params.data} --eval-bytes {params.eval_bytes}"
+        "rnnsweep dynamics --stage {params.stage} --data {params.data} --eval-bytes {params.eval_bytes}"
         " {params.options} --seed {params.seed} --threads {threads} 2> {log}"
 
 
@@ -47,7 +47,7 @@ rule dynamics_ranked:
         options=arguments("dynamics-ranked"),
         seed=config["seed"],
     shell:
-        "{RNNSWEEP} dynamics-ranked --stage {params.stage} --data {params.data} {params.options}"
+        "rnnsweep dynamics-ranked --stage {params.stage} --data {params.data} {params.options}"
         " --seed {params.seed} 2> {log}"
 
 
@@ -76,5 +76,5 @@ rule plot_dynamics:
             wildcards.dynamics_figure
         ].caption_of(wildcards.stage),
     shell:
-        "{RNNSWEEP} plot-dynamics {wildcards.dynamics_figure} --stage {params.stage} --out {output}"
+        "rnnsweep plot-dynamics {wildcards.dynamics_figure} --stage {params.stage} --out {output}"
         " {params.options} 2> {log}"

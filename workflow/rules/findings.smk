@@ -17,5 +17,5 @@ rule findings:
     params:
         threshold=config["plots"]["threshold"],
     shell:
-        "{RNNSWEEP} findings --summary {input.summary} --baselines {input.baselines}"
+        "rnnsweep findings --summary {input.summary} --baselines {input.baselines}"
         " --threshold {params.threshold} --out {output} 2> {log}"

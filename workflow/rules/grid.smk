@@ -14,4 +14,4 @@ rule grid:
     params:
         options=shell_words(manifest_args(config, STAGES[0])),
     shell:
-        "{RNNSWEEP} grid --out {output} {params.options} 2> {log}"
+        "rnnsweep grid --out {output} {params.options} 2> {log}"

@@ -24,5 +24,5 @@ rule plot:
         ),
         rank=lambda wildcards: RANKING if wildcards.figure in RANKED_FIGURES else "",
     shell:
-        "{RNNSWEEP} plot {wildcards.figure} --summary {input.summary} --curves {input.curves}"
+        "rnnsweep plot {wildcards.figure} --summary {input.summary} --curves {input.curves}"
         " --out {output} {params.options} {params.baselines} {params.rank} 2> {log}"

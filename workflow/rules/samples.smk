@@ -18,7 +18,7 @@ rule samples:
         data=lambda wildcards, input: folder_of(input.corpus),
         options=arguments("samples"),
     shell:
-        "{RNNSWEEP} samples --summary {input.summaries} --data {params.data} --out {output} {params.options}"
+        "rnnsweep samples --summary {input.summaries} --data {params.data} --out {output} {params.options}"
         " 2> {log}"
 
 
@@ -40,4 +40,4 @@ rule headline:
     params:
         options=arguments("headline"),
     shell:
-        "{RNNSWEEP} headline --summary {input} --out {output} {params.options} 2> {log}"
+        "rnnsweep headline --summary {input} --out {output} {params.options} 2> {log}"

@@ -19,4 +19,4 @@ rule select:
     params:
         options=lambda wildcards: shell_words(manifest_args(config, wildcards.stage)),
     shell:
-        "{RNNSWEEP} select --stage {wildcards.stage} --summary {input} --out {output} {params.options} 2> {log}"
+        "rnnsweep select --stage {wildcards.stage} --summary {input} --out {output} {params.options} 2> {log}"

@@ -17,7 +17,7 @@ rule retokenize:
     params:
         options=shell_words(reading_args(config, OTHER_TOKENIZER)),
     shell:
-        "{RNNSWEEP} retokenize --manifest {input} --out {output} {params.options} 2> {log}"
+        "rnnsweep retokenize --manifest {input} --out {output} {params.options} 2> {log}"
 
 
 rule tokenizers:
@@ -41,4 +41,4 @@ rule tokenizers:
     conda:
         ENV
     shell:
-        "{RNNSWEEP} tokenizers --summary {input} --out {output.table} --figure {output.figure} 2> {log}"
+        "rnnsweep tokenizers --summary {input} --out {output.table} --figure {output.figure} 2> {log}"

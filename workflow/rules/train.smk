@@ -28,5 +28,5 @@ rule train:
         history=lambda wildcards: f"{LOGS}/{wildcards.stage}/worker-{wildcards.worker}.history.log",
         engine=ENGINE,  # a new engine version reruns training, and every result is checked anew
     shell:
-        "{RNNSWEEP} worker --manifest {input.manifest} --data {params.data} --index {wildcards.worker}"
+        "rnnsweep worker --manifest {input.manifest} --data {params.data} --index {wildcards.worker}"
         " --count {params.workers} {params.training} --threads-per-worker {threads} --history {params.history} 2> {log}"
