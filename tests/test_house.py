@@ -17,6 +17,7 @@ import yaml
 from rnnsweep import cli, config, figures, options, provenance, select, tables
 from rnnsweep.grid import PRECISIONS, read_manifest
 from rnnsweep.layout import STAGE_TABLES
+from rnnsweep.optim import SCHEDULES
 from rnnsweep.train import COMPUTE_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ FILES = {
 
 def test_every_choice_the_schema_offers_has_its_implementation():
     assert set(COMPUTE_DTYPES) == set(PRECISIONS)
+    assert set(config.schema()["$defs"]["training"]["lr_schedule"]["enum"]) == set(SCHEDULES)
     assert set(select.SELECTIONS) == set(config.STAGES[1:])
     assert {name for names in STAGE_TABLES.values() for name in names} == set(tables.TABLES)
     for figure in (*figures.STAGE_FIGURES, *figures.DYNAMICS_FIGURES):

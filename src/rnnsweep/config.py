@@ -116,9 +116,21 @@ def validate(config: dict, source: str = "config") -> dict:
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     lines = [f"{_key(e)}: {e.message}" for e in errors] + [f"{key}: NaN is not a number" for key in _nan_keys(config)]
+    lines += _long_warmups(config)
     if lines:
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
     return config
+
+
+def _long_warmups(config: dict) -> list[str]:
+    """A line for each stage whose warm-up takes every step, which the schema cannot say (it compares no two keys)."""
+    lines = []
+    for stage in STAGES:
+        block = config[stage] if isinstance(config.get(stage), dict) else {}
+        warmup, steps = block.get("warmup_steps"), block.get("steps")
+        if isinstance(warmup, int) and isinstance(steps, int) and warmup >= steps:  # other types: the schema names them
+            lines.append(f"{stage}.warmup_steps: {warmup} is not fewer than the stage's {steps} steps")
+    return lines
 
 
 def _nan_keys(value: object, where: str = "") -> list[str]:
