@@ -84,7 +84,7 @@ def test_a_manifest_row_whose_id_names_other_settings_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "line"), [
     ({"stage1": {"lr": []}}, "stage1.lr: an empty list"),
-    ({"stage2": {"log_every": [5, 10]}}, "stage2.log_every: one value, not a list; only steps, batch_size, history_size, lr"),
+    ({"stage2": {"log_every": [5, 10]}}, "stage2.log_every: one value, not a list; only steps, batch_size, history_size, lr, "),
     ({"stage1": {"lr": [0.001, 0.001]}}, "stage1.lr: [0.001, 0.001] repeats a value"),
     ({"stage1": {"lr": [0.001, 2.0]}}, "stage1.lr: 2.0 is greater than the maximum of 1"),
 ])

@@ -90,6 +90,11 @@ def test_later_profile_wins(tmp_path):
         ("stage1:\n  history_size: 1\n", ["stage1.history_size"]),
         ("stage1:\n  state_sizes: []\n", ["stage1.state_sizes"]),
         ("plots:\n  threshold: zero\n", ["plots.threshold"]),
+        ("stage1:\n  lr_schedule: exponential\n", ["stage1.lr_schedule"]),
+        ("stage2:\n  warmup_steps: -1\n", ["stage2.warmup_steps"]),
+        ("stage3:\n  min_lr_fraction: 1.5\n", ["stage3.min_lr_fraction"]),
+        ("stage1:\n  grad_clip: -0.1\n", ["stage1.grad_clip"]),
+        ("stage2:\n  steps: 30\n  warmup_steps: 30\n", ["stage2.warmup_steps: 30 is not fewer than the stage's 30 steps"]),
     ],
 )
 def test_bad_values_raise_naming_the_key(tmp_path, text, names):
@@ -97,6 +102,14 @@ def test_bad_values_raise_naming_the_key(tmp_path, text, names):
         load(DEFAULT, _override(tmp_path, text))
     for name in names:
         assert name in str(err.value)
+
+
+def test_training_settings_with_defaults_may_be_left_out_or_set():
+    """The default profile leaves the schedule and clipping keys out (commented); a profile may set them."""
+    assert "lr_schedule" not in load(DEFAULT)["stage1"]
+    rule = {"lr_schedule": "cosine", "warmup_steps": 29, "min_lr_fraction": 0, "grad_clip": 0.5}
+    loaded = load(DEFAULT, overrides={"stage3": {"steps": 30, **rule}})["stage3"]
+    assert {key: loaded[key] for key in rule} == rule
 
 
 def test_overrides_argument_is_validated_too():

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from designs import all_on, design
+from rnnsweep import config
 from rnnsweep.design import SWITCHES, Design
 from rnnsweep.grid import (
     ManifestError,
@@ -167,7 +168,7 @@ def test_make_runs_ids_and_seeds(grid):
     again = make_runs(designs, SETTINGS_VALUES, replicates=3, base_seed=7)
     assert [r.seed for r in again] == [r.seed for r in runs]
     for r in runs:
-        assert dict(r.settings) == SETTINGS_VALUES
+        assert dict(r.settings) == config.training_defaults() | SETTINGS_VALUES  # a setting with a default may be left out
         assert r.seed == run_seed(r.config_id, r.replicate, 7)
         assert 0 <= r.seed < 2**31
 

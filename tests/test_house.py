@@ -18,6 +18,7 @@ import yaml
 from rnnsweep import cli, config, figures, options, provenance, select, tables
 from rnnsweep.grid import PRECISIONS, read_manifest
 from rnnsweep.layout import STAGE_TABLES, SWEEP_TABLES
+from rnnsweep.optim import SCHEDULES
 from rnnsweep.train import COMPUTE_DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ FILES = {
 
 def test_every_choice_the_schema_offers_has_its_implementation():
     assert set(COMPUTE_DTYPES) == set(PRECISIONS)
+    assert set(config.schema()["$defs"]["training"]["lr_schedule"]["enum"]) == set(SCHEDULES)
     assert set(select.SELECTIONS) == set(config.STAGES[1:])
     assert {name for names in STAGE_TABLES.values() for name in names} | set(SWEEP_TABLES) == set(tables.TABLES)
     for figure in (*figures.STAGE_FIGURES, *figures.SWEEP_FIGURES, *figures.DYNAMICS_FIGURES):

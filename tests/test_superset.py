@@ -30,6 +30,7 @@ from rnnsweep.tokens import Text
 from rnnsweep.train import Interrupted, train_runs
 from grouping import DESIGNS, SHAPE, TINY, stop_at, superset_runs as _superset
 from test_replicates import _start_steps, assert_same_run
+from test_schedules import SCHEDULED
 from test_train import read_curve, weights
 
 CPU = torch.device("cpu")
@@ -99,9 +100,11 @@ def test_saved_weights_are_the_designs_own(tmp_path, splits, one_thread):
 # --------------------------------------------------------------------------- interrupted and resumed
 
 
-def test_a_run_resumes_bit_exactly_in_any_grouping(tmp_path, splits, one_thread, group_sizes):
-    """Stopped at step 10 in a group of four; resumed as two pairs of other company, and one alone."""
-    runs = _superset(DESIGNS, steps=30)
+@pytest.mark.parametrize("changes", [{}, SCHEDULED], ids=["published-rule", "warm-up-cosine-clipped"])
+def test_a_run_resumes_bit_exactly_in_any_grouping(tmp_path, splits, one_thread, group_sizes, changes):
+    """Stopped at step 10 in a group of four; resumed as two pairs of other company, and one alone. With a
+    schedule and clipping, stopped mid-warm-up: each design's rate and its own clip do not depend on the group."""
+    runs = _superset(DESIGNS, **{"steps": 30, **changes})
     _train(tmp_path / "calm", runs, splits)
     root = tmp_path / "stopped"
     stop, report = stop_at(10)
@@ -111,7 +114,7 @@ def test_a_run_resumes_bit_exactly_in_any_grouping(tmp_path, splits, one_thread,
         saved = torch.load(root / run.id / CHECKPOINT, weights_only=True)
         assert saved["params"].keys() == weights(tmp_path / "calm" / run.id).keys()
     del group_sizes[:]
-    fresh = _superset([SHAPE[5]], steps=30)  # a design at step 0 beside two at step 10
+    fresh = _superset([SHAPE[5]], **{"steps": 30, **changes})  # a design at step 0 beside two at step 10
     _train(root, [runs[3], fresh[0], runs[1]], splits)
     _train(root, [runs[0]], splits)
     _train(root, [runs[2]], splits)
@@ -161,14 +164,15 @@ def test_the_path_is_a_manifest_column_and_part_of_the_fingerprint(tmp_path):
 
 def test_results_from_before_paths_existed_are_still_used(tmp_path, data_dir, splits, one_thread):
     """The design path computes what the engine always computed: a result written before the `engine`
-    column and field and the tokenizer columns existed (its fingerprint made without them) is reused, not retrained."""
+    column and field, the tokenizer columns and the later training settings existed (its fingerprint made without
+    them) is reused, not retrained."""
     (run,) = make_runs(DESIGNS[:1], TINY)
     stage_dir = tmp_path / "stage1"
     write_manifest(manifest_path(stage_dir), [run])
     folder = stage_dir / "runs" / run.id
     result = _train(stage_dir / "runs", [run], splits)[0]
     data = provenance.data_id(*splits)
-    row = {k: v for k, v in run.row().items() if k not in ("engine", *READING)}  # nor tokenizers
+    row = {k: v for k, v in run.row().items() if k not in ("engine", *READING, *config.training_defaults())}  # nor later settings
     canonical = json.dumps({"run": row, "data": data, "engine": provenance.ENGINE}, sort_keys=True, separators=(",", ":"))
     old = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert result["fingerprint"] == old

@@ -26,10 +26,10 @@ from rnnsweep.design import Design
 from rnnsweep.grid import make_runs
 from rnnsweep.model import ByteModel
 from rnnsweep.plan import count_params
-from rnnsweep.optim import Adam
+from rnnsweep.optim import Adam, Schedule
 from rnnsweep.results import FILES_FIELD, RESULT_FIELDS
 from rnnsweep.tokens import Text
-from rnnsweep.train import Sampler, train_run
+from rnnsweep.train import Sampler, optimiser_step, train_run
 
 CPU = torch.device("cpu")
 
@@ -43,9 +43,10 @@ def _run(design: Design = DESIGN, **changes):
 
 
 def reference(run, train_data):
-    """(curve, final ema, weights) of `run`, by hand: windows of history_size bytes, history_size-1 steps each."""
+    """(curve, final ema, weights) of `run`, by hand: windows of history_size bytes, history_size-1 steps each,
+    step `step` (from 0) updated at its scheduled rate after its clip."""
     model = ByteModel(run.design, [run.seed])
-    opt = Adam(model.theta, model.grad, lr=run.settings.lr)
+    opt, schedule = Adam(model.theta, model.grad, lr=run.settings.lr), Schedule.of(run.settings)
     sampler = Sampler(train_data, run.settings.batch_size, run.settings.history_size, seed=run.seed + 1)
     ema, curve, step = 3.0, [], 0
     while step < run.settings.steps:
@@ -55,7 +56,7 @@ def reference(run, train_data):
             if step == run.settings.steps:
                 break
             loss, states = model.train_step(batch[None, :, j], batch[None, :, j + 1], states)
-            opt.step()
+            optimiser_step(model, opt, schedule, run.settings.grad_clip, step)  # a plain opt.step() at the defaults
             ema = 0.95 * ema + 0.05 * loss.item()
             step += 1
             if step % run.settings.log_every == 0:

@@ -125,6 +125,7 @@ def validate(config: dict, source: str = "config") -> dict:
         errors.sort(key=lambda e: list(map(str, e.absolute_path)))
         lines = list(dict.fromkeys(f"{_key(e)}: {e.message}" for e in errors))
         lines += [f"{key}: NaN is not a number" for key in _nan_keys(config)]
+        lines += _long_warmups(config)
     if lines:
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
     return config
@@ -188,6 +189,24 @@ def points(block: Mapping) -> list[dict[str, object]]:
 
 def _first(value: object) -> object:
     return value[0] if isinstance(value, list) else value
+
+
+def _long_warmups(config: dict) -> list[str]:
+    """A line for each stage where a warm-up may take every step (of any value of an axis), which the schema cannot
+    say: it compares no two keys."""
+    lines = []
+    for stage in STAGES:
+        block = config[stage] if isinstance(config.get(stage), dict) else {}
+        warmups, steps = _values(block.get("warmup_steps")), _values(block.get("steps"))
+        if warmups and steps and max(warmups) >= min(steps):
+            lines.append(f"{stage}.warmup_steps: {max(warmups)} is not fewer than the stage's {min(steps)} steps")
+    return lines
+
+
+def _values(value: object) -> list[int]:
+    """An integer setting's values: one, or an axis's (other types: the schema names them)."""
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
 
 
 def _nan_keys(value: object, where: str = "") -> list[str]:

@@ -523,6 +523,7 @@ class ByteModel:
             for i in range(self.layout.n_layers)
         ]
         self._head_w_t = self.params["head_w"].mT  # (R, n, V), made once like the cells' views
+        self._grad_rows = [g.view(self.replicates, -1) for g in self.views(self.grad).values()]  # (R, numel) per parameter
         # Row offsets that make replicate r's symbol b pick row r·V + b of the stacked lookup tables.
         self._row0 = torch.arange(self.replicates, device=device).unsqueeze(1) * vocab
         self._ones: Tensor | None = None
@@ -620,6 +621,19 @@ class ByteModel:
         if self._work_grad is not self.grad:
             self.grad.copy_(self._work_grad)
         return loss, next_states
+
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
+        """Scale each replicate's gradient down to a global L2 norm of at most `max_norm`; return the norms before (R,).
+
+        What torch.nn.utils.clip_grad_norm_ does to one run's model, for each replicate by its own norm, so a
+        run's steps do not depend on the runs beside it: the norm of the parameters' norms, each parameter's
+        one row per replicate of its (R, numel) block of `grad`. Parts of the superset a design lacks hold 0
+        and add nothing. One reduction and one scaling per parameter, none per replicate.
+        """
+        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=1) for g in self._grad_rows], 1), dim=1)
+        scale = (max_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)  # torch's coefficient and its clamp
+        torch._foreach_mul_(self._grad_rows, [scale] * len(self._grad_rows))
+        return norms
 
     def _minus_one(self, like: Tensor) -> Tensor:
         if self._ones is None or self._ones.shape != like.shape:

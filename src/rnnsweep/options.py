@@ -89,7 +89,19 @@ def manifest_keys(stage: str) -> tuple[Key, ...]:
     return design + settings + keys("max_stage_runs") + keys("precision", "batch_designs", "device", "seed") + (() if first else RANK)
 
 
+def _left_out(profile: Mapping, path: tuple[str, ...]) -> bool:
+    """Whether the profile leaves out the key at `path`, as it may where the schema gives the key a default."""
+    for part in path:
+        if not isinstance(profile, Mapping) or part not in profile:
+            return "default" in config.node(path)
+        profile = profile[part]
+    return False
+
+
 def _value(profile: Mapping, path: tuple[str, ...]) -> object:
+    """The profile's value of the key at `path`; the schema's default where the profile leaves the key out."""
+    if _left_out(profile, path):
+        return config.default(*path)
     for part in path:
         profile = profile[part]
     return profile
@@ -97,9 +109,15 @@ def _value(profile: Mapping, path: tuple[str, ...]) -> object:
 
 def profile_args(profile: Mapping, wanted: Iterable[Key]) -> list[str]:
     """The arguments that pass `wanted` keys of a profile to a command (a list gives several values, null none;
-    of an axis, a command that takes one value is given the first, the stage block's own)."""
+    of an axis, a command that takes one value is given the first, the stage block's own).
+
+    A key the profile leaves out is not passed: the command's option has the schema's default, and a rule's
+    arguments stay what they were before the key existed (Snakemake reruns a job whose params changed).
+    """
     argv: list[str] = []
     for key in wanted:
+        if _left_out(profile, key.path):
+            continue
         value = _value(profile, key.path)
         if isinstance(value, list) and not key.sweep and "array" not in config.types(key.path):
             value = value[0]

@@ -102,7 +102,7 @@ def planned_runs(profile: dict) -> dict[str, int]:
 
 def size_problems(profile: dict) -> list[str]:
     """A line for each stage that may have more runs than `max_stage_runs`, naming its axes."""
-    cap, lines = profile["max_stage_runs"], []
+    cap, lines = profile.get("max_stage_runs", config.default("max_stage_runs")), []
     for stage, runs in planned_runs(profile).items():
         if runs > cap:
             swept = ", ".join(f"{stage}.{key}" for key in config.axes(profile[stage])) or stage

@@ -42,7 +42,7 @@ from rnnsweep.grid import Run
 from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RUN_CONFIG
 from rnnsweep.model import ByteModel
 from rnnsweep.plan import count_params
-from rnnsweep.optim import Adam
+from rnnsweep.optim import Adam, Schedule
 from rnnsweep.results import Result, write_finished
 from rnnsweep.tokens import BYTES, Text
 
@@ -151,6 +151,20 @@ def _remove_stale_temps(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def optimiser_step(model: ByteModel, opt: Adam, schedule: Schedule, grad_clip: float, step: int) -> None:
+    """The update of step `step` (counted from 0), after backward: each replicate's gradient clipped to `grad_clip`
+    by its own norm (0: not at all), then Adam at the step's rate.
+
+    At the defaults (no clipping, a constant rate) neither is touched, so default training runs exactly the
+    kernels it ran before either setting existed, and gives the same numbers.
+    """
+    if grad_clip:
+        model.clip_grad_norm_(grad_clip)
+    if not schedule.constant:
+        opt.lr = schedule.rate(step)
+    opt.step()
+
+
 @dataclass
 class Member:
     """One run of a group with what is its own: its folder, its progress (resumed or fresh), its batches and fingerprint."""
@@ -176,6 +190,7 @@ class _Group:
             vocab=self.head.vocab_size,
         )
         self.opt = Adam(self.model.theta, self.model.grad, self.settings.lr)
+        self.schedule = Schedule.of(self.settings)
         self.buffers = dict(zip(BUFFERS, (self.model.theta, self.opt.exp_avg, self.opt.exp_avg_sq)))
         for r, p in enumerate(progress):
             if p.tensors is not None:
@@ -206,7 +221,7 @@ class _Group:
                 self.windows = _positions_first([m.sampler.next() for m in self.members]).to(self.device, torch.long)
                 self.states = model.initial_state(s.batch_size)
             loss, self.states = model.train_step(self.windows[self.position], self.windows[self.position + 1], self.states)
-            opt.step()
+            optimiser_step(model, opt, self.schedule, s.grad_clip, self.step)
             self.ema.mul_(EMA_DECAY).add_(loss, alpha=1 - EMA_DECAY)
             self.step += 1
             self.position = (self.position + 1) % (s.history_size - 1)

@@ -60,7 +60,7 @@ from rnnsweep.layout import (
 )
 from rnnsweep.provenance import ENGINE
 from rnnsweep.report import FrontPage
-from rnnsweep.select import size_problems
+from rnnsweep.select import AXES, size_problems
 from rnnsweep.tokens import ids_path, recipe
 
 try:
@@ -220,7 +220,8 @@ def swept(stage):
     if study_config.axes(config[stage]):
         return True
     index = STAGES.index(stage)
-    return index > 0 and config[stage]["axes"] == "carry" and swept(STAGES[index - 1])
+    carry = config[stage].get("axes", AXES) == "carry"
+    return index > 0 and carry and swept(STAGES[index - 1])
 
 
 def all_targets():
