@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from rnnsweep import effects
+from rnnsweep import effects, findings
 from rnnsweep.grid import make_runs, stage1_designs
 from rnnsweep.sweeps import swept_keys, sweep
 
@@ -72,3 +72,12 @@ def test_the_swept_setting_and_its_interaction_with_a_switch_are_terms_of_the_ef
     assert low < 0.2 < high and low > 0.1  # the forget gate's effect at 0.01 minus at 0.001
     assert table.loc["C(lr)[T.0.003]:forget_gate", "estimate"] == pytest.approx(0.1, abs=0.05)
     assert table.loc["forget_gate", "ci_high"] < -0.1  # its effect at the first rate, 0.001
+
+
+def test_a_swept_stage_is_judged_at_each_value_apart():
+    summary = _summary(SETTINGS, forget_at={0.001: -0.2, 0.003: -0.1, 0.01: 0.0})
+    judged = findings.findings(summary)
+    alone = findings.findings(summary[summary["lr"] == 0.003])
+    at = [item for item in judged if item.statement.endswith("(at lr=0.003)")]
+    assert len(judged) == 3 * len(alone) and [item.statement for item in at] == [f"{a.statement} (at lr=0.003)" for a in alone]
+    assert [(item.verdict, item.evidence) for item in at] == [(a.verdict, a.evidence) for a in alone]

@@ -24,7 +24,7 @@ with the rule rather than the arithmetic. Margins are in the loss's own unit
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from rnnsweep.aggregate import SummaryError
 from rnnsweep.design import SWITCHES
 from rnnsweep.effects import contrast, effects
 from rnnsweep.stats import usable_runs
+from rnnsweep.sweeps import swept_keys
 
 #: A difference smaller than this is no help: the seed-to-seed spread of a design's loss in the published
 #: study (0.01–0.03 nats), so a part that moves the loss less than one seed does is not worth its parameters.
@@ -200,7 +201,20 @@ def memory_finding(runs: pd.DataFrame, loss: str, threshold: float, order1_bpb: 
 
 def findings(summary: pd.DataFrame, loss: str = "min_loss", threshold: float = 1.9,
              order1_bpb: float | None = None) -> list[Finding]:
-    """Every claim of the published write-up, judged on one stage summary."""
+    """Every claim of the published write-up, judged on one stage summary; where its runs differ in a training
+    setting (an axis), judged at each value apart, each statement naming its value, so that a conclusion is
+    never an average over learning rates that it may not hold at."""
+    keys = swept_keys(summary)
+    if not keys:
+        return _findings(summary, loss, threshold, order1_bpb)
+    judged = []
+    for values, part in summary.groupby(keys, sort=True):
+        at = ", ".join(f"{key}={value}" for key, value in zip(keys, values if isinstance(values, tuple) else (values,)))
+        judged += [replace(item, statement=f"{item.statement} (at {at})") for item in _findings(part, loss, threshold, order1_bpb)]
+    return judged
+
+
+def _findings(summary: pd.DataFrame, loss: str, threshold: float, order1_bpb: float | None) -> list[Finding]:
     runs = usable(summary, loss)
     if runs.empty:
         raise SummaryError(f"the summary has no run with a finite, positive {loss}")
