@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from rnnsweep import effects, findings
+from rnnsweep import effects, findings, stats
 from rnnsweep.grid import make_runs, stage1_designs
 from rnnsweep.sweeps import swept_keys, sweep
 
@@ -81,3 +81,14 @@ def test_a_swept_stage_is_judged_at_each_value_apart():
     at = [item for item in judged if item.statement.endswith("(at lr=0.003)")]
     assert len(judged) == 3 * len(alone) and [item.statement for item in at] == [f"{a.statement} (at lr=0.003)" for a in alone]
     assert [(item.verdict, item.evidence) for item in at] == [(a.verdict, a.evidence) for a in alone]
+
+
+def test_stage3_compares_a_finalist_at_each_rate_as_groups_of_their_own():
+    """A finalist trained at two rates (a stage 3 that lists lr) is two groups, named by their rate, and no warning."""
+    runs = make_runs(stage1_designs([1], [4])[:2], {**SETTINGS, "lr": [0.001, 0.003]}, replicates=3)
+    frame = pd.DataFrame([run.row() for run in runs])
+    frame["status"], frame["min_loss"] = "ok", [2.0 - run.settings.lr * 100 + run.replicate / 100 for run in runs]
+    frame["test_bpb"] = frame["min_loss"] / math.log(2)
+    table = stats.group_table(frame)
+    assert len(table) == 4 and (table["warning"] == "").all()
+    assert table["label"].iloc[0].endswith(" @lr=0.003") and table["label"].nunique() == 4

@@ -778,7 +778,7 @@ def bump(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, rank_by: str
     keys = sweeps.swept_keys(summary)
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(7 * max(len(keys), 1), 7), dpi=DPI, layout="constrained",
                              squeeze=False)
-    labels = {row.config_id.partition("@")[0]: design_label(row._asdict()) for row in summary.itertuples()}
+    labels = {row.config_id.partition("@")[0]: design_label(row._asdict() | {"config_id": ""}) for row in summary.itertuples()}
     for ax, key in zip(axes[0], keys):
         held = means
         for other in (k for k in keys if k != key):

@@ -159,8 +159,11 @@ def p_best(samples: list[np.ndarray]) -> np.ndarray:
 
 
 def _group_warnings(table: pd.DataFrame) -> list[str]:
-    """Each design's warning, also logged: the same design under several ids, or fewer usable seeds than asked."""
-    same = table.duplicated(subset=list(FACTORS), keep=False)
+    """Each design's warning, also logged: the same design under several ids, or fewer usable seeds than asked.
+
+    The same design at other settings (a swept stage: `abc` and `abc@lr=0.003`) is two groups by right.
+    """
+    same = table.assign(settings=table["config_id"].str.partition("@")[2]).duplicated(subset=[*FACTORS, "settings"], keep=False)
     if same.any():
         log.warning("stage 3 holds the same design under several ids (%s): their seeds are compared as if they were "
                     "different designs", ", ".join(table.loc[same, "config_id"]))
@@ -217,10 +220,12 @@ def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def design_label(row: Mapping[str, Any] | pd.Series) -> str:
-    """Compact design name ('L2 S256 F+SG+res new') that fits in legends and table cells."""
+    """Compact design name ('L2 S256 F+SG+res new') that fits in legends and table cells; a run of a swept stage
+    adds the settings its id names ('L2 S256 F+SG+res new @lr=0.003')."""
     gates = "+".join(abbrev for name, abbrev in _GATE_ABBREV if bool(row[name])) or "nogate"
     sources = "+".join(abbrev for name, abbrev in _SOURCE_ABBREV if bool(row[name])) or "nostate"
-    return f"L{int(row['n_layers'])} S{int(row['state_size'])} {gates} {sources}"
+    settings = str(row.get("config_id", "")).partition("@")[2]
+    return f"L{int(row['n_layers'])} S{int(row['state_size'])} {gates} {sources}" + (" @" + settings.replace("@", " @") if settings else "")
 
 
 
