@@ -72,6 +72,8 @@ def test_the_swept_setting_and_its_interaction_with_a_switch_are_terms_of_the_ef
     assert low < 0.2 < high and low > 0.1  # the forget gate's effect at 0.01 minus at 0.001
     assert table.loc["C(lr)[T.0.003]:forget_gate", "estimate"] == pytest.approx(0.1, abs=0.05)
     assert table.loc["forget_gate", "ci_high"] < -0.1  # its effect at the first rate, 0.001
+    within = effects.marginals(summary)["within"]  # an interaction with a setting is no pair of switches to split by
+    assert not within.str.contains("lr").any()
 
 
 def test_a_swept_stage_is_judged_at_each_value_apart():

@@ -192,7 +192,8 @@ def marginals(summary: pd.DataFrame, effects_table: pd.DataFrame | None = None,
         for row, adjusted in zip(main, holm([r["p_value"] for r in main])):
             row["p_holm"] = adjusted
         rows += main
-        found = table[(table["response"] == response) & table["term"].str.contains(":") & (table["p_holm"] < 1 - LEVEL)]
+        pairs = table["term"].map(lambda term: ":" in term and set(term.split(":")) <= set(switches))  # not a setting's
+        found = table[(table["response"] == response) & pairs & (table["p_holm"] < 1 - LEVEL)]
         for term in found["term"]:
             pair = term.split(":")
             within = []
