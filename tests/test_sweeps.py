@@ -94,3 +94,11 @@ def test_stage3_compares_a_finalist_at_each_rate_as_groups_of_their_own():
     table = stats.group_table(frame)
     assert len(table) == 4 and (table["warning"] == "").all()
     assert table["label"].iloc[0].endswith(" @lr=0.003") and table["label"].nunique() == 4
+
+
+def test_the_bump_chart_draws_a_swept_stage_and_says_so_of_one_without(tmp_path):
+    from rnnsweep import plots  # matplotlib: slow to import
+
+    plots.bump(_summary(SETTINGS), pd.DataFrame(), tmp_path / "swept.png")
+    plots.bump(_summary({**SETTINGS, "lr": 0.001}), pd.DataFrame(), tmp_path / "plain.png")
+    assert (tmp_path / "swept.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "plain.png").stat().st_size

@@ -788,12 +788,12 @@ def bump(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, rank_by: str
         ax.set_title(_bump_title(table[table["axis"] == key], ranks.columns), fontsize=9)
     if not keys:
         axes[0][0].text(0.5, 0.5, "this stage sweeps no setting", ha="center", va="center", transform=axes[0][0].transAxes)
-    fig.suptitle(f"Does the ranking of designs by {rank_by} survive another value? (rank 1 = best, means over seeds)")
+    fig.suptitle(f"Each design's rank by {rank_by} at each value\n(1 = best; means over seeds)")
     _save(fig, out)
 
 
 #: Designs drawn in colour and named in a bump chart: the best this many at any value.
-BUMP_NAMED = 5
+BUMP_NAMED = 3
 
 
 def _bump_panel(ax: Axes, ranks: pd.DataFrame, labels: dict[str, str], key: str, rank_by: str) -> None:
@@ -801,15 +801,25 @@ def _bump_panel(ax: Axes, ranks: pd.DataFrame, labels: dict[str, str], key: str,
     named = ranks.index[(ranks <= BUMP_NAMED).any(axis=1)]
     for design, row in ranks.drop(named).iterrows():
         ax.plot(x, row.to_numpy(), color="0.6", lw=0.5, alpha=0.25)
-    for colour, (design, row) in zip(sns.color_palette("tab10", len(named)), ranks.loc[named].iterrows()):
+    ends = _spread(ranks.loc[named].iloc[:, -1].to_numpy(float), gap=len(ranks) / 40)
+    for colour, (design, row), end in zip(sns.color_palette("tab20", len(named)), ranks.loc[named].iterrows(), ends):
         ax.plot(x, row.to_numpy(), color=colour, lw=2, marker="o")
-        ax.annotate(labels.get(design, design), (x[-1], row.iloc[-1]), xytext=(6, 0), textcoords="offset points",
-                    va="center", fontsize=7, color=colour)
+        ax.annotate(labels.get(design, design), (x[-1], row.iloc[-1]), xytext=(x[-1] + 0.08, end), textcoords="data",
+                    va="center", fontsize=7, color=colour, arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5})
     ax.set_xticks(x, [str(v) for v in ranks.columns])
     ax.set_xlim(-0.2, len(x) - 0.2 + 0.6)
     ax.invert_yaxis()
     ax.set(xlabel=key, ylabel=f"rank by {rank_by} among {len(ranks)} designs")
     ax.grid(lw=0.4, alpha=0.5)
+
+
+def _spread(values: np.ndarray, gap: float) -> np.ndarray:
+    """Label heights near `values`, in the same order, at least `gap` apart (labels that would overlap move down)."""
+    order = np.argsort(values, kind="stable")
+    placed = values.copy()
+    for before, i in zip(order, order[1:]):
+        placed[i] = max(placed[i], placed[before] + gap)
+    return placed
 
 
 def _bump_title(rows: pd.DataFrame, values: Iterable[object]) -> str:
