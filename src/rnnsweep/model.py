@@ -632,7 +632,8 @@ class ByteModel:
         """
         norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=1) for g in self._grad_rows], 1), dim=1)
         scale = (max_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)  # torch's coefficient and its clamp
-        torch._foreach_mul_(self._grad_rows, [scale] * len(self._grad_rows))
+        for rows in self._grad_rows:
+            rows.mul_(scale)
         return norms
 
     def _minus_one(self, like: Tensor) -> Tensor:
