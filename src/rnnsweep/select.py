@@ -21,7 +21,7 @@ from rnnsweep.ranking import DEFAULT, ranked_runs
 from rnnsweep.sweeps import swept_keys
 
 #: What a later stage does with the previous stage's axes when its profile does not say.
-AXES: str = config.node(("stage2", "axes"))["default"]
+AXES: str = config.default("stage2", "axes")
 
 
 def _units(rows: pd.DataFrame, summary: pd.DataFrame, axes: str) -> list[Unit]:
