@@ -27,7 +27,8 @@ from rnnsweep import provenance
 from rnnsweep.claims import Worker
 from rnnsweep.data import SPLITS, generate_corpus, load_split, prepare_corpus
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, SUPERSEDED, manifest_path, run_dir
+from rnnsweep.config import STAGES
+from rnnsweep.layout import ATTEMPTS, CHECKPOINT, RESULT, SUPERSEDED, manifest_path, run_dir, study_dir, summary_path
 from rnnsweep.tokens import Text
 from rnnsweep.train import Interrupted, train_run
 
@@ -169,19 +170,22 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
 
 
+STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
+#: What the tests below change is read from stage 1, so they ask Snakemake for stage 1 alone (tests/test_workflow.py
+#: runs the whole smoke study).
+STAGE1 = str(summary_path(Path(study_dir(STUDY)) / STAGES[0]))
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, copy_checkout) -> Path:
-    """A finished smoke study in a copy of the checkout; the tests below change it in order."""
+    """Stage 1 of the smoke study, finished in a copy of the checkout; the tests below change it in order."""
     workdir = copy_checkout(tmp_path_factory.mktemp("provenance"))
-    _snakemake(workdir, "--configfile", "configs/smoke.yaml")
+    _snakemake(workdir, STAGE1, "--configfile", "configs/smoke.yaml")
     return workdir
 
 
-STUDY = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())["study"]
-
-
 def _stage1(workdir: Path) -> pd.DataFrame:
-    return pd.read_csv(workdir / "results" / STUDY / "stage1" / "summary.csv")
+    return pd.read_csv(workdir / STAGE1)
 
 
 def test_snakemake_without_the_profile_touches_nothing_of_the_study(smoke):
@@ -197,7 +201,7 @@ def test_snakemake_without_the_profile_touches_nothing_of_the_study(smoke):
 
 def test_snakemake_override_of_a_nested_setting_retrains_stage1(smoke):
     before = _stage1(smoke)
-    _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}")
+    _snakemake(smoke, STAGE1, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}")
     after = _stage1(smoke)
     assert (after["steps"] == 35).all() and (after.loc[after["status"] == "ok", "steps_done"] == 35).all()
     assert (after["fingerprint"] != before["fingerprint"]).all()
@@ -206,11 +210,11 @@ def test_snakemake_override_of_a_nested_setting_retrains_stage1(smoke):
         assert config["steps"] == 35
 
 
-def test_snakemake_with_another_corpus_retrains_everything(smoke):
+def test_snakemake_with_another_corpus_retrains_every_run(smoke):
     before = _stage1(smoke)
     corpus = smoke / "other-corpus.txt"
     corpus.write_bytes(generate_corpus(200_000, seed=5))
-    _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
+    _snakemake(smoke, STAGE1, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
     after = _stage1(smoke)
     assert len(set(after["data"])) == 1 and set(after["data"]) != set(before["data"])
     assert (after["min_loss"] != before["min_loss"]).any()
@@ -220,7 +224,7 @@ def test_a_corpus_edited_in_place_with_its_old_mtime_is_read_again(smoke):
     """The corpus is known by its bytes: an edit whose modification time is set back still reruns the corpus step."""
     corpus = smoke / "other-corpus.txt"
     stat, original = corpus.stat(), corpus.read_bytes()
-    args = ("--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
+    args = (STAGE1, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
     assert "Nothing to be done" in _snakemake(smoke, *args, "-n").stdout
     edited = bytearray(original)
     edited[1000] ^= 1
@@ -234,15 +238,15 @@ def test_a_corpus_edited_in_place_with_its_old_mtime_is_read_again(smoke):
 
 
 def test_snakemake_heals_a_damaged_result_of_a_finished_stage(smoke):
-    stage = smoke / "results" / STUDY / "stage1"
+    stage = smoke / Path(STAGE1).parent
     victim = _stage1(smoke)["id"][7]
     result = stage / "runs" / victim / RESULT
     want = json.loads(result.read_text())["min_loss"]
     attempts = (stage / "runs" / victim / ATTEMPTS).read_text().count("\n")
     result.write_text(result.read_text()[:40])
-    (stage / "summary.csv").unlink()
+    (smoke / STAGE1).unlink()
     corpus = smoke / "other-corpus.txt"
-    _snakemake(smoke, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
+    _snakemake(smoke, STAGE1, "--configfile", "configs/smoke.yaml", "--config", "stage1={steps: 35}", f"corpus={corpus.name}")
     healed = _stage1(smoke).set_index("id")
     assert len(healed) == 432 and healed.loc[victim, "min_loss"] == want
     assert (stage / "runs" / victim / ATTEMPTS).read_text().count("\n") == attempts + 1  # trained once more
