@@ -15,19 +15,32 @@ configfile: "configs/default.yaml"
 report: "workflow/report/workflow.rst"
 
 
-include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/grid.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/aggregate.smk"
-include: "workflow/rules/select.smk"
-include: "workflow/rules/plots.smk"
-include: "workflow/rules/samples.smk"
-include: "workflow/rules/baselines.smk"
-include: "workflow/rules/tokenizers.smk"
-include: "workflow/rules/findings.smk"
-include: "workflow/rules/dynamics.smk"
-include: "workflow/rules/costs.smk"
+# One corpus or several (rnnsweep.data.corpora): with several, each gets a whole study of its own, the
+# module workflow/study.smk under the corpus's name (rules `<corpus>_train`, ...; files under
+# results/<study>/<corpus>/), and the rule `corpora` compares them.
+include: "workflow/rules/corpora_common.smk"
+
+
+if len(CORPORA) == 1:
+
+    include: "workflow/study.smk"
+
+else:
+    for MODULE in CORPUS_MODULES:
+
+        module:
+            name: MODULE
+            snakefile:
+                "workflow/study.smk"
+            config:
+                CORPUS_MODULES[MODULE]
+
+        use rule * from MODULE as MODULE*
+
+    include: "workflow/rules/corpora.smk"
+
+    # The report's front page describes the first corpus's study; its category `corpora` compares them all.
+    config["front_page"] = CORPUS_MODULES[next(iter(CORPUS_MODULES))]["front_page"]
 
 
 # Every rule but `train` and `dynamics` is a `localrule`: small, or (aggregation healing a damaged
@@ -37,6 +50,5 @@ include: "workflow/rules/costs.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
-        rules.costs.output,
+        study_targets(),
     localrule: True

@@ -470,6 +470,9 @@ BAD_PROFILES = {
     "empty-axis": ({"stage1": {"lr": []}}, "stage1.lr"),
     "not-an-axis": ({"stage1": {"log_every": [5, 10]}}, "stage1.log_every"),
     "axes-over-the-cap": ({"stage1": {"lr": [0.001, 0.002, 0.003]}, "max_stage_runs": 1000}, "stage1.lr"),
+    "corpus-not-a-file": ({"corpus": ["generated", "no/such/book.txt"]}, "corpus: no/such/book.txt is not a file"),
+    "corpora-alike": ({"corpus": ["configs/smoke.yaml", "configs/../configs/smoke.yaml"]}, "would both be called 'smoke'"),
+    "corpus-empty-list": ({"corpus": []}, "corpus"),
 }
 
 

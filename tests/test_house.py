@@ -30,6 +30,7 @@ FILES = {
     "samples": ["--summary", "s", "--data", "d", "--out", "o"], "dynamics": ["--stage", "s"], "dynamics-ranked": ["--stage", "s"],
     "plot-dynamics": ["memory", "--stage", "s", "--out", "o"], "headline": ["--summary", "s", "--out", "o"],
     "table": ["groups", "--summary", "s", "--out", "o"],
+    "corpora": ["--study", "a", "s", "--out", "o", "--effects", "e", "--figure", "f"],
 }
 
 

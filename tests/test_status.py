@@ -14,9 +14,9 @@ import torch
 from conftest import wait_for, worker_args
 from rnnsweep.data import SPLITS, load_split, prepare_corpus
 from rnnsweep.grid import make_runs, stage1_designs, write_manifest
-from rnnsweep.layout import DATA_DIR, PROGRESS_DIR, run_dir
+from rnnsweep.layout import DATA_DIR, PROGRESS_DIR, corpus_study, run_dir
 from rnnsweep.progress import Heartbeat, read_heartbeats
-from rnnsweep.status import render, stage_status
+from rnnsweep.status import render, stage_status, studies
 from rnnsweep.tokens import Text
 from rnnsweep.train import train_run
 
@@ -127,3 +127,13 @@ def test_an_empty_or_missing_folder_is_not_an_error(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 0 and "no study here yet" in done.stdout, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_corpora_of_a_study_of_several_are_studies_of_their_own(tmp_path):
+    for name in ("prose", "code"):
+        study = tmp_path / "results" / corpus_study("two", name)
+        write_manifest(study / "stage1" / "manifest.csv", make_runs(stage1_designs([1], [4])[:2], TINY))
+    (tmp_path / "results" / "two" / "logs").mkdir()
+    assert studies(tmp_path / "results") == [tmp_path / "results" / "two" / name for name in ("code", "prose")]
+    assert studies(tmp_path / "results" / "two") == studies(tmp_path / "results")
+    assert "2 waiting" in render(tmp_path / "results" / "two" / "prose")

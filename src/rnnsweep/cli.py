@@ -195,6 +195,22 @@ def cmd_tokenizers(args: argparse.Namespace) -> None:
     write_csv(table, Path(args.out))
 
 
+def cmd_corpora(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from rnnsweep import corpora, plots
+
+    studies = {name: Path(folder) for name, folder in args.study}
+    if len(studies) < 2:
+        raise data.DataError("--study: give two corpora's studies or more, as NAME FOLDER each")
+    stages = [stage for stage in config.STAGES if all((folder / stage).is_dir() for folder in studies.values())]
+    summaries = {stage: corpora.stage_summaries(studies, stage) for stage in stages}
+    marginals = {name: pd.read_csv(folder / corpora.EFFECTS_STAGE / corpora.MARGINALS) for name, folder in studies.items()}
+    plots.corpora(summaries[corpora.EFFECTS_STAGE], Path(args.figure), rank_by=args.rank_by)
+    write_csv(corpora.switch_effects(marginals), Path(args.effects))
+    write_csv(corpora.agreement(summaries, args.rank_by), Path(args.out))
+
+
 def _worker(args: argparse.Namespace, thorough: bool = False) -> Worker:
     """A claiming worker from the command's training options, stopping cleanly on SIGTERM/SIGINT."""
     import torch  # only training needs it; every other command starts faster without
@@ -529,6 +545,12 @@ def _analysis_commands(sub: Commands) -> None:
     p = _command(sub, "tokenizers", cmd_tokenizers, "compare the same runs read as bytes and as BPE tokens: a table and a figure")
     p.add_argument("--summary", nargs=2, required=True, help="the study's last stage's summary, then its runs' under the other tokenizer")
     p.add_argument("--out", required=True, help="the table to write")
+    p.add_argument("--figure", required=True, help="the figure to draw")
+    p = _command(sub, "corpora", cmd_corpora, "compare the studies of several corpora: rank agreement, switch effects, a figure")
+    p.add_argument("--study", nargs=2, action="append", required=True, metavar=("NAME", "FOLDER"),
+                   help="a corpus's name and its study's folder (results/<study>/<name>); once per corpus")
+    p.add_argument("--out", required=True, help="the rank agreement table to write")
+    p.add_argument("--effects", required=True, help="the switch effects table to write")
     p.add_argument("--figure", required=True, help="the figure to draw")
 
 

@@ -332,9 +332,10 @@ def option_type(*path: str) -> Callable[[str], object]:
 
 
 def item_type(*path: str) -> Callable[[str], object] | None:
-    """An argparse `type` for one item of the list key at `path` (None if the key is no list), like option_type."""
+    """An argparse `type` for one item of the list key at `path`, like option_type; None if the key is no list,
+    or is one value or a list (`corpus`), of which every command takes one value."""
     found = node(path)
-    if "array" not in _types(found):
+    if "array" not in _types(found) or "string" in _types(found):
         return None
     items = {**_resolved(_items(found)), "$defs": schema()["$defs"]}
     validator = jsonschema.Draft202012Validator(items)

@@ -14,6 +14,7 @@ import json
 import http.client
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,36 @@ log = logging.getLogger(__name__)
 
 class DataError(Exception):
     """A corpus problem the user must fix; the message names the file and says what to do."""
+
+
+# --------------------------------------------------------------------------- which corpora
+
+
+def corpus_name(entry: str) -> str:
+    """What a corpus is called in a study of several: a named corpus by its name, a file by its stem.
+
+    The name is a folder under the study's and a prefix of the workflow's rule
+    names, so every character but a letter, digit or underscore becomes `_`.
+    """
+    if entry in NAMED_CORPORA:
+        return entry
+    stem = re.sub(r"\W", "_", Path(entry).stem, flags=re.ASCII)
+    return stem if stem[:1].isalpha() else f"c_{stem}"
+
+
+def corpora(corpus: str | list[str]) -> dict[str, str]:
+    """Name -> entry for a profile's `corpus` (one entry or a list), refusing an entry that is neither
+    named nor a file, and two that would share a name (and so a folder)."""
+    named: dict[str, str] = {}
+    for entry in [corpus] if isinstance(corpus, str) else corpus:
+        if entry not in NAMED_CORPORA and not Path(entry).expanduser().is_file():
+            choices = " or ".join(map(repr, NAMED_CORPORA))
+            raise DataError(f"corpus: {entry} is not a file; give {choices} or the path of a byte file")
+        name = corpus_name(entry)
+        if name in named:
+            raise DataError(f"corpus: {named[name]} and {entry} would both be called {name!r}; rename one of them")
+        named[name] = entry
+    return named
 
 
 # --------------------------------------------------------------------------- files

@@ -75,6 +75,12 @@ BASELINES = "baselines.csv"
 TOKENIZERS = "tokenizers.csv"
 TOKENIZERS_FIGURE = "tokenizers"
 BASELINES_FIGURE = "baselines"
+#: A study of several corpora also has, in its own folders, how the corpora's studies agree (rnnsweep.corpora):
+#: results/<study>/corpora.csv (the design rankings), results/<study>/corpus_effects.csv (each switch's marginal
+#: on every corpus) and figures/<study>/corpora.png (each design's rank on each corpus).
+CORPORA_TABLE = "corpora.csv"
+CORPUS_EFFECTS = "corpus_effects.csv"
+CORPORA_FIGURE = "corpora"
 #: Figures that also draw the best baseline, as a line (`rnnsweep plot --baselines`).
 WITH_BASELINES = tuple(figure.name for figure in figures.STAGE_FIGURES if figure.baselines)
 
@@ -89,6 +95,22 @@ FINISHED_FILES = (RESULT, CURVE, WEIGHTS, RUN_CONFIG)
 SUPERSEDED = "superseded"  # runs/<id>/superseded/<fingerprint>/: results of the run under other settings or data
 CHECKPOINT = "checkpoint.pt"
 ATTEMPTS = "attempts.jsonl"  # one line per claim: who trained the run, from which step, when
+
+
+def study_dir(study: str) -> str:
+    """A study's results folder: results/<study>/."""
+    return f"results/{study}"
+
+
+def figures_dir(study: str) -> str:
+    """A study's figures folder: figures/<study>/."""
+    return f"figures/{study}"
+
+
+def corpus_study(study: str, corpus: str) -> str:
+    """The study of one corpus in a study of several (`corpus` a list): its folders are results/<study>/<corpus>/
+    and figures/<study>/<corpus>/, each a whole study of its own."""
+    return f"{study}/{corpus}"
 
 
 def manifest_path(stage_dir: Path) -> Path:

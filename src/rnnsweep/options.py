@@ -73,6 +73,7 @@ COMMANDS: dict[str, tuple[Key, ...]] = {
     "plot-dynamics": RANK,
     "headline": RANK,
     "table": RANK,
+    "corpora": RANK,
 }
 
 

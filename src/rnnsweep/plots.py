@@ -774,19 +774,29 @@ def rank_agreement(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: 
 
 def bump(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, rank_by: str = ranking.DEFAULT, **_: object) -> None:
     """Each design's rank at each value of each swept setting, the others at their first values (a bump chart)."""
+    _bump(summary, sweeps.swept_keys(summary), out, rank_by)
+
+
+def corpora(summary: pd.DataFrame, out: Path, *, rank_by: str = ranking.DEFAULT) -> None:
+    """Each design's rank on each corpus (rnnsweep.corpora): a bump chart of one stage's runs of every corpus."""
+    _bump(summary, [sweeps.CORPUS], out, rank_by)
+
+
+def _bump(summary: pd.DataFrame, panels: list[str], out: Path, rank_by: str) -> None:
+    """One bump chart panel for each key of `panels`, every other swept key held at its first value."""
     means, table = sweeps.design_means(summary, rank_by), sweeps.sweep(summary, rank_by)
     keys = sweeps.swept_keys(summary)
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(7 * max(len(keys), 1), 7), dpi=DPI, layout="constrained",
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(7 * max(len(panels), 1), 7), dpi=DPI,
+                             layout="constrained", squeeze=False)
     labels = {row.config_id.partition("@")[0]: design_label(row._asdict() | {"config_id": ""}) for row in summary.itertuples()}
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], panels):
         held = means
         for other in (k for k in keys if k != key):
             held = held[held[other] == held[other].iloc[0]] if len(held) else held
         ranks = held.pivot(index="design", columns=key, values="value").dropna().rank(method="first")
         _bump_panel(ax, ranks, labels, key, rank_by)
         ax.set_title(_bump_title(table[table["axis"] == key], ranks.columns), fontsize=9)
-    if not keys:
+    if not panels:
         axes[0][0].text(0.5, 0.5, "this stage sweeps no setting", ha="center", va="center", transform=axes[0][0].transAxes)
     fig.suptitle(f"Each design's rank by {rank_by} at each value\n(1 = best; means over seeds)")
     _save(fig, out)

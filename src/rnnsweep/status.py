@@ -71,15 +71,13 @@ class StageStatus:
 
 
 def studies(results: Path) -> list[Path]:
-    """The study folders under `results`: itself if it is one, else its sub-folders that are."""
+    """The study folders under `results`: itself if it is one, else those among its sub-folders, where a study of
+    several corpora is a folder of studies (results/<study>/<corpus>/)."""
     results = Path(results)
-
-    def is_study(folder: Path) -> bool:
-        return (folder / DATA_DIR).is_dir() or any((folder / stage).is_dir() for stage in STUDY_STAGES)
-
-    if is_study(results):
+    if (results / DATA_DIR).is_dir() or any((results / stage).is_dir() for stage in STUDY_STAGES):
         return [results]
-    return sorted(folder for folder in results.iterdir() if folder.is_dir() and is_study(folder)) if results.is_dir() else []
+    folders = sorted(folder for folder in results.iterdir() if folder.is_dir()) if results.is_dir() else []
+    return [study for folder in folders for study in studies(folder)]
 
 
 def _fingerprints(runs: list[Run], data_dir: Path, loaded: dict) -> dict[str, str]:

@@ -27,9 +27,16 @@ COLUMNS = ["axis", "value_a", "value_b", "others", "designs", "spearman", "ci_lo
            "best_a", "best_b", "mean_a", "mean_b"]
 
 
+#: A column that names each run's corpus where the studies of several corpora are read as one table
+#: (rnnsweep.corpora): an axis like a training setting, before them.
+CORPUS = "corpus"
+
+
 def swept_keys(summary: pd.DataFrame) -> list[str]:
-    """The training settings a stage's runs differ in (its axes, and those carried from the stage before), in schema order."""
-    return [key for key in config.training_keys() if key in summary and summary[key].nunique(dropna=False) > 1]
+    """What a stage's runs differ in: their corpus, where several are read together, then the training settings
+    (the stage's axes, and those carried from the stage before) in schema order."""
+    keys = (CORPUS, *config.training_keys())
+    return [key for key in keys if key in summary and summary[key].nunique(dropna=False) > 1]
 
 
 def design_means(summary: pd.DataFrame, rank_by: str = DEFAULT) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-# Configuration checks, file names and input functions shared by every rule. File and figure
-# names come from rnnsweep.layout, command-line options from rnnsweep.cli: the rules spell neither.
+# File names and input functions shared by every rule of one corpus's study (corpora_common.smk checked
+# the profile). File and figure names come from rnnsweep.layout, command-line options from rnnsweep.cli:
+# the rules spell neither.
 
 import functools
 import os
@@ -56,26 +57,14 @@ from rnnsweep.layout import (
     TOKENS_META,
     WITH_BASELINES,
     WORKERS_DIR,
+    figures_dir,
     retrained_stage,
+    study_dir,
 )
 from rnnsweep.provenance import ENGINE
 from rnnsweep.report import FrontPage
-from rnnsweep.select import AXES, size_problems
+from rnnsweep.select import AXES
 from rnnsweep.tokens import ids_path, recipe
-
-try:
-    study_config.validate(study_config.coerce(config))
-except study_config.ConfigError as err:
-    raise ValueError(str(err)) from None
-if size_problems(config):
-    raise ValueError("\n".join(size_problems(config)))
-
-if config["corpus"] not in NAMED_CORPORA and not os.path.isfile(
-    os.path.expanduser(config["corpus"])
-):
-    raise ValueError(
-        f"corpus: {config['corpus']} is not a file; give {' or '.join(map(repr, NAMED_CORPORA))} or the path of a byte file"
-    )
 
 # A job's `rnnsweep` is a shell function: this checkout's src/ on PYTHONPATH, with the Python that runs
 # Snakemake (even if its virtual environment was not activated), or under a conda deployment the Python of
@@ -95,8 +84,8 @@ ENV = "../../envs/rnnsweep.yaml"
 
 # Each configuration (`study`) has its own folders, so no profile ever reads, deletes or
 # overwrites another's files.
-RESULTS = f"results/{config['study']}"
-FIGURES_DIR = f"figures/{config['study']}"
+RESULTS = study_dir(config["study"])
+FIGURES_DIR = figures_dir(config["study"])
 LOGS = f"{RESULTS}/{LOGS_DIR}"
 BENCHMARKS = f"{RESULTS}/{BENCHMARKS_DIR}"
 DATA = f"{RESULTS}/{DATA_DIR}"
