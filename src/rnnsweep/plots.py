@@ -774,15 +774,15 @@ def rank_agreement(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, **_: 
 
 def bump(summary: pd.DataFrame, curves: pd.DataFrame, out: Path, *, rank_by: str = ranking.DEFAULT, **_: object) -> None:
     """Each design's rank at each value of each swept setting, the others at their first values (a bump chart)."""
-    _bump(summary, sweeps.swept_keys(summary), out, rank_by)
+    _bump(summary, sweeps.swept_keys(summary), out, rank_by, "at each value")
 
 
 def corpora(summary: pd.DataFrame, out: Path, *, rank_by: str = ranking.DEFAULT) -> None:
     """Each design's rank on each corpus (rnnsweep.corpora): a bump chart of one stage's runs of every corpus."""
-    _bump(summary, [sweeps.CORPUS], out, rank_by)
+    _bump(summary, [sweeps.CORPUS], out, rank_by, "on each corpus")
 
 
-def _bump(summary: pd.DataFrame, panels: list[str], out: Path, rank_by: str) -> None:
+def _bump(summary: pd.DataFrame, panels: list[str], out: Path, rank_by: str, where: str) -> None:
     """One bump chart panel for each key of `panels`, every other swept key held at its first value."""
     means, table = sweeps.design_means(summary, rank_by), sweeps.sweep(summary, rank_by)
     keys = sweeps.swept_keys(summary)
@@ -798,7 +798,7 @@ def _bump(summary: pd.DataFrame, panels: list[str], out: Path, rank_by: str) -> 
         ax.set_title(_bump_title(table[table["axis"] == key], ranks.columns), fontsize=9)
     if not panels:
         axes[0][0].text(0.5, 0.5, "this stage sweeps no setting", ha="center", va="center", transform=axes[0][0].transAxes)
-    fig.suptitle(f"Each design's rank by {rank_by} at each value\n(1 = best; means over seeds)")
+    fig.suptitle(f"Each design's rank by {rank_by} {where}\n(1 = best; means over seeds)")
     _save(fig, out)
 
 
