@@ -40,7 +40,7 @@ else:
     include: "workflow/rules/corpora.smk"
 
     # The report's front page describes the first corpus's study; its category `corpora` compares them all.
-    config["front_page"] = CORPUS_MODULES[next(iter(CORPUS_MODULES))]["front_page"]
+    config["front_page"] = next(iter(CORPUS_MODULES.values()))["front_page"]
 
 
 # Every rule but `train` and `dynamics` is a `localrule`: small, or (aggregation healing a damaged

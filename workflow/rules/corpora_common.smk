@@ -4,8 +4,8 @@
 
 from rnnsweep import config as study_config
 from rnnsweep.data import DataError, corpora
-from rnnsweep.select import size_problems
 from rnnsweep.layout import corpus_study, study_dir
+from rnnsweep.select import size_problems
 
 # The profile, checked before anything runs: its keys, types and ranges, the size of each stage, its corpora.
 try:
@@ -13,8 +13,9 @@ try:
     CORPORA = corpora(config["corpus"])
 except (study_config.ConfigError, DataError) as err:
     raise ValueError(str(err)) from None
-if size_problems(config):
-    raise ValueError("\n".join(size_problems(config)))
+TOO_LARGE = size_problems(config)
+if TOO_LARGE:
+    raise ValueError("\n".join(TOO_LARGE))
 
 # A module per corpus: its name, the prefix of its rules, and its profile (the study's, with one corpus and
 # that corpus's own folders).
